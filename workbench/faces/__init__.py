@@ -1,0 +1,1 @@
+"""Face detection, 5-point landmarks, ArcFace alignment and quality scores."""

@@ -1,0 +1,86 @@
+"""Face detection with dlib's HOG detector and 68-point shape predictor.
+
+The models come from the PyPI packages `dlib-bin` and `face_recognition_models`;
+nothing is downloaded. The 68 points are reduced to the 5 points of the ArcFace
+template: eye centres, nose tip and mouth corners.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+
+@dataclass(frozen=True)
+class Detection:
+    bbox: np.ndarray  # x1, y1, x2, y2 in original pixels
+    score: float
+    landmarks: np.ndarray  # (5, 2) in original pixels, ArcFace order
+
+
+def model_path(name: str) -> Path:
+    """Path of a model file shipped by `face_recognition_models`.
+
+    Found through the import system without importing the package, whose
+    `__init__` needs `pkg_resources` (absent from current setuptools).
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError("face_recognition_models is not installed: pip install the project")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.exists():
+        raise WorkbenchError(f"dlib model file missing: {path}")
+    return path
+
+
+def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
+    """Eye centres (mean of each eye's 6 points), nose tip (30), mouth corners (48, 54)."""
+    return np.stack(
+        [points[36:42].mean(axis=0), points[42:48].mean(axis=0), points[30], points[48], points[54]]
+    )
+
+
+class FaceDetector:
+    """dlib HOG detector; large images are searched at reduced size, landmarks at full size."""
+
+    def __init__(self, threshold: float = 0.0, upsample: int = 0, max_side: int = 1280) -> None:
+        import dlib
+
+        self.threshold = threshold
+        self.upsample = upsample
+        self.max_side = max_side
+        self._detector = dlib.get_frontal_face_detector()
+        landmarks_model = model_path("shape_predictor_68_face_landmarks.dat")
+        self._predictor = dlib.shape_predictor(str(landmarks_model))
+        self._rect = dlib.rectangle
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces sorted primary first (largest box, then highest score)."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(
+            rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+        )
+        rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
+        found = []
+        for rect, score in zip(rects, scores, strict=True):
+            box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], float) / scale
+            full = self._rect(*(round(v) for v in box))
+            shape = self._predictor(rgb, full)
+            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+            found.append(Detection(box, float(score), landmarks68_to_5(points)))
+        found.sort(key=lambda d: (-(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]), -d.score))
+        return found
+
+
+@lru_cache(maxsize=4)
+def get_detector(threshold: float = 0.0, upsample: int = 0) -> FaceDetector:
+    """One detector per process and setting: loading the predictor takes ~0.5 s."""
+    return FaceDetector(threshold=threshold, upsample=upsample)

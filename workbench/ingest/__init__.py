@@ -1,0 +1,1 @@
+"""`wb ingest`: walk, validate, hash, detect, align and record images."""

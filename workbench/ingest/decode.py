@@ -1,0 +1,87 @@
+"""Robust decoding of untrusted image bytes into 8-bit RGB.
+
+Every failure becomes a `Rejected` with a short reason that is stored in the
+manifest; nothing here raises anything else for bad input.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MIN_SIDE = 16
+EXIF_ORIENTATION = 0x0112
+
+
+class Rejected(Exception):
+    """An input that cannot be used; `str(exc)` is the recorded reason."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    rgb: np.ndarray  # HxWx3 uint8
+    format: str
+    transposed: bool  # EXIF orientation changed the pixels
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+) -> Decoded:
+    """Decode the first frame, apply EXIF orientation, convert any mode to RGB."""
+    if not data:
+        raise Rejected("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise Rejected("decompression bomb") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise Rejected("not an image") from None
+        fmt = image.format or "unknown"
+        if fmt not in ACCEPTED_FORMATS:
+            raise Rejected(f"unsupported format {fmt}")
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Rejected(f"decompression bomb ({width}x{height})")
+        if min(width, height) < min_side:
+            raise Rejected(f"too small ({width}x{height})")
+        try:
+            image.seek(0)
+            image.load()
+        except Image.DecompressionBombError:
+            raise Rejected("decompression bomb") from None
+        except (OSError, ValueError, SyntaxError, EOFError):
+            raise Rejected("truncated or corrupt image") from None
+        transposed = False
+        try:
+            if image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+                image = ImageOps.exif_transpose(image)
+                transposed = True
+        except Exception:
+            transposed = False
+        try:
+            rgb = to_rgb(image)
+        except (OSError, ValueError) as exc:
+            raise Rejected(f"unsupported pixel mode {image.mode}: {exc}") from None
+    return Decoded(rgb=rgb, format="JPEG" if fmt == "MPO" else fmt, transposed=transposed)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """8-bit RGB from any PIL mode: 16-bit scaled down, alpha composited on white."""
+    mode = image.mode
+    if mode.startswith("I"):
+        values = np.asarray(image).astype(np.int64)
+        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))

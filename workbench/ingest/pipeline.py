@@ -1,0 +1,220 @@
+"""The ingest loop: walk in chunks, skip what the manifest has, process in parallel, commit.
+
+Each chunk is committed in one transaction after its crops are on disk, so a
+crash loses at most the chunk in flight, and a re-run redoes exactly that.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from itertools import islice
+from multiprocessing.pool import Pool
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from workbench.errors import WorkbenchError
+from workbench.ingest.walk import FileEntry, WalkStats, walk_images
+from workbench.ingest.worker import FileResult, IngestOptions, process_file
+from workbench.manifest.runs import open_run
+from workbench.workspace import Workspace
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class IngestSummary:
+    source: str
+    files_seen: int = 0
+    already_ingested: int = 0
+    processed: int = 0
+    decoded: int = 0
+    new_images: int = 0
+    exact_duplicates: int = 0
+    faces: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    skipped_other: int = 0
+    run_id: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["rejected"] = dict(self.rejected.most_common())
+        return data
+
+
+def ingest(
+    workspace: Workspace,
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    aligned: bool = False,
+    workers: int | None = None,
+    det_threshold: float = 0.0,
+    upsample: int = 0,
+    chunk_size: int = 512,
+    progress: ProgressFn | None = None,
+) -> IngestSummary:
+    """Ingest every image under `path` into the workspace; safe to re-run and to kill."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise WorkbenchError(f"no such file or directory: {root}")
+    source = source or root.resolve().name
+    workers = workers or os.cpu_count() or 1
+    options = IngestOptions(root=str(workspace.root), aligned=aligned,
+                            det_threshold=det_threshold, upsample=upsample)
+    params = {"path": str(root.resolve()), "source": source, "aligned": aligned,
+              "workers": workers, "det_threshold": det_threshold, "upsample": upsample}
+    summary = IngestSummary(source=source)
+    stats = WalkStats()
+    work = partial(_process_entry, options=options)
+    # Worker processes are forked before the manifest is opened: no DuckDB threads are copied.
+    with _mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
+        summary.run_id = run.run_id
+        total = 0
+        for chunk in _chunks(walk_images(root, stats), chunk_size):
+            summary.files_seen += len(chunk)
+            todo = _not_yet_ingested(con, chunk)
+            summary.already_ingested += len(chunk) - len(todo)
+            total += len(todo)
+            if progress:
+                progress(summary.processed, total)
+            results = []
+            for result in mapper(work, todo):
+                results.append(result)
+                summary.processed += 1
+                if progress:
+                    progress(summary.processed, total)
+            _commit(con, results, source, run.run_id, summary)
+            run.counts = summary.as_dict()
+        summary.skipped_other = stats.skipped_other
+        run.counts = summary.as_dict()
+    return summary
+
+
+def _process_entry(entry: FileEntry, options: IngestOptions) -> FileResult:
+    return process_file(entry.path, entry.size, entry.mtime_ns, options)
+
+
+@contextmanager
+def _mapper(workers: int) -> Iterator[Callable[[Callable, list], Iterable]]:
+    if workers <= 1:
+        yield map
+        return
+    pool: Pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        yield partial(pool.imap, chunksize=4)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+    iterator = iter(entries)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _not_yet_ingested(con: duckdb.DuckDBPyConnection, chunk: list[FileEntry]) -> list[FileEntry]:
+    """Entries whose path is new or whose size/mtime changed since it was recorded."""
+    walked = pa.table({
+        "path": [e.path for e in chunk],
+        "size": pa.array([e.size for e in chunk], pa.int64()),
+        "mtime_ns": pa.array([e.mtime_ns for e in chunk], pa.int64()),
+    })
+    con.register("walked", walked)
+    known = {
+        row[0]
+        for row in con.execute(
+            "SELECT w.path FROM walked w JOIN files f "
+            "ON f.path = w.path AND f.size = w.size AND f.mtime_ns = w.mtime_ns"
+        ).fetchall()
+    }
+    con.unregister("walked")
+    return [e for e in chunk if e.path not in known]
+
+
+def _commit(
+    con: duckdb.DuckDBPyConnection,
+    results: list[FileResult],
+    source: str,
+    run_id: str,
+    summary: IngestSummary,
+) -> None:
+    if not results:
+        return
+    ids = [r.image_id for r in results if r.image_id is not None]
+    con.register("batch_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
+    existing = {row[0] for row in con.execute(
+        "SELECT DISTINCT b.image_id FROM batch_ids b JOIN images i USING (image_id)"
+    ).fetchall()}
+    new_images: dict[str, FileResult] = {}
+    for r in results:
+        summary.decoded += r.width is not None
+        if r.image_id is None:
+            summary.rejected[r.reason or "unreadable"] += 1
+        elif r.image_id in existing or r.image_id in new_images:
+            summary.exact_duplicates += 1
+        else:
+            new_images[r.image_id] = r
+            if r.status == "rejected":
+                summary.rejected[r.reason or "rejected"] += 1
+    faces = [(r.image_id, f) for r in new_images.values() for f in r.faces]
+    summary.new_images += len(new_images)
+    summary.faces += len(faces)
+    con.register("new_images", pa.table({
+        "image_id": pa.array(list(new_images), pa.string()),
+        "status": [r.status for r in new_images.values()],
+        "reason": pa.array([r.reason for r in new_images.values()], pa.string()),
+        "width": pa.array([r.width for r in new_images.values()], pa.int32()),
+        "height": pa.array([r.height for r in new_images.values()], pa.int32()),
+        "format": pa.array([r.format for r in new_images.values()], pa.string()),
+        "phash": pa.array([r.phash for r in new_images.values()], pa.uint64()),
+        "n_faces": pa.array([len(r.faces) for r in new_images.values()], pa.int32()),
+    }))
+    con.register("new_faces", pa.table({
+        "face_id": pa.array([f.face_id for _, f in faces], pa.string()),
+        "image_id": pa.array([i for i, _ in faces], pa.string()),
+        "face_index": pa.array([f.face_index for _, f in faces], pa.int32()),
+        "crop_rel": pa.array([f.crop_rel for _, f in faces], pa.string()),
+        "det_score": pa.array([f.det_score for _, f in faces], pa.float32()),
+        "bbox": pa.array([f.bbox for _, f in faces], pa.list_(pa.float32())),
+        "landmarks": pa.array([f.landmarks for _, f in faces], pa.list_(pa.float32())),
+        "face_size": pa.array([f.face_size for _, f in faces], pa.float32()),
+        "blur": pa.array([f.blur for _, f in faces], pa.float32()),
+        "brightness": pa.array([f.brightness for _, f in faces], pa.float32()),
+        "quality": pa.array([f.quality for _, f in faces], pa.float32()),
+    }))
+    con.register("new_files", pa.table({
+        "path": [r.path for r in results],
+        "image_id": pa.array([r.image_id for r in results], pa.string()),
+        "size": pa.array([r.size for r in results], pa.int64()),
+        "mtime_ns": pa.array([r.mtime_ns for r in results], pa.int64()),
+        "reason": pa.array([r.reason if r.image_id is None else None for r in results],
+                           pa.string()),
+    }))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "INSERT INTO images SELECT image_id, status, reason, width, height, format, phash, "
+            "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
+        con.execute(
+            "INSERT INTO faces SELECT face_id, image_id, face_index, crop_rel, det_score, "
+            "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ? "
+            "FROM new_faces ON CONFLICT DO NOTHING", [run_id])
+        con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
+        con.execute(
+            "INSERT INTO files SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",
+            [source, run_id])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    for name in ("batch_ids", "new_images", "new_faces", "new_files"):
+        con.unregister(name)

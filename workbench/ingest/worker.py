@@ -1,0 +1,150 @@
+"""Per-file work, run in worker processes: bytes in, manifest facts and crop files out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from workbench.faces.align import CROP_SIZE, align_face
+from workbench.faces.detect import get_detector
+from workbench.faces.quality import face_quality
+from workbench.ingest.decode import Decoded, Rejected, decode_image
+from workbench.ingest.hashing import phash64, sha256_hex
+
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    root: str  # workspace root: crops are written under it
+    aligned: bool = False
+    det_threshold: float = 0.0
+    upsample: int = 0
+    max_pixels: int = 50_000_000
+
+
+@dataclass
+class FaceResult:
+    face_id: str
+    face_index: int
+    crop_rel: str
+    det_score: float | None
+    bbox: list[float] | None
+    landmarks: list[float] | None
+    face_size: float | None
+    blur: float
+    brightness: float
+    quality: float
+
+
+@dataclass
+class FileResult:
+    path: str
+    size: int
+    mtime_ns: int
+    image_id: str | None = None
+    status: str = "rejected"
+    reason: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    phash: int | None = None
+    faces: list[FaceResult] = field(default_factory=list)
+
+
+def face_id_for(image_id: str, index: int) -> str:
+    """Stable id of the index-th face of an image (128 bits of sha256)."""
+    return hashlib.sha256(f"{image_id}:{index}".encode()).hexdigest()[:32]
+
+
+def crop_relpath(face_id: str, ext: str) -> str:
+    """Content-addressed crop location, relative to the workspace root."""
+    return f"crops/{face_id[:2]}/{face_id[2:4]}/{face_id}{ext}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write once: readers never see a partial file; an existing crop is kept."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) -> FileResult:
+    """Read, hash, decode, find faces, write crops; never raises for bad input."""
+    result = FileResult(path=path, size=size, mtime_ns=mtime_ns)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        result.reason = f"unreadable: {exc.strerror or exc}"
+        return result
+    result.image_id = sha256_hex(data)
+    try:
+        decoded = decode_image(data, max_pixels=options.max_pixels)
+    except Rejected as exc:
+        result.reason = str(exc)
+        return result
+    result.height, result.width = decoded.rgb.shape[:2]
+    result.format = decoded.format
+    result.phash = phash64(decoded.rgb)
+    if options.aligned:
+        if result.width != result.height:
+            result.reason = f"not an aligned crop ({result.width}x{result.height})"
+            return result
+        result.faces = [_aligned_face(result.image_id, data, decoded, options)]
+    else:
+        result.faces = _detected_faces(result.image_id, decoded.rgb, options)
+    result.status, result.reason = ("ok", None) if result.faces else ("rejected", "no face")
+    return result
+
+
+def _aligned_face(
+    image_id: str, data: bytes, decoded: Decoded, options: IngestOptions
+) -> FaceResult:
+    rgb = decoded.rgb
+    if rgb.shape[:2] != (CROP_SIZE, CROP_SIZE):
+        rgb = cv2.resize(rgb, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    face_id = face_id_for(image_id, 0)
+    # Original bytes keep the labeled pixels exact; anything else is stored lossless.
+    if decoded.format in ("JPEG", "PNG") and not decoded.transposed and rgb is decoded.rgb:
+        ext, payload = (".jpg" if decoded.format == "JPEG" else ".png"), data
+    else:
+        ext, payload = ".png", _encode(rgb, ".png")
+    rel = crop_relpath(face_id, ext)
+    write_atomic(Path(options.root) / rel, payload)
+    quality = face_quality(rgb, None)
+    return FaceResult(face_id, 0, rel, None, None, None, quality.face_size, quality.blur,
+                      quality.brightness, quality.score)
+
+
+def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> list[FaceResult]:
+    detector = get_detector(options.det_threshold, options.upsample)
+    faces = []
+    for index, det in enumerate(detector.detect(rgb)):
+        crop = align_face(rgb, det.landmarks)
+        face_id = face_id_for(image_id, index)
+        rel = crop_relpath(face_id, ".jpg")
+        write_atomic(Path(options.root) / rel, _encode(crop, ".jpg"))
+        quality = face_quality(crop, det.landmarks)
+        faces.append(
+            FaceResult(face_id, index, rel, det.score, det.bbox.round(2).tolist(),
+                       det.landmarks.round(2).ravel().tolist(), quality.face_size,
+                       quality.blur, quality.brightness, quality.score)
+        )
+    return faces
+
+
+def _encode(rgb: np.ndarray, ext: str) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext == ".jpg" else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"could not encode crop as {ext}")
+    return buf.tobytes()

@@ -1,0 +1,1 @@
+"""The DuckDB manifest: schema migrations, stable views, and run records."""

@@ -1,0 +1,98 @@
+"""Versioned schema migrations for the manifest.
+
+Tables are private (they may change between versions); the `wb_*` views in
+`views.py` are the stable interface. Each migration runs in its own
+transaction, so a crash leaves the manifest at the previous version.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from workbench.manifest.views import VIEWS
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "images, files, faces, runs",
+        [
+            "CREATE TABLE wb_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+            """CREATE TABLE runs (
+                run_id VARCHAR PRIMARY KEY,
+                command VARCHAR NOT NULL,
+                params JSON,
+                versions JSON,
+                started_at TIMESTAMP NOT NULL,
+                ended_at TIMESTAMP,
+                status VARCHAR NOT NULL,
+                counts JSON,
+                error VARCHAR
+            )""",
+            """CREATE TABLE images (
+                image_id VARCHAR PRIMARY KEY,
+                status VARCHAR NOT NULL,
+                reason VARCHAR,
+                width INTEGER,
+                height INTEGER,
+                format VARCHAR,
+                phash UBIGINT,
+                n_faces INTEGER,
+                run_id VARCHAR
+            )""",
+            """CREATE TABLE files (
+                path VARCHAR PRIMARY KEY,
+                source VARCHAR NOT NULL,
+                image_id VARCHAR,
+                size BIGINT,
+                mtime_ns BIGINT,
+                reason VARCHAR,
+                run_id VARCHAR
+            )""",
+            """CREATE TABLE faces (
+                face_id VARCHAR PRIMARY KEY,
+                image_id VARCHAR NOT NULL,
+                face_index INTEGER NOT NULL,
+                crop_rel VARCHAR NOT NULL,
+                det_score REAL,
+                bbox REAL[4],
+                landmarks REAL[10],
+                face_size REAL,
+                blur REAL,
+                brightness REAL,
+                quality REAL,
+                run_id VARCHAR
+            )""",
+        ],
+    ),
+]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
+    )
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply pending migrations and refresh the views (cheap, and never stale)."""
+    version = current_version(con)
+    pending = [m for m in MIGRATIONS if m[0] > version]
+    for number, description, statements in pending:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now())", [number, description]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        version = number
+    for statement in VIEWS:
+        con.execute(statement)
+    return version

@@ -1,0 +1,44 @@
+"""What `wb status` reports: counts from the stable views, and the latest runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+
+
+def workspace_status(con: duckdb.DuckDBPyConnection, last_runs: int = 5) -> dict[str, Any]:
+    def rows(sql: str) -> list[dict[str, Any]]:
+        cursor = con.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    totals = rows(
+        "SELECT (SELECT count(*) FROM wb_files) AS files,"
+        " (SELECT count(*) FROM wb_images WHERE image_id IS NOT NULL) AS images,"
+        " (SELECT count(*) FROM wb_faces) AS faces"
+    )[0]
+    runs = rows(
+        "SELECT run_id, command, status, started_at, ended_at, counts FROM wb_runs "
+        f"ORDER BY started_at DESC LIMIT {int(last_runs)}"
+    )
+    for run in runs:
+        run["counts"] = json.loads(run["counts"]) if run["counts"] else {}
+        for key in ("started_at", "ended_at"):
+            run[key] = run[key].isoformat(timespec="seconds") if run[key] else None
+    return {
+        **totals,
+        "by_source": rows(
+            "SELECT source, count(*) AS images, count(*) FILTER (status = 'ok') AS ok,"
+            " sum(n_faces)::BIGINT AS faces FROM wb_images GROUP BY source ORDER BY source"
+        ),
+        "by_status": rows(
+            "SELECT status, count(*) AS images FROM wb_images GROUP BY status ORDER BY status"
+        ),
+        "rejected_by_reason": rows(
+            "SELECT reason, count(*) AS images FROM wb_images WHERE status = 'rejected'"
+            " GROUP BY reason ORDER BY images DESC, reason"
+        ),
+        "last_runs": runs,
+    }

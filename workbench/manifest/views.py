@@ -1,0 +1,36 @@
+"""The stable SQL interface: `wb_*` views documented in the README.
+
+Columns of these views are only ever added, never renamed or removed.
+Paths to artifacts are absolute: the workspace root recorded on the last
+writable open is joined to the relative paths stored in the tables.
+"""
+
+VIEWS: list[str] = [
+    """CREATE OR REPLACE VIEW wb_files AS
+    SELECT f.path, f.source, f.image_id, f.size,
+           coalesce(i.status, 'rejected') AS status,
+           coalesce(f.reason, i.reason) AS reason
+    FROM files f LEFT JOIN images i USING (image_id)""",
+    """CREATE OR REPLACE VIEW wb_images AS
+    WITH loc AS (
+        SELECT image_id, min(path) AS path, arg_min(source, path) AS source,
+               count(*) AS n_locations
+        FROM files WHERE image_id IS NOT NULL GROUP BY image_id
+    )
+    SELECT i.image_id, loc.source, loc.path, i.status, i.reason, i.width, i.height,
+           i.format, i.phash, i.n_faces, loc.n_locations
+    FROM images i JOIN loc USING (image_id)
+    UNION ALL
+    SELECT NULL, source, path, 'rejected', reason, NULL, NULL, NULL, NULL, 0, 1
+    FROM files WHERE image_id IS NULL""",
+    """CREATE OR REPLACE VIEW wb_faces AS
+    SELECT f.face_id, f.image_id,
+           (SELECT value FROM wb_meta WHERE key = 'root') || '/' || f.crop_rel AS crop_path,
+           f.det_score, f.bbox, f.landmarks, f.quality,
+           f.face_index, f.face_index = 0 AS is_primary,
+           f.face_size, f.blur, f.brightness
+    FROM faces f""",
+    """CREATE OR REPLACE VIEW wb_runs AS
+    SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
+    FROM runs""",
+]
