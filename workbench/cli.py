@@ -79,7 +79,7 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
     """A rich progress bar on stderr, driven by `update(done, total)` callbacks."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                RateColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=not enabled, transient=False) as bar:
+    with Progress(*columns, console=err, disable=not (enabled and err.is_terminal)) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -125,6 +125,8 @@ def ingest(
         help="dlib HOG detector threshold; lower finds more faces and more false ones.")] = 0.0,
     upsample: Annotated[int, typer.Option(
         help="Upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
+    chunk_size: Annotated[int, typer.Option(
+        help="Images per transaction: a crash redoes at most this many.")] = 512,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -137,7 +139,8 @@ def ingest(
     ws = Workspace.at(workspace)
     with progress_bar("ingest", enabled=not as_json) as update:
         summary = run_ingest(ws, path, source=source, aligned=aligned, workers=workers,
-                             det_threshold=det_threshold, upsample=upsample, progress=update)
+                             det_threshold=det_threshold, upsample=upsample,
+                             chunk_size=chunk_size, progress=update)
     if summary.files_seen == 0:
         raise WorkbenchError(f"no image files under {path}")
     if summary.processed > 0 and summary.decoded == 0:

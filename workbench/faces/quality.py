@@ -42,11 +42,15 @@ def exposure_score(brightness: float) -> float:
     return float(np.clip(1.0 - ((brightness - 0.5) / 0.5) ** 2, 0.0, 1.0))
 
 
-def face_quality(crop_rgb: np.ndarray, landmarks: np.ndarray | None) -> Quality:
-    """Quality of an aligned crop; `landmarks` are in the original image (None if pre-aligned)."""
-    gray = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
-    blur = float(cv2.Laplacian(gray, cv2.CV_64F).var())
-    brightness = float(gray.mean() / 255.0)
+def face_quality(crop: np.ndarray, landmarks: np.ndarray | None) -> Quality:
+    """Quality of an aligned crop (RGB or gray); `landmarks` are in the original image.
+
+    `landmarks` is None for pre-aligned input, whose original face size is unknown.
+    """
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
+    _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
+    blur = float(std[0, 0] ** 2)
+    brightness = float(cv2.mean(gray)[0] / 255.0)
     iod = None if landmarks is None else float(np.linalg.norm(landmarks[1] - landmarks[0]))
     score = size_score(iod) * sharpness_score(blur) * exposure_score(brightness)
     return Quality(face_size=iod, blur=blur, brightness=brightness, score=score)

@@ -10,6 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -52,6 +53,11 @@ def decode_image(
             raise Rejected(f"decompression bomb ({width}x{height})")
         if min(width, height) < min_side:
             raise Rejected(f"too small ({width}x{height})")
+        orientation = _orientation(image)
+        if fmt == "JPEG" and image.mode in ("RGB", "L") and orientation == 1:
+            rgb = _fast_jpeg(data)
+            if rgb is not None:
+                return Decoded(rgb=rgb, format=fmt, transposed=False)
         try:
             image.seek(0)
             image.load()
@@ -71,6 +77,26 @@ def decode_image(
         except (OSError, ValueError) as exc:
             raise Rejected(f"unsupported pixel mode {image.mode}: {exc}") from None
     return Decoded(rgb=rgb, format="JPEG" if fmt == "MPO" else fmt, transposed=transposed)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if value in range(2, 9) else 1
+
+
+def _fast_jpeg(data: bytes) -> np.ndarray | None:
+    """libjpeg-turbo through OpenCV, ~3x faster than PIL for small crops.
+
+    Only for streams that end with the EOI marker: a truncated file goes to
+    PIL, which reports it instead of returning a half-grey image.
+    """
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import hashlib
 
-import imagehash
+import cv2
 import numpy as np
-from PIL import Image
+
+PHASH_SIZE = 32
+PHASH_LOW = 8
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Unnormalised DCT-II matrix (scipy's `dct(type=2, norm=None)` convention)."""
+    k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+
+
+_DCT = _dct_matrix(PHASH_SIZE)[:PHASH_LOW]
 
 
 def sha256_hex(data: bytes) -> str:
@@ -14,9 +25,17 @@ def sha256_hex(data: bytes) -> str:
 
 
 def phash64(rgb: np.ndarray) -> int:
-    """64-bit DCT perceptual hash (imagehash.phash) as an unsigned integer."""
-    bits = imagehash.phash(Image.fromarray(rgb)).hash.flatten()
-    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+    """64-bit DCT perceptual hash as an unsigned integer (bit 63 = DCT coefficient (0, 0)).
+
+    The classic pHash recipe, as in `imagehash.phash`: grayscale, shrink to
+    32x32 (area averaging here, which is ~5x faster than Lanczos), 2-D DCT-II,
+    keep the 8x8 lowest frequencies, set the bits above their median.
+    """
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    small = cv2.resize(gray, (PHASH_SIZE, PHASH_SIZE), interpolation=cv2.INTER_AREA)
+    low = _DCT @ small.astype(np.float64) @ _DCT.T
+    bits = (low > np.median(low)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
 
 
 def hamming(a: int, b: int) -> int:

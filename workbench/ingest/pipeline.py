@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from workbench.errors import WorkbenchError
 from workbench.ingest.walk import FileEntry, WalkStats, walk_images
-from workbench.ingest.worker import FileResult, IngestOptions, process_file
+from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.runs import open_run
 from workbench.workspace import Workspace
 
@@ -77,25 +77,41 @@ def ingest(
     # Worker processes are forked before the manifest is opened: no DuckDB threads are copied.
     with _mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
         summary.run_id = run.run_id
+        _clear_partial_writes(workspace.root / TMP_DIR)
         total = 0
-        for chunk in _chunks(walk_images(root, stats), chunk_size):
-            summary.files_seen += len(chunk)
-            todo = _not_yet_ingested(con, chunk)
-            summary.already_ingested += len(chunk) - len(todo)
-            total += len(todo)
-            if progress:
-                progress(summary.processed, total)
+        in_flight: deque[Iterable[FileResult]] = deque()
+
+        def drain() -> None:
             results = []
-            for result in mapper(work, todo):
+            for result in in_flight.popleft():
                 results.append(result)
                 summary.processed += 1
                 if progress:
                     progress(summary.processed, total)
             _commit(con, results, source, run.run_id, summary)
             run.counts = summary.as_dict()
+
+        # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.
+        for chunk in _chunks(walk_images(root, stats), chunk_size):
+            summary.files_seen += len(chunk)
+            todo = _not_yet_ingested(con, chunk)
+            summary.already_ingested += len(chunk) - len(todo)
+            total += len(todo)
+            in_flight.append(mapper(work, todo))
+            if len(in_flight) > 1:
+                drain()
+        while in_flight:
+            drain()
         summary.skipped_other = stats.skipped_other
         run.counts = summary.as_dict()
     return summary
+
+
+def _clear_partial_writes(tmp_dir: Path) -> None:
+    """Remove what a killed run left half-written (we hold the lock: nobody else writes)."""
+    if tmp_dir.is_dir():
+        for entry in os.scandir(tmp_dir):
+            os.unlink(entry.path)
 
 
 def _process_entry(entry: FileEntry, options: IngestOptions) -> FileResult:
@@ -109,7 +125,7 @@ def _mapper(workers: int) -> Iterator[Callable[[Callable, list], Iterable]]:
         return
     pool: Pool = multiprocessing.get_context("fork").Pool(workers)
     try:
-        yield partial(pool.imap, chunksize=4)
+        yield partial(pool.imap, chunksize=16)
     finally:
         pool.terminate()
         pool.join()

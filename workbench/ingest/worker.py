@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +16,7 @@ from workbench.ingest.decode import Decoded, Rejected, decode_image
 from workbench.ingest.hashing import phash64, sha256_hex
 
 JPEG_QUALITY = 95
+TMP_DIR = "tmp"  # partial writes of a killed run; emptied when the next ingest starts
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,30 @@ def face_id_for(image_id: str, index: int) -> str:
 
 
 def crop_relpath(face_id: str, ext: str) -> str:
-    """Content-addressed crop location, relative to the workspace root."""
-    return f"crops/{face_id[:2]}/{face_id[2:4]}/{face_id}{ext}"
+    """Content-addressed crop location, relative to the workspace root (256-way fan-out)."""
+    return f"crops/{face_id[:2]}/{face_id}{ext}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write once: readers never see a partial file; an existing crop is kept."""
-    if path.exists():
+_made_dirs: set[str] = set()
+
+
+def _ensure_dir(path: str) -> None:
+    if path not in _made_dirs:
+        os.makedirs(path, exist_ok=True)
+        _made_dirs.add(path)
+
+
+def write_atomic(root: str, rel: str, data: bytes) -> None:
+    """Write once via `root/tmp`: readers never see a partial file; existing crops are kept."""
+    path = os.path.join(root, rel)
+    if os.path.exists(path):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    tmp_dir = os.path.join(root, TMP_DIR)
+    _ensure_dir(tmp_dir)
+    _ensure_dir(os.path.dirname(path))
+    tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
     os.replace(tmp, path)
 
 
@@ -94,12 +107,13 @@ def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) ->
         return result
     result.height, result.width = decoded.rgb.shape[:2]
     result.format = decoded.format
-    result.phash = phash64(decoded.rgb)
+    gray = cv2.cvtColor(decoded.rgb, cv2.COLOR_RGB2GRAY)
+    result.phash = phash64(gray)
     if options.aligned:
         if result.width != result.height:
             result.reason = f"not an aligned crop ({result.width}x{result.height})"
             return result
-        result.faces = [_aligned_face(result.image_id, data, decoded, options)]
+        result.faces = [_aligned_face(result.image_id, data, decoded, gray, options)]
     else:
         result.faces = _detected_faces(result.image_id, decoded.rgb, options)
     result.status, result.reason = ("ok", None) if result.faces else ("rejected", "no face")
@@ -107,11 +121,12 @@ def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) ->
 
 
 def _aligned_face(
-    image_id: str, data: bytes, decoded: Decoded, options: IngestOptions
+    image_id: str, data: bytes, decoded: Decoded, gray: np.ndarray, options: IngestOptions
 ) -> FaceResult:
     rgb = decoded.rgb
     if rgb.shape[:2] != (CROP_SIZE, CROP_SIZE):
         rgb = cv2.resize(rgb, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     face_id = face_id_for(image_id, 0)
     # Original bytes keep the labeled pixels exact; anything else is stored lossless.
     if decoded.format in ("JPEG", "PNG") and not decoded.transposed and rgb is decoded.rgb:
@@ -119,8 +134,8 @@ def _aligned_face(
     else:
         ext, payload = ".png", _encode(rgb, ".png")
     rel = crop_relpath(face_id, ext)
-    write_atomic(Path(options.root) / rel, payload)
-    quality = face_quality(rgb, None)
+    write_atomic(options.root, rel, payload)
+    quality = face_quality(gray, None)
     return FaceResult(face_id, 0, rel, None, None, None, quality.face_size, quality.blur,
                       quality.brightness, quality.score)
 
@@ -132,7 +147,7 @@ def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> l
         crop = align_face(rgb, det.landmarks)
         face_id = face_id_for(image_id, index)
         rel = crop_relpath(face_id, ".jpg")
-        write_atomic(Path(options.root) / rel, _encode(crop, ".jpg"))
+        write_atomic(options.root, rel, _encode(crop, ".jpg"))
         quality = face_quality(crop, det.landmarks)
         faces.append(
             FaceResult(face_id, index, rel, det.score, det.bbox.round(2).tolist(),
