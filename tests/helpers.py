@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -44,3 +47,14 @@ def manifest_snapshot(root: Path) -> dict[str, list[tuple]]:
         for p in (root / "crops").rglob("*") if p.is_file()
     )
     return snap
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 60) -> None:
+    """Start `cmd` and SIGKILL its whole process group as soon as `ready()` holds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
