@@ -1,0 +1,1 @@
+"""Readers and writers for the formats face-recognition data ships in."""
