@@ -179,3 +179,85 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     runs = [{k: r[k] for k in ("run_id", "command", "status", "started_at", "ended_at")}
             for r in info["last_runs"]]
     out.print(rows_table("last runs", runs))
+
+
+labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred to by name later.",
+                          no_args_is_help=True)
+app.add_typer(labeled_app, name="labeled")
+
+
+def print_set(summary: dict[str, Any]) -> None:
+    rows: list[tuple[str, Any]] = [
+        ("path", summary["path"]), ("format", summary["format"]),
+        ("aligned", summary["aligned"]), ("identities", summary["identities"]),
+        ("images", summary["images"]),
+    ]
+    rows += [(f"rejected: {reason}", n) for reason, n in summary["rejected"].items()]
+    if summary["empty_identities"]:
+        examples = ", ".join(summary["empty_identity_examples"][:3])
+        rows.append(("identities without images", f"{summary['empty_identities']} ({examples})"))
+    out.print(kv_table(f"labeled set {summary['name']}", rows))
+
+
+@labeled_app.command("add")
+@handled
+def labeled_add(
+    name: Annotated[str, typer.Argument(help="Name later commands use, e.g. ms1mv2.")],
+    path: Annotated[Path, typer.Argument(
+        help="train.rec folder (InsightFace), <identity>/<image> folder, or HF dataset.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="auto | rec | folder | hf (auto looks at the files).")] = "auto",
+    aligned: Annotated[bool | None, typer.Option(
+        "--aligned/--unaligned",
+        help="Images are aligned 112x112 crops. Default: aligned for rec, unaligned otherwise "
+             "(unaligned sets are detected and aligned like ingest).",
+        show_default=False)] = None,
+    image_column: Annotated[str, typer.Option(help="HF image column.")] = "image",
+    label_column: Annotated[str, typer.Option(help="HF label column.")] = "label",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for detection.", show_default="all cores")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a labeled set: its identity list and sample index, not its pixels."""
+    from workbench.labeled.register import register_labeled
+
+    with progress_bar(f"labeled add {name}", enabled=not as_json) as update:
+        summary = register_labeled(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
+                                   image_column=image_column, label_column=label_column,
+                                   workers=workers, progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        print_set(summary)
+        if summary["already_registered"]:
+            out.print(f"{name} was already registered from this path: nothing changed")
+
+
+@labeled_app.command("list")
+@handled
+def labeled_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """The registered labeled sets."""
+    from workbench.labeled.register import list_sets
+
+    with Workspace.at(workspace).connect(read_only=True) as con:
+        sets = list_sets(con)
+    if as_json:
+        print_json(sets)
+        return
+    out.print(rows_table("labeled sets", [
+        {k: s[k] for k in ("name", "format", "identities", "images", "path")} for s in sets]))
+
+
+@labeled_app.command("remove")
+@handled
+def labeled_remove(
+    name: Annotated[str, typer.Argument(help="The set to forget.")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Forget a labeled set's registration; its files are not touched."""
+    from workbench.labeled.register import remove_set
+
+    summary = remove_set(Workspace.at(workspace), name)
+    out.print(f"removed labeled set {name} ({summary['identities']} identities, "
+              f"{summary['images']} images)")

@@ -6,15 +6,11 @@ crash loses at most the chunk in flight, and a re-run redoes exactly that.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import islice
-from multiprocessing.pool import Pool
 from pathlib import Path
 
 import duckdb
@@ -24,6 +20,7 @@ from workbench.errors import WorkbenchError
 from workbench.ingest.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.runs import open_run
+from workbench.parallel import chunked, process_mapper
 from workbench.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
@@ -75,7 +72,7 @@ def ingest(
     stats = WalkStats()
     work = partial(_process_entry, options=options)
     # Worker processes are forked before the manifest is opened: no DuckDB threads are copied.
-    with _mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
+    with process_mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
         summary.run_id = run.run_id
         _clear_partial_writes(workspace.root / TMP_DIR)
         total = 0
@@ -92,7 +89,7 @@ def ingest(
             run.counts = summary.as_dict()
 
         # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.
-        for chunk in _chunks(walk_images(root, stats), chunk_size):
+        for chunk in chunked(walk_images(root, stats), chunk_size):
             summary.files_seen += len(chunk)
             todo = _not_yet_ingested(con, chunk)
             summary.already_ingested += len(chunk) - len(todo)
@@ -116,25 +113,6 @@ def _clear_partial_writes(tmp_dir: Path) -> None:
 
 def _process_entry(entry: FileEntry, options: IngestOptions) -> FileResult:
     return process_file(entry.path, entry.size, entry.mtime_ns, options)
-
-
-@contextmanager
-def _mapper(workers: int) -> Iterator[Callable[[Callable, list], Iterable]]:
-    if workers <= 1:
-        yield map
-        return
-    pool: Pool = multiprocessing.get_context("fork").Pool(workers)
-    try:
-        yield partial(pool.imap, chunksize=16)
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
-    iterator = iter(entries)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 def _not_yet_ingested(con: duckdb.DuckDBPyConnection, chunk: list[FileEntry]) -> list[FileEntry]:

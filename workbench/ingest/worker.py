@@ -99,6 +99,11 @@ def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) ->
     except OSError as exc:
         result.reason = f"unreadable: {exc.strerror or exc}"
         return result
+    return process_bytes(data, result, options)
+
+
+def process_bytes(data: bytes, result: FileResult, options: IngestOptions) -> FileResult:
+    """Fill `result` from encoded image bytes (a file, a record, a dataset row)."""
     result.image_id = sha256_hex(data)
     try:
         decoded = decode_image(data, max_pixels=options.max_pixels)

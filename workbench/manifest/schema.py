@@ -64,6 +64,43 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "labeled sets: identities and sample index",
+        [
+            """CREATE TABLE labeled_sets (
+                name VARCHAR PRIMARY KEY,
+                path VARCHAR NOT NULL,
+                format VARCHAR NOT NULL,
+                aligned BOOLEAN NOT NULL,
+                options JSON,
+                n_identities INTEGER,
+                n_images BIGINT,
+                n_rejected BIGINT,
+                registered_at TIMESTAMP,
+                run_id VARCHAR
+            )""",
+            """CREATE TABLE labeled_identities (
+                set_name VARCHAR NOT NULL,
+                label INTEGER NOT NULL,
+                identity VARCHAR NOT NULL,
+                n_images INTEGER NOT NULL,
+                PRIMARY KEY (set_name, label)
+            )""",
+            # No primary key: 5.8M rows per set, unique by construction, bulk-loaded.
+            """CREATE TABLE labeled_samples (
+                set_name VARCHAR NOT NULL,
+                sample_idx BIGINT NOT NULL,
+                label INTEGER,
+                locator VARCHAR NOT NULL,
+                status VARCHAR NOT NULL,
+                reason VARCHAR,
+                crop_rel VARCHAR,
+                det_score REAL,
+                quality REAL
+            )""",
+        ],
+    ),
 ]
 
 

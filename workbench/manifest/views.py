@@ -30,6 +30,19 @@ VIEWS: list[str] = [
            f.face_index, f.face_index = 0 AS is_primary,
            f.face_size, f.blur, f.brightness
     FROM faces f""",
+    """CREATE OR REPLACE VIEW wb_labeled_sets AS
+    SELECT name, path, format, aligned, n_identities, n_images, n_rejected, registered_at, run_id
+    FROM labeled_sets""",
+    """CREATE OR REPLACE VIEW wb_labeled_identities AS
+    SELECT set_name, label, identity, n_images FROM labeled_identities""",
+    """CREATE OR REPLACE VIEW wb_labeled_samples AS
+    SELECT s.set_name, s.sample_idx, s.label, i.identity, s.locator, s.status, s.reason,
+           CASE WHEN s.crop_rel IS NULL THEN NULL
+                ELSE (SELECT value FROM wb_meta WHERE key = 'root') || '/' || s.crop_rel END
+               AS crop_path,
+           s.det_score, s.quality
+    FROM labeled_samples s
+    LEFT JOIN labeled_identities i ON i.set_name = s.set_name AND i.label = s.label""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

@@ -1,0 +1,37 @@
+"""Cheap structural checks of encoded images, for sets too large to decode at registration."""
+
+from __future__ import annotations
+
+SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from the magic bytes, or None."""
+    for signature, name in SIGNATURES:
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def check_encoded(data: bytes) -> str | None:
+    """None if the bytes look like a complete image, else the reason they do not."""
+    if not data:
+        return "empty image"
+    fmt = sniff_format(data)
+    if fmt is None:
+        return "corrupt image (unknown signature)"
+    if fmt == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return "corrupt image (truncated JPEG)"
+    if fmt == "PNG" and b"IEND" not in data[-16:]:
+        return "corrupt image (truncated PNG)"
+    return None

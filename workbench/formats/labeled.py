@@ -1,0 +1,258 @@
+"""Labeled sets as sources of (label, locator, bytes): RecordIO, identity folders, HF datasets.
+
+A locator is what finds one sample again: a record key, a path relative to the
+set's root, or a dataset row index. Sources stream in storage order for
+registration and read single samples by locator for later stages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+from workbench.formats.recordio import RecordIOError, RecordIOReader, rec_layout, unpack
+from workbench.ingest.walk import walk_images
+
+FORMATS = ("rec", "folder", "hf")
+
+
+@dataclass
+class Sample:
+    label: int | None
+    locator: str
+    data: bytes | None
+    reason: str | None = None
+
+
+@dataclass
+class SourceNotes:
+    """Problems found while streaming that concern identities rather than samples."""
+
+    empty_identities: list[str] = field(default_factory=list)
+
+
+class LabeledSource(Protocol):
+    format: str
+    identities: list[str]
+    notes: SourceNotes
+
+    def stream(self) -> Iterator[Sample]: ...
+
+    def read(self, locator: str) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def detect_format(path: Path) -> str:
+    """`rec` for train.rec/.idx/property, `hf` for save_to_disk or parquet, else `folder`."""
+    if path.is_file():
+        if path.suffix == ".rec":
+            return "rec"
+        if path.suffix == ".parquet":
+            return "hf"
+        raise WorkbenchError(f"cannot tell the format of {path}; pass --format rec|folder|hf")
+    if not path.is_dir():
+        raise WorkbenchError(f"no such file or directory: {path}")
+    names = set(os.listdir(path))
+    if any(n.endswith(".rec") for n in names):
+        return "rec"
+    if {"dataset_info.json", "state.json", "dataset_dict.json"} & names or any(
+        n.endswith(".parquet") for n in names
+    ):
+        return "hf"
+    return "folder"
+
+
+def open_source(
+    path: Path, fmt: str, *, image_column: str = "image", label_column: str = "label",
+    cache_dir: Path | None = None,
+) -> LabeledSource:
+    if fmt == "rec":
+        return RecSource(path)
+    if fmt == "folder":
+        return FolderSource(path)
+    if fmt == "hf":
+        return HFSource(path, image_column, label_column, cache_dir)
+    raise WorkbenchError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+class RecSource:
+    """InsightFace RecordIO: `train.rec`, `train.idx`, `property` (num_classes,h,w)."""
+
+    format = "rec"
+
+    def __init__(self, path: Path):
+        rec = path if path.is_file() else _single(path, "*.rec")
+        self.reader = RecordIOReader(rec)
+        self.num_classes = _read_property(rec.parent / "property")
+        self.layout = rec_layout(self.reader)
+        n_ids = self.num_classes
+        if n_ids is None and self.layout.identity_spans is not None:
+            n_ids = len(self.layout.identity_spans)
+        self._labels_from_scan = n_ids is None
+        self.identities = [str(i) for i in range(n_ids or 0)]
+        self.notes = SourceNotes()
+        if self.layout.identity_spans is not None:
+            spans = self.layout.identity_spans
+            self.notes.empty_identities = [str(i) for i in np.flatnonzero(spans[:, 1] <= spans[:, 0])]
+
+    def stream(self) -> Iterator[Sample]:
+        keys = self.layout.image_keys
+        seen: set[int] = set()
+        for key in keys:
+            locator = str(int(key))
+            try:
+                header, image = unpack(self.reader.read_key(int(key)))
+            except (RecordIOError, KeyError) as exc:
+                yield Sample(None, locator, None, f"corrupt record ({exc})")
+                continue
+            value = header.class_label
+            label = int(value)
+            if label != value or label < 0 or (
+                not self._labels_from_scan and label >= len(self.identities)
+            ):
+                yield Sample(None, locator, image, f"label out of range ({value:g})")
+                continue
+            seen.add(label)
+            yield Sample(label, locator, image)
+        if self._labels_from_scan:
+            self.identities = [str(i) for i in range(max(seen) + 1 if seen else 0)]
+            self.notes.empty_identities = [str(i) for i in sorted(set(range(len(self.identities))) - seen)]
+
+    def read(self, locator: str) -> bytes:
+        return unpack(self.reader.read_key(int(locator)))[1]
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class FolderSource:
+    """`<identity>/<image>` trees; identities are the sorted folder names, labels their order."""
+
+    format = "folder"
+
+    def __init__(self, path: Path):
+        if not path.is_dir():
+            raise WorkbenchError(f"not a folder: {path}")
+        self.root = path
+        self.identities = sorted(e.name for e in os.scandir(path) if e.is_dir())
+        if not self.identities:
+            raise WorkbenchError(f"no identity folders under {path} (expected <identity>/<image>)")
+        self.notes = SourceNotes()
+
+    def stream(self) -> Iterator[Sample]:
+        for label, identity in enumerate(self.identities):
+            count = 0
+            for entry in walk_images(self.root / identity):
+                locator = os.path.relpath(entry.path, self.root)
+                try:
+                    data = Path(entry.path).read_bytes()
+                except OSError as exc:
+                    yield Sample(label, locator, None, f"unreadable: {exc.strerror or exc}")
+                    continue
+                count += 1
+                yield Sample(label, locator, data)
+            if count == 0:
+                self.notes.empty_identities.append(identity)
+
+    def read(self, locator: str) -> bytes:
+        return (self.root / locator).read_bytes()
+
+    def close(self) -> None:
+        return None
+
+
+class HFSource:
+    """A Hugging Face `datasets` dataset: a `save_to_disk` folder or parquet files."""
+
+    format = "hf"
+    BATCH = 512
+
+    def __init__(self, path: Path, image_column: str, label_column: str, cache_dir: Path | None):
+        import datasets
+
+        datasets.disable_progress_bars()
+        try:
+            if path.is_dir() and not any(path.glob("*.parquet")):
+                ds = datasets.load_from_disk(str(path))
+            else:
+                files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
+                ds = datasets.Dataset.from_parquet(files, cache_dir=str(cache_dir) if cache_dir else None)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise WorkbenchError(f"cannot open Hugging Face dataset at {path}: {exc}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        for column in (image_column, label_column):
+            if column not in ds.column_names:
+                raise WorkbenchError(
+                    f"column {column!r} not in the dataset (columns: {', '.join(ds.column_names)}); "
+                    "use --image-column/--label-column"
+                )
+        if isinstance(ds.features[image_column], datasets.Image):
+            ds = ds.cast_column(image_column, datasets.Image(decode=False))
+        self.ds = ds
+        self.image_column = image_column
+        feature = ds.features[label_column]
+        raw = ds.data.column(label_column).to_numpy(zero_copy_only=False)
+        if isinstance(feature, datasets.ClassLabel):
+            self.identities = list(feature.names)
+            self.labels = raw.astype(np.int64)
+        else:
+            names, self.labels = np.unique(raw.astype(str), return_inverse=True)
+            self.identities = [str(n) for n in names]
+        self.notes = SourceNotes()
+
+    def _bytes(self, value: object) -> bytes:
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return value["bytes"]
+            if value.get("path"):
+                return Path(value["path"]).read_bytes()
+        if isinstance(value, bytes | bytearray):
+            return bytes(value)
+        raise ValueError("no image bytes")
+
+    def stream(self) -> Iterator[Sample]:
+        images = self.ds.select_columns([self.image_column])
+        for start in range(0, len(images), self.BATCH):
+            batch = images[start : start + self.BATCH][self.image_column]
+            for offset, value in enumerate(batch):
+                row = start + offset
+                label = int(self.labels[row])
+                try:
+                    yield Sample(label, str(row), self._bytes(value))
+                except (ValueError, OSError) as exc:
+                    yield Sample(label, str(row), None, f"no image bytes ({exc})")
+        present = set(np.unique(self.labels).tolist())
+        self.notes.empty_identities = [n for i, n in enumerate(self.identities) if i not in present]
+
+    def read(self, locator: str) -> bytes:
+        return self._bytes(self.ds[int(locator)][self.image_column])
+
+    def close(self) -> None:
+        return None
+
+
+def _single(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise WorkbenchError(f"no {pattern} in {folder}")
+    preferred = [p for p in found if p.stem == "train"]
+    return (preferred or found)[0]
+
+
+def _read_property(path: Path) -> int | None:
+    """`property` holds 'num_classes,height,width'; absent for plain im2rec files."""
+    if not path.exists():
+        return None
+    try:
+        return int(path.read_text().strip().split(",")[0])
+    except ValueError:
+        raise WorkbenchError(f"malformed property file {path}: expected 'num_classes,h,w'") from None

@@ -1,0 +1,1 @@
+"""Labeled sets S: registered once by name, referred to by every later command."""

@@ -1,0 +1,187 @@
+"""`wb labeled add`: record a labeled set's identities and sample index (not its pixels).
+
+Registration is one transaction: a set is either fully registered or absent.
+Aligned sets are checked structurally (signature, complete stream); unaligned
+sets go through the same detection and alignment as ingest, and their primary
+face crops are stored in the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from workbench.errors import WorkbenchError
+from workbench.formats.images import check_encoded
+from workbench.formats.labeled import Sample, detect_format, open_source
+from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
+from workbench.manifest.runs import open_run
+from workbench.parallel import chunked, process_mapper
+from workbench.workspace import Workspace
+
+ProgressFn = Callable[[int, int], None]
+CHUNK = 4096
+
+
+def register_labeled(
+    workspace: Workspace,
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    fmt: str = "auto",
+    aligned: bool | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Register `path` as labeled set `name`; re-registering the same path is a no-op."""
+    root = Path(path).expanduser().resolve()
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    aligned = (fmt == "rec") if aligned is None else aligned
+    workers = 1 if aligned else (workers or os.cpu_count() or 1)
+    params = {"name": name, "path": str(root), "format": fmt, "aligned": aligned,
+              "image_column": image_column, "label_column": label_column}
+    with process_mapper(workers) as mapper, open_run(workspace, "labeled add", params) as (con, run):
+        existing = con.execute(
+            "SELECT path, format FROM labeled_sets WHERE name = ?", [name]).fetchone()
+        if existing:
+            if existing == (str(root), fmt):
+                return {**set_summary(con, name), "already_registered": True}
+            raise WorkbenchError(
+                f"labeled set {name!r} already exists ({existing[1]} at {existing[0]}); "
+                f"choose another name or run `wb labeled remove {name}`"
+            )
+        source = open_source(root, fmt, image_column=image_column, label_column=label_column,
+                             cache_dir=workspace.root / "cache" / "hf")
+        options = IngestOptions(root=str(workspace.root), aligned=False)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            rejected: Counter[str] = Counter()
+            done = 0
+            for chunk in chunked(source.stream(), CHUNK):
+                rows = _check_aligned(chunk) if aligned else _detect(chunk, mapper, options)
+                start = done
+                done += len(chunk)
+                rejected.update(r["reason"] for r in rows if r["reason"])
+                _insert_samples(con, name, start, chunk, rows)
+                if progress:
+                    progress(done, done)
+            n_ok = done - sum(rejected.values())
+            if n_ok == 0:
+                reasons = ", ".join(f"{n} {r}" for r, n in rejected.most_common(3)) or "no images"
+                raise WorkbenchError(f"no usable images in {root} ({reasons}); nothing registered")
+            _insert_identities(con, name, source.identities)
+            n_ids = len(source.identities)
+            con.execute(
+                "INSERT INTO labeled_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                [name, str(root), fmt, aligned,
+                 json.dumps({"image_column": image_column, "label_column": label_column,
+                             "rejected": dict(rejected),
+                             "empty_identities": source.notes.empty_identities[:100],
+                             "n_empty_identities": len(source.notes.empty_identities)}),
+                 n_ids, n_ok, sum(rejected.values()), run.run_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            source.close()
+        summary = {**set_summary(con, name), "already_registered": False}
+        run.counts = summary
+        return summary
+
+
+def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
+    row = con.execute(
+        "SELECT name, path, format, aligned, n_identities, n_images, n_rejected, options, run_id "
+        "FROM labeled_sets WHERE name = ?", [name]).fetchone()
+    if row is None:
+        raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
+    options = json.loads(row[7] or "{}")
+    return {
+        "name": row[0], "path": row[1], "format": row[2], "aligned": row[3],
+        "identities": row[4], "images": row[5], "rejected": options.get("rejected", {}),
+        "empty_identities": options.get("n_empty_identities", 0),
+        "empty_identity_examples": options.get("empty_identities", [])[:10],
+        "run_id": row[8],
+    }
+
+
+def list_sets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
+    return [set_summary(con, n) for n in names]
+
+
+def remove_set(workspace: Workspace, name: str) -> dict[str, Any]:
+    """Forget a registration (the set's files are untouched)."""
+    with open_run(workspace, "labeled remove", {"name": name}) as (con, _):
+        summary = set_summary(con, name)
+        con.execute("BEGIN TRANSACTION")
+        for table, column in (("labeled_samples", "set_name"), ("labeled_identities", "set_name"),
+                              ("labeled_sets", "name")):
+            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [name])
+        con.execute("COMMIT")
+        return summary
+
+
+def _check_aligned(chunk: list[Sample]) -> list[dict[str, Any]]:
+    rows = []
+    for s in chunk:
+        reason = s.reason or (check_encoded(s.data) if s.data is not None else "no image bytes")
+        rows.append({"reason": reason, "crop_rel": None, "det_score": None, "quality": None})
+    return rows
+
+
+def _primary_face(data: bytes, options: IngestOptions) -> dict[str, Any]:
+    result = process_bytes(data, FileResult(path="", size=len(data), mtime_ns=0), options)
+    if not result.faces:
+        return {"reason": result.reason, "crop_rel": None, "det_score": None, "quality": None}
+    face = result.faces[0]
+    return {"reason": None, "crop_rel": face.crop_rel, "det_score": face.det_score,
+            "quality": face.quality}
+
+
+def _detect(chunk: list[Sample], mapper: Any, options: IngestOptions) -> list[dict[str, Any]]:
+    todo = [s.data for s in chunk if s.reason is None and s.data is not None]
+    found: Iterator[dict[str, Any]] = iter(mapper(partial(_primary_face, options=options), todo))
+    return [next(found) if s.reason is None and s.data is not None
+            else {"reason": s.reason or "no image bytes", "crop_rel": None, "det_score": None,
+                  "quality": None}
+            for s in chunk]
+
+
+def _insert_samples(con: duckdb.DuckDBPyConnection, name: str, start: int,
+                    chunk: list[Sample], rows: list[dict[str, Any]]) -> None:
+    table = pa.table({
+        "sample_idx": pa.array(range(start, start + len(chunk)), pa.int64()),
+        "label": pa.array([s.label for s in chunk], pa.int32()),
+        "locator": [s.locator for s in chunk],
+        "status": ["ok" if r["reason"] is None else "rejected" for r in rows],
+        "reason": pa.array([r["reason"] for r in rows], pa.string()),
+        "crop_rel": pa.array([r["crop_rel"] for r in rows], pa.string()),
+        "det_score": pa.array([r["det_score"] for r in rows], pa.float32()),
+        "quality": pa.array([r["quality"] for r in rows], pa.float32()),
+    })
+    con.register("sample_chunk", table)
+    con.execute("INSERT INTO labeled_samples SELECT ?, * FROM sample_chunk", [name])
+    con.unregister("sample_chunk")
+
+
+def _insert_identities(con: duckdb.DuckDBPyConnection, name: str, identities: list[str]) -> None:
+    con.register("identity_names", pa.table({
+        "label": pa.array(range(len(identities)), pa.int32()), "identity": identities}))
+    con.execute(
+        "INSERT INTO labeled_identities SELECT ?, n.label, n.identity, "
+        "count(s.sample_idx) FILTER (s.status = 'ok') FROM identity_names n "
+        "LEFT JOIN labeled_samples s ON s.set_name = ? AND s.label = n.label "
+        "GROUP BY n.label, n.identity", [name, name])
+    con.unregister("identity_names")
