@@ -155,3 +155,20 @@ def test_hf_missing_column_is_explained(tmp_path):
     summary = add("s", str(tmp_path / "hf"), "--image-column", "img", "--label-column", "person",
                   "--aligned", "-w", str(tmp_path / "ws"))
     assert summary["images"] == 1 and summary["identities"] == 1
+
+
+def test_pairs_from_a_registered_set(tmp_path):
+    from workbench.formats.binpairs import read_bin
+
+    root = tmp_path / "ids"
+    for identity in range(24):
+        (root / f"person{identity:02d}").mkdir(parents=True)
+        for k in range(3):
+            noise_image(1000 * identity + k).save(root / f"person{identity:02d}" / f"{k}.jpg")
+    ws = str(tmp_path / "ws")
+    add("people", str(root), "--aligned", "-w", ws)
+    counts = wb_json("labeled", "pairs", "people", "--out", str(tmp_path / "p.bin"),
+                     "--pairs-per-fold", "4", "-w", ws)
+    assert counts["pairs"] == 40 and counts["same"] == 20
+    pairs = read_bin(tmp_path / "p.bin")
+    assert len(pairs) == 40 and all(img.startswith(b"\xff\xd8") for img in pairs.images)

@@ -261,3 +261,35 @@ def labeled_remove(
     summary = remove_set(Workspace.at(workspace), name)
     out.print(f"removed labeled set {name} ({summary['identities']} identities, "
               f"{summary['images']} images)")
+
+
+@labeled_app.command("pairs")
+@handled
+def labeled_pairs(
+    name: Annotated[str, typer.Argument(help="A registered labeled set.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The .bin file to write.")],
+    folds: Annotated[int, typer.Option(help="Folds with disjoint identities.")] = 10,
+    pairs_per_fold: Annotated[int, typer.Option(help="Pairs per fold, half same.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write LFW-style verification pairs from a labeled set as an InsightFace .bin."""
+    from workbench.formats.binpairs import pairs_from_set
+    from workbench.labeled.access import LabeledSet
+
+    ws = Workspace.at(workspace)
+    with ws.connect(read_only=True) as con:
+        labeled = LabeledSet(ws, con, name)
+    try:
+        counts = pairs_from_set(labeled, out_file, n_folds=folds, pairs_per_fold=pairs_per_fold,
+                                seed=seed)
+    except ValueError as exc:
+        raise WorkbenchError(f"cannot make pairs from {name}: {exc}") from None
+    finally:
+        labeled.close()
+    if as_json:
+        print_json({"out": str(out_file), **counts})
+    else:
+        out.print(f"wrote {counts['pairs']} pairs ({counts['same']} same, "
+                  f"{counts['different']} different) to {out_file}")

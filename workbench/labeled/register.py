@@ -23,6 +23,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.images import check_encoded
 from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
+from workbench.manifest.query import one
 from workbench.manifest.runs import open_run
 from workbench.parallel import chunked, process_mapper
 from workbench.workspace import Workspace
@@ -51,8 +52,7 @@ def register_labeled(
     params = {"name": name, "path": str(root), "format": fmt, "aligned": aligned,
               "image_column": image_column, "label_column": label_column}
     with process_mapper(workers) as mapper, open_run(workspace, "labeled add", params) as (con, run):
-        existing = con.execute(
-            "SELECT path, format FROM labeled_sets WHERE name = ?", [name]).fetchone()
+        existing = one(con, "SELECT path, format FROM labeled_sets WHERE name = ?", [name])
         if existing:
             if existing == (str(root), fmt):
                 return {**set_summary(con, name), "already_registered": True}
@@ -101,9 +101,8 @@ def register_labeled(
 
 
 def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
-    row = con.execute(
-        "SELECT name, path, format, aligned, n_identities, n_images, n_rejected, options, run_id "
-        "FROM labeled_sets WHERE name = ?", [name]).fetchone()
+    row = one(con, "SELECT name, path, format, aligned, n_identities, n_images, n_rejected, "
+                   "options, run_id FROM labeled_sets WHERE name = ?", [name])
     if row is None:
         raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
     options = json.loads(row[7] or "{}")

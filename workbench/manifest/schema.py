@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import duckdb
 
+from workbench.manifest.query import one
 from workbench.manifest.views import VIEWS
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -109,7 +110,7 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMP)"
     )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    row = one(con, "SELECT coalesce(max(version), 0) FROM schema_migrations")
     return int(row[0]) if row else 0
 
 

@@ -1,0 +1,155 @@
+"""InsightFace verification pairs (`lfw.bin`, `cfp_fp.bin`, `agedb_30.bin`, ...).
+
+A `.bin` file is a pickle of `(bins, issame_list)`: 2N encoded images, pair i
+being bins[2i] and bins[2i+1]. Old files are Python-2 pickles of JPEG byte
+strings; newer ones hold numpy uint8 arrays. Unpickling is restricted to those
+types: any other object in the file is refused, since pickle can run code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.labeled.access import LabeledSet
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol <= 2
+}
+
+
+class PairsError(WorkbenchError):
+    """A `.bin` file that is not a verification-pairs pickle."""
+
+
+@dataclass(frozen=True)
+class Pairs:
+    images: list[bytes | np.ndarray]  # 2N encoded images (bytes) or decoded HxWx3 arrays
+    issame: np.ndarray  # N booleans
+    folds: np.ndarray | None = None  # N fold indices, when known
+
+    def __len__(self) -> int:
+        return len(self.issame)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise PairsError(f"refusing to unpickle {module}.{name}: not a verification-pairs file")
+
+
+def read_bin(path: str | os.PathLike[str]) -> Pairs:
+    """Load a `.bin` safely and check its shape: 2N images and N booleans."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PairsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except PairsError:
+        raise
+    except Exception as exc:
+        raise PairsError(f"{path} is not a verification-pairs pickle ({type(exc).__name__})") from None
+    if not (isinstance(obj, tuple | list) and len(obj) == 2):
+        raise PairsError(f"{path}: expected (bins, issame_list), got {type(obj).__name__}")
+    bins, issame = obj
+    if not isinstance(bins, list | tuple) or not all(_is_image(b) for b in bins):
+        raise PairsError(f"{path}: bins must be a list of encoded images or uint8 arrays")
+    issame_arr = np.asarray(issame)
+    if issame_arr.ndim != 1 or issame_arr.dtype.kind not in "bi" or set(np.unique(issame_arr)) - {0, 1}:
+        raise PairsError(f"{path}: issame_list must be a list of booleans")
+    if len(bins) != 2 * len(issame_arr):
+        raise PairsError(f"{path}: {len(bins)} images for {len(issame_arr)} pairs (need 2 per pair)")
+    images = [b.tobytes() if isinstance(b, np.ndarray) and b.ndim == 1 else b for b in bins]
+    return Pairs(images=images, issame=issame_arr.astype(bool))
+
+
+def _is_image(value: object) -> bool:
+    if isinstance(value, bytes | bytearray):
+        return True
+    return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim in (1, 3)
+
+
+def write_bin(path: str | os.PathLike[str], images: list[bytes], issame: np.ndarray | list[bool]) -> None:
+    """Write pairs as InsightFace does (bytes images, list of bools)."""
+    if len(images) != 2 * len(issame):
+        raise ValueError("need two images per pair")
+    with open(path, "wb") as handle:
+        pickle.dump((list(images), [bool(v) for v in issame]), handle, protocol=4)
+
+
+def generate_pairs(
+    labels: np.ndarray, *, n_folds: int = 10, pairs_per_fold: int = 600, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LFW-style pairs over sample indices: folds with disjoint identities, half same, half different.
+
+    Returns (left, right, fold) arrays of sample indices and fold ids, and issame
+    is `labels[left] == labels[right]`. Folds hold up to `pairs_per_fold` pairs;
+    fewer when a fold's identities cannot supply them.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    identities = rng.permutation(np.unique(labels))
+    if len(identities) < 2 * n_folds:
+        raise ValueError(f"need at least {2 * n_folds} identities for {n_folds} folds")
+    by_identity = {int(i): np.flatnonzero(labels == i) for i in identities}
+    left, right, fold = [], [], []
+    for f in range(n_folds):
+        members = [int(i) for i in identities[f::n_folds]]
+        multi = [i for i in members if len(by_identity[i]) >= 2]
+
+        def same_pair(multi: list[int] = multi) -> tuple[int, int]:
+            a, b = rng.choice(by_identity[multi[rng.integers(len(multi))]], 2, replace=False)
+            return int(a), int(b)
+
+        def different_pair(members: list[int] = members) -> tuple[int, int]:
+            i, j = rng.choice(members, 2, replace=False)
+            return int(rng.choice(by_identity[int(i)])), int(rng.choice(by_identity[int(j)]))
+
+        same = _unique_pairs(same_pair, pairs_per_fold // 2) if multi else []
+        different = _unique_pairs(different_pair, len(same))
+        for a, b in same + different:
+            left.append(a), right.append(b), fold.append(f)
+    return np.array(left, np.int64), np.array(right, np.int64), np.array(fold, np.int64)
+
+
+def _unique_pairs(draw: Callable[[], tuple[int, int]], count: int) -> list[tuple[int, int]]:
+    """Up to `count` distinct unordered pairs from `draw`, giving up after 50x attempts."""
+    found: dict[tuple[int, int], None] = {}
+    for _ in range(50 * count):
+        if len(found) >= count:
+            break
+        a, b = draw()
+        found[(min(a, b), max(a, b))] = None
+    return list(found)
+
+
+def pairs_from_set(
+    labeled: LabeledSet, out: str | os.PathLike[str], *, n_folds: int = 10,
+    pairs_per_fold: int = 600, seed: int = 0,
+) -> dict[str, int]:
+    """Write a `.bin` of LFW-style pairs drawn from a registered labeled set."""
+    left, right, _ = generate_pairs(labeled.labels, n_folds=n_folds,
+                                    pairs_per_fold=pairs_per_fold, seed=seed)
+    images = [labeled.crop_bytes(int(p)) for pair in zip(left, right, strict=True) for p in pair]
+    issame = labeled.labels[left] == labeled.labels[right]
+    write_bin(out, images, issame)
+    return {"pairs": len(issame), "same": int(issame.sum()), "different": int((~issame).sum())}

@@ -1,0 +1,13 @@
+"""Small query helpers that leave no half-read result on the connection (DuckDB 2 forbids that)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+
+def one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> tuple | None:
+    """The first row, or None; the result is read to the end."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
