@@ -51,6 +51,9 @@ def test_reader_on_a_file_built_byte_by_byte(tmp_path):
         assert header.flag == 2 and list(header.label) == [5.0, 9.0] and image == b"IMG"
         assert header.class_label == 5.0
         assert [off for off, _ in reader.scan()] == [0, len(rec0), len(rec0) + len(rec1)]
+        # The vectorised path agrees, including the split and multi-label records.
+        fast = [(k, v, bytes(img)) for k, v, img in reader.iter_images()]
+        assert fast == [(0, 3.0, image_a), (1, 7.0, image_b), (2, 5.0, b"IMG")]
         assert rec_layout(reader).identity_spans is None  # plain im2rec
 
 

@@ -86,6 +86,7 @@ class RecSource:
     """InsightFace RecordIO: `train.rec`, `train.idx`, `property` (num_classes,h,w)."""
 
     format = "rec"
+    BATCH = 16384
 
     def __init__(self, path: Path):
         rec = path if path.is_file() else _single(path, "*.rec")
@@ -103,27 +104,39 @@ class RecSource:
             self.notes.empty_identities = [str(i) for i in np.flatnonzero(spans[:, 1] <= spans[:, 0])]
 
     def stream(self) -> Iterator[Sample]:
-        keys = self.layout.image_keys
         seen: set[int] = set()
-        for key in keys:
-            locator = str(int(key))
+        for start in range(0, len(self.layout.image_keys), self.BATCH):
+            keys = self.layout.image_keys[start : start + self.BATCH]
             try:
-                header, image = unpack(self.reader.read_key(int(key)))
-            except (RecordIOError, KeyError) as exc:
-                yield Sample(None, locator, None, f"corrupt record ({exc})")
-                continue
-            value = header.class_label
-            label = int(value)
-            if label != value or label < 0 or (
-                not self._labels_from_scan and label >= len(self.identities)
-            ):
-                yield Sample(None, locator, image, f"label out of range ({value:g})")
-                continue
-            seen.add(label)
-            yield Sample(label, locator, image)
+                # Vectorised header parsing; a damaged batch is redone record by record.
+                records = [(k, v, bytes(img)) for k, v, img in self.reader.iter_images(keys)]
+            except (RecordIOError, KeyError):
+                records = list(self._one_by_one(keys))
+            for key, value, image in records:
+                sample = self._sample(key, value, image)
+                if sample.label is not None:
+                    seen.add(sample.label)
+                yield sample
         if self._labels_from_scan:
             self.identities = [str(i) for i in range(max(seen) + 1 if seen else 0)]
             self.notes.empty_identities = [str(i) for i in sorted(set(range(len(self.identities))) - seen)]
+
+    def _one_by_one(self, keys: np.ndarray) -> Iterator[tuple[int, float | str, bytes | None]]:
+        for key in keys.tolist():
+            try:
+                header, image = unpack(self.reader.read_key(key))
+            except (RecordIOError, KeyError) as exc:
+                yield key, f"corrupt record ({exc})", None
+                continue
+            yield key, header.class_label, image
+
+    def _sample(self, key: int, value: float | str, image: bytes | None) -> Sample:
+        if isinstance(value, str):
+            return Sample(None, str(key), None, value)
+        label = int(value)
+        if label != value or label < 0 or (not self._labels_from_scan and label >= len(self.identities)):
+            return Sample(None, str(key), image, f"label out of range ({value:g})")
+        return Sample(label, str(key), image)
 
     def read(self, locator: str) -> bytes:
         return unpack(self.reader.read_key(int(locator)))[1]

@@ -15,6 +15,7 @@ keys 1..id_start-1; keys id_start..id_end-1 are identity records whose labels ar
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -102,7 +103,9 @@ class RecordIOReader:
             self._check_magic(int(self.offsets[0]))
 
     def close(self) -> None:
-        self._map.close()
+        # Views from iter_images still alive keep the map open until they are released.
+        with contextlib.suppress(BufferError):
+            self._map.close()
 
     def __enter__(self) -> RecordIOReader:
         return self
@@ -145,6 +148,47 @@ class RecordIOReader:
 
     def header(self, key: int) -> IRHeader:
         return unpack(self.read_key(key))[0]
+
+    def iter_images(
+        self, keys: np.ndarray | None = None, batch: int = 65536
+    ) -> Iterator[tuple[int, float, memoryview]]:
+        """(key, class label, image bytes) for `keys` (default: every key), zero-copy.
+
+        Headers of a whole batch are parsed with numpy; only records split on the
+        magic word or carrying several labels take the per-record path. The
+        memoryviews point into the map: copy them to keep them past `close()`.
+        """
+        keys = self.keys if keys is None else np.asarray(keys, dtype=np.int64)
+        if self._key_to_pos is None:
+            self._key_to_pos = _KeyLookup(self.keys)
+        buf = np.frombuffer(self._map, dtype=np.uint8)
+        view = memoryview(self._map)
+        lookup = self._key_to_pos
+        for start in range(0, len(keys), batch):
+            chunk = keys[start : start + batch]
+            if lookup.contiguous and len(chunk) and chunk.min() >= 0 and chunk.max() < len(self.keys):
+                offs = self.offsets[chunk]
+            else:
+                offs = self.offsets[[lookup[int(k)] for k in chunk]]
+            fits = offs + 8 + IR_HEADER.size <= self.size
+            safe = np.where(fits, offs, 0)
+            words = buf[safe[:, None] + np.arange(8 + IR_HEADER.size)].copy()
+            magic = words[:, 0:4].view("<u4")[:, 0]
+            lrec = words[:, 4:8].view("<u4")[:, 0]
+            flag = words[:, 8:12].view("<u4")[:, 0]
+            label = words[:, 12:16].view("<f4")[:, 0]
+            length = (lrec & LENGTH_MASK).astype(np.int64)
+            begin = offs + 8 + IR_HEADER.size
+            end = offs + 8 + length
+            fast = fits & (magic == MAGIC) & ((lrec >> 29) == 0) & (flag == 0) & (end <= self.size)
+            rows = zip(chunk.tolist(), label.tolist(), begin.tolist(), end.tolist(), fast.tolist(),
+                       offs.tolist(), strict=True)
+            for key, value, first, last, ok, offset in rows:
+                if ok:
+                    yield key, value, view[first:last]
+                else:
+                    header, image = unpack(self.read_at(offset)[0])
+                    yield key, header.class_label, memoryview(image)
 
     def scan(self) -> Iterator[tuple[int, bytes]]:
         """Every record in file order, with its offset (no index needed)."""
