@@ -293,3 +293,123 @@ def labeled_pairs(
     else:
         out.print(f"wrote {counts['pairs']} pairs ({counts['same']} same, "
                   f"{counts['different']} different) to {out_file}")
+
+
+@app.command()
+@handled
+def embed(
+    model: Annotated[str, typer.Option(
+        help="dlib (128-d, offline) or onnx:PATH (InsightFace-style 112x112 model).")] = "dlib",
+    flip: Annotated[bool, typer.Option(
+        help="Average with the mirrored crop (2x the work, a little more accurate).")] = False,
+    set_names: Annotated[list[str] | None, typer.Option(
+        "--set", help="'unlabeled' or a labeled set name; repeat for several.",
+        show_default="unlabeled")] = None,
+    per_identity: Annotated[int, typer.Option(
+        help="Labeled faces sampled per identity for its centre.")] = 10,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.",
+                                                show_default="all cores")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute missing embeddings (and labeled identity centres); re-runs reuse what exists."""
+    from workbench.embed.compute import embed as run_embed
+
+    with progress_bar("embed", enabled=not as_json) as update:
+        counts = run_embed(Workspace.at(workspace), model=model, flip=flip, sets=set_names,
+                           per_identity=per_identity, seed=seed, workers=workers, progress=update)
+    if as_json:
+        print_json(counts)
+    else:
+        out.print(kv_table("embed", list(counts.items())))
+
+
+ModelOpt = Annotated[str, typer.Option(
+    help="Embedding model: dlib (offline, 128-d) or onnx:PATH.")]
+FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the work).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")]
+
+
+@app.command()
+@handled
+def overlap(
+    labeled: Annotated[str, typer.Option("--labeled", help="The labeled set S to keep U apart from.")],
+    threshold: Annotated[str, typer.Option(
+        help="'auto' (from the labeled set's impostor scores at --far) or a Z-score.")] = "auto",
+    far: Annotated[float, typer.Option(help="Target false-accept rate per comparison for auto.")] = 1e-4,
+    ambiguous_margin: Annotated[float, typer.Option(
+        help="Faces this far (Z units) below the threshold are 'ambiguous' (also excluded).")] = 1.0,
+    per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
+    model: ModelOpt = "dlib",
+    flip: FlipOpt = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    workers: WorkersOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Flag unlabeled faces whose identity is in the labeled set (embeds what is missing)."""
+    from workbench.index.overlap import OverlapSettings, run_overlap
+
+    try:
+        fixed = None if threshold == "auto" else float(threshold)
+    except ValueError:
+        raise WorkbenchError(f"--threshold must be 'auto' or a number, not {threshold!r}") from None
+    settings = OverlapSettings(threshold=fixed, far=far, ambiguous_margin=ambiguous_margin,
+                               per_identity=per_identity, seed=seed)
+    with progress_bar("overlap: embeddings", enabled=not as_json) as update:
+        summary = run_overlap(Workspace.at(workspace), labeled, model=model, flip=flip,
+                              settings=settings, workers=workers, progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table(f"overlap with {labeled}", [
+            (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
+
+
+@app.command()
+@handled
+def dedupe(
+    strict: Annotated[float, typer.Option(help="Cosine at which two faces are duplicates.")] = 0.985,
+    loose: Annotated[float, typer.Option(
+        help="Cosine above which a close crop hash also makes a duplicate.")] = 0.93,
+    phash_bits: Annotated[int, typer.Option(help="Max differing bits of the crops' hashes.")] = 14,
+    model: ModelOpt = "dlib",
+    flip: FlipOpt = False,
+    workers: WorkersOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Group near-duplicate unlabeled faces; the best-quality face represents each group."""
+    from workbench.index.dedupe import DedupeThresholds, run_dedupe
+
+    with progress_bar("dedupe: embeddings", enabled=not as_json) as update:
+        summary = run_dedupe(Workspace.at(workspace), model=model, flip=flip,
+                             thresholds=DedupeThresholds(strict, loose, phash_bits), workers=workers,
+                             progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table("dedupe", list(summary.items())))
+
+
+@app.command()
+@handled
+def split(
+    eval_unknown: Annotated[float, typer.Option(
+        help="Share of clean unlabeled faces held out, as whole clusters, for rejection tests.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for choosing held-out clusters.")] = 0,
+    min_quality: Annotated[float, typer.Option(help="Faces below this quality are excluded.")] = 0.2,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the curated splits: train_unlabeled, eval_unknown and excluded (with reasons)."""
+    from workbench.index.splits import run_split
+
+    summary = run_split(Workspace.at(workspace), eval_unknown=eval_unknown, seed=seed,
+                        min_quality=min_quality)
+    if as_json:
+        print_json(summary)
+        return
+    out.print(kv_table("splits", list(summary["splits"].items())))
+    out.print(kv_table("excluded by reason", list(summary["excluded_by_reason"].items())))

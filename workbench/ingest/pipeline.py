@@ -184,6 +184,7 @@ def _commit(
         "blur": pa.array([f.blur for _, f in faces], pa.float32()),
         "brightness": pa.array([f.brightness for _, f in faces], pa.float32()),
         "quality": pa.array([f.quality for _, f in faces], pa.float32()),
+        "crop_phash": pa.array([f.crop_phash for _, f in faces], pa.uint64()),
     }))
     con.register("new_files", pa.table({
         "path": [r.path for r in results],
@@ -200,8 +201,8 @@ def _commit(
             "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
         con.execute(
             "INSERT INTO faces SELECT face_id, image_id, face_index, crop_rel, det_score, "
-            "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ? "
-            "FROM new_faces ON CONFLICT DO NOTHING", [run_id])
+            "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ?, "
+            "crop_phash FROM new_faces ON CONFLICT DO NOTHING", [run_id])
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
         con.execute(
             "INSERT INTO files SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",

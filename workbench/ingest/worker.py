@@ -40,6 +40,7 @@ class FaceResult:
     blur: float
     brightness: float
     quality: float
+    crop_phash: int
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _aligned_face(
     write_atomic(options.root, rel, payload)
     quality = face_quality(gray, None)
     return FaceResult(face_id, 0, rel, None, None, None, quality.face_size, quality.blur,
-                      quality.brightness, quality.score)
+                      quality.brightness, quality.score, phash64(gray))
 
 
 def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> list[FaceResult]:
@@ -153,11 +154,12 @@ def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> l
         face_id = face_id_for(image_id, index)
         rel = crop_relpath(face_id, ".jpg")
         write_atomic(options.root, rel, _encode(crop, ".jpg"))
-        quality = face_quality(crop, det.landmarks)
+        gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+        quality = face_quality(gray, det.landmarks)
         faces.append(
             FaceResult(face_id, index, rel, det.score, det.bbox.round(2).tolist(),
                        det.landmarks.round(2).ravel().tolist(), quality.face_size,
-                       quality.blur, quality.brightness, quality.score)
+                       quality.blur, quality.brightness, quality.score, phash64(gray))
         )
     return faces
 

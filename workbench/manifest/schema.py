@@ -102,6 +102,66 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        "embeddings, centres, duplicates, overlap, clusters, splits",
+        [
+            "ALTER TABLE faces ADD COLUMN crop_phash UBIGINT",
+            """CREATE TABLE embedding_models (
+                model_key VARCHAR PRIMARY KEY,
+                kind VARCHAR NOT NULL,
+                path VARCHAR NOT NULL,
+                flip BOOLEAN NOT NULL,
+                dim INTEGER NOT NULL,
+                created_at TIMESTAMP
+            )""",
+            """CREATE TABLE embeddings (
+                model_key VARCHAR NOT NULL,
+                item_id VARCHAR NOT NULL,
+                row BIGINT NOT NULL,
+                PRIMARY KEY (model_key, item_id)
+            )""",
+            """CREATE TABLE centres (
+                model_key VARCHAR NOT NULL,
+                set_name VARCHAR NOT NULL,
+                per_identity INTEGER NOT NULL,
+                seed INTEGER NOT NULL,
+                path VARCHAR NOT NULL,
+                n_identities INTEGER NOT NULL,
+                created_at TIMESTAMP,
+                PRIMARY KEY (model_key, set_name, per_identity, seed)
+            )""",
+            """CREATE TABLE dups (
+                face_id VARCHAR PRIMARY KEY,
+                group_id VARCHAR NOT NULL,
+                is_representative BOOLEAN NOT NULL,
+                run_id VARCHAR
+            )""",
+            """CREATE TABLE clusters (
+                face_id VARCHAR PRIMARY KEY,
+                cluster_id VARCHAR NOT NULL,
+                model_key VARCHAR NOT NULL,
+                run_id VARCHAR
+            )""",
+            """CREATE TABLE overlap (
+                face_id VARCHAR NOT NULL,
+                labeled_set VARCHAR NOT NULL,
+                nearest_label INTEGER,
+                similarity REAL,
+                score REAL,
+                decision VARCHAR NOT NULL,
+                run_id VARCHAR,
+                PRIMARY KEY (face_id, labeled_set)
+            )""",
+            """CREATE TABLE splits (
+                image_id VARCHAR NOT NULL,
+                face_id VARCHAR,
+                split VARCHAR NOT NULL,
+                reason VARCHAR,
+                run_id VARCHAR
+            )""",
+        ],
+    ),
 ]
 
 

@@ -43,6 +43,16 @@ VIEWS: list[str] = [
            s.det_score, s.quality
     FROM labeled_samples s
     LEFT JOIN labeled_identities i ON i.set_name = s.set_name AND i.label = s.label""",
+    """CREATE OR REPLACE VIEW wb_overlap AS
+    SELECT o.face_id, o.labeled_set, i.identity AS nearest_identity, o.similarity, o.score,
+           o.decision, c.cluster_id
+    FROM overlap o
+    LEFT JOIN labeled_identities i ON i.set_name = o.labeled_set AND i.label = o.nearest_label
+    LEFT JOIN clusters c USING (face_id)""",
+    """CREATE OR REPLACE VIEW wb_dups AS
+    SELECT face_id, group_id, is_representative FROM dups""",
+    """CREATE OR REPLACE VIEW wb_splits AS
+    SELECT face_id, image_id, split, reason FROM splits""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

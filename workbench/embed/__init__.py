@@ -1,0 +1,1 @@
+"""Face embeddings: models, an append-only on-disk store keyed in the manifest, centres."""

@@ -1,0 +1,187 @@
+"""Compute what is missing: embeddings of unlabeled faces, of sampled labeled faces, centres.
+
+Every function here is idempotent: it embeds only items without a stored
+vector, commits in batches, and resumes after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import cv2
+import duckdb
+import numpy as np
+
+from workbench.embed.models import Embedder, ModelSpec, load_embedder
+from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
+from workbench.labeled.access import LabeledSet
+from workbench.manifest.query import one
+from workbench.parallel import Mapper, chunked
+from workbench.workspace import Workspace
+
+ProgressFn = Callable[[int, int], None]
+COMMIT_EVERY = 512
+WORKER_BATCH = 8
+
+
+def decode_crops(encoded: list[bytes]) -> np.ndarray:
+    """Encoded crops to an (n, 112, 112, 3) RGB batch."""
+    out = np.empty((len(encoded), 112, 112, 3), np.uint8)
+    for i, data in enumerate(encoded):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("undecodable crop")
+        if bgr.shape[:2] != (112, 112):
+            bgr = cv2.resize(bgr, (112, 112), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return out
+
+
+def _embed_encoded(encoded: list[bytes], spec: ModelSpec) -> np.ndarray:
+    return load_embedder(spec).embed(decode_crops(encoded))
+
+
+@dataclass
+class EmbedContext:
+    workspace: Workspace
+    con: duckdb.DuckDBPyConnection
+    spec: ModelSpec
+    mapper: Mapper
+    progress: ProgressFn | None = None
+
+    def store(self) -> EmbeddingStore:
+        existing = EmbeddingStore.open_existing(self.workspace, self.con, self.spec)
+        if existing is not None:
+            return existing
+        dim = _model_dim(self.spec)
+        return EmbeddingStore(self.workspace, self.con, self.spec, dim)
+
+
+def _model_dim(spec: ModelSpec) -> int:
+    embedder: Embedder = load_embedder(spec)
+    return embedder.dim
+
+
+def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], bytes]) -> int:
+    """Embed the items without a vector; returns how many were computed."""
+    store = ctx.store()
+    todo = store.missing(item_ids)
+    work = partial(_embed_encoded, spec=ctx.spec)
+    done = 0
+    for chunk in chunked(todo, COMMIT_EVERY):
+        batches = [[load(i) for i in part] for part in chunked(chunk, WORKER_BATCH)]
+        vectors = np.concatenate(list(_mapped(ctx, work, batches)))
+        ctx.con.execute("BEGIN TRANSACTION")
+        try:
+            store.append(chunk, vectors)
+            ctx.con.execute("COMMIT")
+        except BaseException:
+            ctx.con.execute("ROLLBACK")
+            raise
+        done += len(chunk)
+        if ctx.progress:
+            ctx.progress(done, len(todo))
+    return done
+
+
+def _mapped(ctx: EmbedContext, work: Callable, batches: list[list[bytes]]) -> Iterable[np.ndarray]:
+    if ctx.spec.parallel:
+        return ctx.mapper(work, batches)
+    return map(work, batches)
+
+
+def unlabeled_face_ids(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(face_id, crop_rel) of every unlabeled face, in a stable order."""
+    return con.execute("SELECT face_id, crop_rel FROM faces ORDER BY face_id").fetchall()
+
+
+def embed_unlabeled(ctx: EmbedContext) -> int:
+    faces = unlabeled_face_ids(ctx.con)
+    crops = dict(faces)
+    root = ctx.workspace.root
+    return embed_items(ctx, [f for f, _ in faces], lambda face_id: (root / crops[face_id]).read_bytes())
+
+
+def sample_per_identity(labels: np.ndarray, per_identity: int, seed: int) -> np.ndarray:
+    """Positions of up to `per_identity` samples of each label, chosen at random (seeded)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.arange(len(order)) - starts
+    return np.sort(order[rank < per_identity])
+
+
+@dataclass(frozen=True)
+class Centres:
+    vectors: np.ndarray  # (n_identities, dim), unit rows; zero rows for identities without samples
+    valid: np.ndarray  # (n_identities,) bool
+    sample_positions: np.ndarray  # positions in LabeledSet.samples used for the centres
+
+
+def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: int) -> Centres:
+    """Embed sampled faces of each labeled identity and average them into unit centres."""
+    labeled = LabeledSet(ctx.workspace, ctx.con, set_name)
+    try:
+        positions = sample_per_identity(labeled.labels, per_identity, seed)
+        sample_idx = labeled.samples.column("sample_idx").to_numpy()
+        ids = [labeled_item_id(set_name, int(sample_idx[p])) for p in positions]
+        by_id = dict(zip(ids, positions.tolist(), strict=True))
+        embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
+    finally:
+        labeled.close()
+    store = ctx.store()
+    path = centres_path(store, set_name, per_identity, seed)
+    recorded = one(ctx.con, "SELECT path FROM centres WHERE model_key = ? AND set_name = ? "
+                   "AND per_identity = ? AND seed = ?", [store.key, set_name, per_identity, seed])
+    n_ids = len(labeled.identities)
+    if recorded is None or not path.exists():
+        vectors = store.vectors(ids)
+        sums = np.zeros((n_ids, store.dim), np.float64)
+        np.add.at(sums, labeled.labels[positions], vectors)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        np.save(path, centres)
+        ctx.con.execute("INSERT OR REPLACE INTO centres VALUES (?, ?, ?, ?, ?, ?, now())",
+                        [store.key, set_name, per_identity, seed, str(path), n_ids])
+    centres = np.load(path)
+    return Centres(centres, np.linalg.norm(centres, axis=1) > 0, positions)
+
+
+def embed(
+    workspace: Workspace,
+    *,
+    model: str = "dlib",
+    flip: bool = False,
+    sets: list[str] | None = None,
+    per_identity: int = 10,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, object]:
+    """`wb embed`: embed unlabeled faces (`unlabeled`) and/or labeled sets' sampled faces."""
+    import os
+
+    from workbench.manifest.runs import open_run
+    from workbench.parallel import process_mapper
+
+    spec = ModelSpec.parse(model, flip=flip)
+    sets = sets or ["unlabeled"]
+    workers = workers or os.cpu_count() or 1
+    params = {"model": model, "flip": flip, "sets": sets, "per_identity": per_identity, "seed": seed}
+    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
+            open_run(workspace, "embed", params) as (con, run):
+        ctx = EmbedContext(workspace, con, spec, mapper, progress)
+        counts: dict[str, object] = {"model_key": spec.key}
+        for name in sets:
+            if name == "unlabeled":
+                counts["unlabeled_computed"] = embed_unlabeled(ctx)
+            else:
+                centres = ensure_centres(ctx, name, per_identity, seed)
+                counts[f"{name}_identities"] = int(centres.valid.sum())
+                counts[f"{name}_samples"] = len(centres.sample_positions)
+        run.counts = counts
+        return counts

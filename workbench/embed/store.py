@@ -1,0 +1,102 @@
+"""Embeddings on disk: one append-only float32 matrix per model, rows keyed in the manifest.
+
+Vectors are appended and fsynced before their rows are committed, so a crash
+leaves at most unreferenced rows at the end of the file, never a referenced
+row without its vector. Item ids: a face id for unlabeled faces,
+`S:<set>:<sample_idx>` for labeled samples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from workbench.embed.models import ModelSpec
+from workbench.manifest.query import one
+from workbench.workspace import Workspace
+
+
+def labeled_item_id(set_name: str, sample_idx: int) -> str:
+    return f"S:{set_name}:{sample_idx}"
+
+
+class EmbeddingStore:
+    def __init__(self, workspace: Workspace, con: duckdb.DuckDBPyConnection, spec: ModelSpec, dim: int):
+        self.con, self.spec, self.dim = con, spec, dim
+        self.key = spec.key
+        self.dir = workspace.root / "embeddings" / self.key
+        self.path = self.dir / "vectors.f32"
+        self.row_bytes = 4 * dim
+        existing = one(con, "SELECT dim FROM embedding_models WHERE model_key = ?", [self.key])
+        if existing is None:
+            con.execute("INSERT INTO embedding_models VALUES (?, ?, ?, ?, ?, now())",
+                        [self.key, spec.kind, spec.path, spec.flip, dim])
+        elif existing[0] != dim:
+            raise ValueError(f"model {self.key} recorded with dim {existing[0]}, now {dim}")
+
+    @classmethod
+    def open_existing(cls, workspace: Workspace, con: duckdb.DuckDBPyConnection,
+                      spec: ModelSpec) -> EmbeddingStore | None:
+        row = one(con, "SELECT dim FROM embedding_models WHERE model_key = ?", [spec.key])
+        return None if row is None else cls(workspace, con, spec, int(row[0]))
+
+    def missing(self, item_ids: list[str]) -> list[str]:
+        """The ids among `item_ids` without a stored vector, in the given order."""
+        if not item_ids:
+            return []
+        self.con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string())}))
+        have = {r[0] for r in self.con.execute(
+            "SELECT w.item_id FROM wanted w JOIN embeddings e "
+            "ON e.item_id = w.item_id AND e.model_key = ?", [self.key]).fetchall()}
+        self.con.unregister("wanted")
+        return [i for i in item_ids if i not in have]
+
+    def append(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.shape != (len(item_ids), self.dim):
+            raise ValueError(f"expected {(len(item_ids), self.dim)} vectors, got {vectors.shape}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            size = handle.tell()
+            if size % self.row_bytes:  # a torn write from a crash: drop the partial row
+                handle.truncate(size - size % self.row_bytes)
+                size -= size % self.row_bytes
+            handle.write(vectors.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        first = size // self.row_bytes
+        self.con.register("new_rows", pa.table({
+            "item_id": pa.array(item_ids, pa.string()),
+            "row": pa.array(np.arange(first, first + len(item_ids)), pa.int64()),
+        }))
+        self.con.execute("INSERT INTO embeddings SELECT ?, item_id, row FROM new_rows", [self.key])
+        self.con.unregister("new_rows")
+
+    def matrix(self) -> np.ndarray:
+        if not self.path.exists():
+            return np.empty((0, self.dim), np.float32)
+        return np.memmap(self.path, dtype="<f4", mode="r").reshape(-1, self.dim)
+
+    def rows(self, item_ids: list[str]) -> np.ndarray:
+        """Row numbers of `item_ids` in order; KeyError if any is missing."""
+        self.con.register("wanted", pa.table({
+            "item_id": pa.array(item_ids, pa.string()),
+            "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
+        found = self.con.execute(
+            "SELECT w.pos, e.row FROM wanted w JOIN embeddings e "
+            "ON e.item_id = w.item_id AND e.model_key = ? ORDER BY w.pos", [self.key]).fetchnumpy()
+        self.con.unregister("wanted")
+        if len(found["pos"]) != len(item_ids):
+            raise KeyError(f"{len(item_ids) - len(found['pos'])} items have no embedding")
+        return found["row"]
+
+    def vectors(self, item_ids: list[str]) -> np.ndarray:
+        return np.asarray(self.matrix()[self.rows(item_ids)])
+
+
+def centres_path(store: EmbeddingStore, set_name: str, per_identity: int, seed: int) -> Path:
+    return store.dir / f"centres_{set_name}_k{per_identity}_s{seed}.npy"

@@ -1,0 +1,1 @@
+"""Search and grouping over embeddings: FAISS search, dedupe, clusters, overlap, splits."""

@@ -1,0 +1,148 @@
+"""Near-duplicate groups among unlabeled faces, from the embedding and the crop's perceptual hash.
+
+Candidates are each face's nearest neighbours by embedding (FAISS, so it
+scales); a pair is a duplicate when the embeddings are nearly identical
+(cosine >= `strict`), or close (>= `loose`) and the aligned crops' perceptual
+hashes differ in at most `phash_bits` bits. Distinct photos of one person
+are close in embedding but not in the crop hash, so they are not merged.
+Groups are connected components; the best-quality face represents each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import duckdb
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from workbench.embed.compute import EmbedContext, ProgressFn, embed_unlabeled
+from workbench.embed.models import ModelSpec
+from workbench.index.search import nearest
+from workbench.manifest.runs import open_run
+from workbench.parallel import process_mapper
+from workbench.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class DedupeThresholds:
+    strict: float = 0.985
+    loose: float = 0.93
+    phash_bits: int = 14
+    k: int = 8
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def duplicate_pairs(
+    vectors: np.ndarray, phashes: np.ndarray, t: DedupeThresholds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, similarity) of duplicate pairs, i < j."""
+    sims, idx = nearest(vectors, vectors, t.k + 1)
+    n = len(vectors)
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols, s = idx.ravel(), sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (s >= t.loose)
+    rows, cols, s = rows[keep], cols[keep], s[keep]
+    bits = popcount64(phashes[rows] ^ phashes[cols])
+    dup = (s >= t.strict) | (bits <= t.phash_bits)
+    i, j = np.minimum(rows[dup], cols[dup]), np.maximum(rows[dup], cols[dup])
+    pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
+    pair_sims = np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) if len(pairs) else s[:0]
+    return pairs[:, 0], pairs[:, 1], pair_sims
+
+
+def group_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components of the duplicate graph (a scalable union-find)."""
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def representatives(groups: np.ndarray, quality: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """True for the best-quality face of each group (ties: smallest `order_key`)."""
+    order = np.lexsort((order_key, -np.nan_to_num(quality, nan=-1.0), groups))
+    first = np.ones(len(order), bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    rep = np.zeros(len(groups), bool)
+    rep[order[first]] = True
+    return rep
+
+
+def crop_phash_from_file(path: str) -> int:
+    from workbench.ingest.hashing import phash64
+
+    gray = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise ValueError(f"unreadable crop {path}")
+    return phash64(gray)
+
+
+def run_dedupe(
+    workspace: Workspace, *, model: str = "dlib", flip: bool = False,
+    thresholds: DedupeThresholds | None = None, workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives."""
+    thresholds = thresholds or DedupeThresholds()
+    spec = ModelSpec.parse(model, flip=flip)
+    workers = workers or os.cpu_count() or 1
+    params = {"model": model, "flip": flip, **asdict(thresholds)}
+    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
+            open_run(workspace, "dedupe", params) as (con, run):
+        ctx = EmbedContext(workspace, con, spec, mapper, progress)
+        embed_unlabeled(ctx)
+        _fill_crop_phash(workspace, con)
+        rows = con.execute("SELECT face_id, crop_phash, quality FROM faces ORDER BY face_id").fetchnumpy()
+        face_ids = list(rows["face_id"])
+        store = ctx.store()
+        vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
+        i, j, _ = duplicate_pairs(vectors, rows["crop_phash"].astype(np.uint64), thresholds)
+        groups = group_labels(len(face_ids), i, j)
+        rep = representatives(groups, rows["quality"].astype(np.float64), np.arange(len(face_ids)))
+        rep_of_group = np.empty(groups.max() + 1 if len(groups) else 0, np.int64)
+        rep_of_group[groups[rep]] = np.flatnonzero(rep)
+        table = pa.table({
+            "face_id": pa.array(face_ids, pa.string()),
+            "group_id": pa.array([face_ids[g] for g in rep_of_group[groups]], pa.string()),
+            "is_representative": pa.array(rep),
+        })
+        con.register("dup_rows", table)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM dups")
+            con.execute("INSERT INTO dups SELECT face_id, group_id, is_representative, ? FROM dup_rows",
+                        [run.run_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("dup_rows")
+        sizes = np.bincount(groups) if len(groups) else np.empty(0, np.int64)
+        summary = {"faces": len(face_ids), "duplicate_pairs": len(i),
+                   "groups_with_duplicates": int((sizes >= 2).sum()),
+                   "duplicates": int(len(face_ids) - rep.sum()), "model_key": store.key,
+                   **asdict(thresholds), "run_id": run.run_id}
+        run.counts = summary
+        return summary
+
+
+def _fill_crop_phash(workspace: Workspace, con: duckdb.DuckDBPyConnection) -> None:
+    """Workspaces ingested before crop hashes existed get them from the crop files."""
+    missing = con.execute("SELECT face_id, crop_rel FROM faces WHERE crop_phash IS NULL").fetchall()
+    if not missing:
+        return
+    hashes = [crop_phash_from_file(str(workspace.root / rel)) for _, rel in missing]
+    con.register("filled", pa.table({"face_id": [f for f, _ in missing],
+                                     "crop_phash": pa.array(hashes, pa.uint64())}))
+    con.execute("UPDATE faces SET crop_phash = filled.crop_phash FROM filled "
+                "WHERE faces.face_id = filled.face_id")
+    con.unregister("filled")

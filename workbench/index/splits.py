@@ -1,0 +1,97 @@
+"""`wb split`: curated splits of the unlabeled data, deterministic for a seed.
+
+- `excluded` with a reason, first that applies: the image has no usable face
+  (`no face`, or the image's rejection reason), `overlap` / `ambiguous overlap`
+  with a labeled set, `duplicate` (not its group's representative), `low quality`.
+- `eval_unknown`: whole clusters of clean faces held out for rejection tests, so
+  no photo of a held-out person is trained on.
+- `train_unlabeled`: the remaining clean representatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+from workbench.manifest.query import one
+from workbench.manifest.runs import open_run
+from workbench.workspace import Workspace
+
+
+def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: int) -> set[str]:
+    """Clusters, in a seeded random order, until they hold `fraction` of the faces."""
+    names = sorted(cluster_sizes)
+    order = np.random.default_rng(seed).permutation(len(names))
+    target = fraction * sum(cluster_sizes.values())
+    chosen, total = set(), 0
+    for i in order:
+        if total >= target:
+            break
+        chosen.add(names[i])
+        total += cluster_sizes[names[i]]
+    return chosen
+
+
+def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
+              min_quality: float = 0.2) -> dict[str, Any]:
+    if not 0 <= eval_unknown < 1:
+        raise WorkbenchError("--eval-unknown must be in [0, 1)")
+    params = {"eval_unknown": eval_unknown, "seed": seed, "min_quality": min_quality}
+    with open_run(workspace, "split", params) as (con, run):
+        n_dups = one(con, "SELECT count(*) FROM dups")[0]
+        n_overlap = one(con, "SELECT count(*) FROM overlap")[0]
+        n_faces = one(con, "SELECT count(*) FROM faces")[0]
+        if n_faces and not n_dups:
+            raise WorkbenchError("no duplicate groups yet: run `wb dedupe` first")
+        if n_faces and not n_overlap:
+            raise WorkbenchError("no overlap decisions yet: run `wb overlap --labeled NAME` first")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM splits")
+            con.execute("""
+                INSERT INTO splits
+                SELECT i.image_id, NULL, 'excluded', coalesce(i.reason, 'no face'), ?
+                FROM images i WHERE i.status <> 'ok'""", [run.run_id])
+            con.execute("""
+                CREATE OR REPLACE TEMP TABLE face_reasons AS
+                SELECT f.face_id, f.image_id, c.cluster_id,
+                    CASE
+                        WHEN bool_or(o.decision = 'overlap') THEN 'overlap'
+                        WHEN bool_or(o.decision = 'ambiguous') THEN 'ambiguous overlap'
+                        WHEN NOT any_value(coalesce(d.is_representative, true)) THEN 'duplicate'
+                        WHEN any_value(f.quality) < ? THEN 'low quality'
+                    END AS reason
+                FROM faces f
+                LEFT JOIN overlap o USING (face_id)
+                LEFT JOIN dups d USING (face_id)
+                LEFT JOIN clusters c USING (face_id)
+                GROUP BY f.face_id, f.image_id, c.cluster_id""", [min_quality])
+            sizes = dict(con.execute(
+                "SELECT coalesce(cluster_id, face_id), count(*) FROM face_reasons "
+                "WHERE reason IS NULL GROUP BY 1").fetchall())
+            held_out = sorted(choose_eval_clusters(sizes, eval_unknown, seed))
+            con.execute("CREATE OR REPLACE TEMP TABLE held_out (cluster VARCHAR)")
+            if held_out:
+                con.executemany("INSERT INTO held_out VALUES (?)", [[c] for c in held_out])
+            con.execute("""
+                INSERT INTO splits
+                SELECT image_id, face_id,
+                    CASE WHEN reason IS NOT NULL THEN 'excluded'
+                         WHEN coalesce(cluster_id, face_id) IN (SELECT cluster FROM held_out)
+                             THEN 'eval_unknown'
+                         ELSE 'train_unlabeled' END,
+                    reason, ?
+                FROM face_reasons""", [run.run_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        counts = dict(con.execute("SELECT split, count(*) FROM splits GROUP BY split").fetchall())
+        reasons = dict(con.execute("SELECT reason, count(*) FROM splits WHERE split = 'excluded' "
+                                   "GROUP BY reason ORDER BY 2 DESC").fetchall())
+        summary = {"splits": counts, "excluded_by_reason": reasons,
+                   "eval_unknown_clusters": len(held_out), **params, "run_id": run.run_id}
+        run.counts = summary
+        return summary
