@@ -121,7 +121,8 @@ def run_overlap(
         scores, c_score, c_label = score_faces(vectors, face_ids, centres.vectors, centres.valid,
                                                stats, link)
         decision, label = decide(scores, c_score, c_label, threshold, settings.ambiguous_margin)
-        _write(con, labeled_set, scores, decision, label, model_key=store.key, run_id=run.run_id)
+        _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
+               model_key=store.key, run_id=run.run_id)
         summary = {
             "labeled_set": labeled_set, "model_key": store.key, "faces": len(face_ids),
             "overlap": int((decision == "overlap").sum()),
@@ -141,13 +142,16 @@ def run_overlap(
         return summary
 
 
-def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores, decision: np.ndarray,
-           label: np.ndarray, *, model_key: str, run_id: str) -> None:
+def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
+           cluster_score: np.ndarray, decision: np.ndarray, label: np.ndarray, *, model_key: str,
+           run_id: str) -> None:
     table = pa.table({
         "face_id": pa.array(scores.face_ids, pa.string()),
         "nearest_label": pa.array(label.astype(np.int32)),
         "similarity": pa.array(scores.cosine.astype(np.float32)),
         "score": pa.array(np.nan_to_num(scores.score, neginf=-1e9).astype(np.float32)),
+        "cluster_score": pa.array(np.where(np.isfinite(cluster_score), cluster_score, np.nan)
+                                  .astype(np.float32), from_pandas=True),
         "decision": pa.array(decision.astype(str)),
         "cluster_id": pa.array([f"c{c}" for c in scores.cluster], pa.string()),
     })
@@ -155,8 +159,8 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
-        con.execute("INSERT INTO overlap SELECT face_id, ?, nearest_label, similarity, score, decision, ? "
-                    "FROM overlap_rows", [labeled_set, run_id])
+        con.execute("INSERT INTO overlap SELECT face_id, ?, nearest_label, similarity, score, "
+                    "cluster_score, decision, ? FROM overlap_rows", [labeled_set, run_id])
         con.execute("DELETE FROM clusters")
         con.execute("INSERT INTO clusters SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
                     [model_key, run_id])

@@ -149,6 +149,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 nearest_label INTEGER,
                 similarity REAL,
                 score REAL,
+                cluster_score REAL,
                 decision VARCHAR NOT NULL,
                 run_id VARCHAR,
                 PRIMARY KEY (face_id, labeled_set)

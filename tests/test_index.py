@@ -1,0 +1,133 @@
+"""Search, dedupe, clustering, scoring and split selection on vectors with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.index.clusters import cluster_labels, cluster_means
+from workbench.index.dedupe import (
+    DedupeThresholds,
+    duplicate_pairs,
+    group_labels,
+    popcount64,
+    representatives,
+)
+from workbench.index.overlap import FaceScores, decide
+from workbench.index.scoring import impostor_stats, threshold_at_far, znorm_top
+from workbench.index.search import nearest
+from workbench.index.splits import choose_eval_clusters
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def blobs(n_centres: int, per: int, d: int, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(n_centres, d)))
+    # `noise` is the norm of the perturbation relative to the unit centre.
+    jitter = noise / np.sqrt(d) * rng.normal(size=(n_centres * per, d))
+    points = unit(np.repeat(centres, per, axis=0) + jitter)
+    return centres, points, np.repeat(np.arange(n_centres), per)
+
+
+def test_exact_search_matches_numpy():
+    centres, points, _ = blobs(50, 4, 16, 0.3)
+    sims, idx = nearest(points, centres, 3, exact=True)
+    full = points @ centres.T
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :3])
+    np.testing.assert_allclose(sims, np.take_along_axis(full, idx, axis=1), rtol=1e-5)
+
+
+def test_approximate_search_reranks_to_exact_similarities():
+    centres, points, labels = blobs(2000, 3, 32, 0.2)
+    sims, idx = nearest(points, centres, 2, exact=False)
+    assert (idx[:, 0] == labels).mean() > 0.99
+    exact = np.einsum("nd,nd->n", points, centres[idx[:, 0]])
+    np.testing.assert_allclose(sims[:, 0], exact, rtol=1e-5)
+
+
+def test_more_neighbours_than_base():
+    sims, idx = nearest(unit(np.ones((2, 4))), unit(np.eye(4)[:1]), 3, exact=True)
+    assert idx[:, 1:].tolist() == [[-1, -1], [-1, -1]] and np.isinf(sims[:, 1:]).all()
+
+
+def test_popcount():
+    assert popcount64(np.array([0, 1, 0xFF, 2**64 - 1], np.uint64)).tolist() == [0, 1, 8, 64]
+
+
+def test_duplicates_need_near_identity_or_close_hash():
+    rng = np.random.default_rng(1)
+    base = unit(rng.normal(size=(4, 64)))
+    near_copy = base[0] + 0.01 * unit(rng.normal(size=(1, 64)))[0]
+    same_person = base[0] + 0.3 * unit(rng.normal(size=(1, 64)))[0]
+    vectors = unit(np.vstack([base, near_copy, same_person, base[1]]))
+    hashes = np.array([0, 2**40, 2**41, 2**42, 0, 0xFFFF0000FFFF, 2**40 + 1], np.uint64)
+    # 4 = near-identical embedding of 0; 5 = same person as 0 but far hash; 6 = copy of 1, close hash
+    t = DedupeThresholds(strict=0.999, loose=0.9, phash_bits=4, k=6)
+    i, j, _ = duplicate_pairs(vectors, hashes, t)
+    pairs = set(zip(i.tolist(), j.tolist(), strict=True))
+    cos_05 = float(vectors[0] @ vectors[5])
+    assert cos_05 < 0.999
+    assert (0, 4) in pairs and (1, 6) in pairs and (0, 5) not in pairs
+
+
+def test_groups_and_representatives():
+    groups = group_labels(6, np.array([0, 1, 4]), np.array([1, 2, 5]))
+    assert groups[0] == groups[1] == groups[2] and groups[4] == groups[5] and groups[3] not in groups[[0, 4]]
+    quality = np.array([0.2, 0.9, 0.5, 0.1, np.nan, 0.3])
+    rep = representatives(groups, quality, np.arange(6))
+    assert rep.tolist() == [False, True, False, True, False, True]
+
+
+def test_clusters_separate_people_and_do_not_chain():
+    _, points, labels = blobs(5, 6, 32, 0.3, seed=2)
+    found = cluster_labels(points, threshold=0.8, k=5)
+    for person in range(5):
+        assert len(set(found[labels == person])) == 1
+    assert len(set(found)) == 5
+    means = cluster_means(points, found)
+    np.testing.assert_allclose(np.linalg.norm(means, axis=1), 1.0, rtol=1e-5)
+
+
+def test_impostor_stats_and_znorm_by_hand():
+    centres = unit(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    samples = unit(np.array([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]))
+    labels = np.array([0, 0, 1, 1])
+    stats = impostor_stats(centres, np.array([True, True]), samples, labels, n_samples=4)
+    # Centre 0's impostors are samples 2 and 3: cosines 0.0995 and -0.0995.
+    s = 0.1 / np.sqrt(1.01)
+    assert stats.mean[0] == pytest.approx(0.0, abs=1e-6)
+    assert stats.std[0] == pytest.approx(np.std([s, -s], ddof=1), rel=1e-4)
+    z, label, cos = znorm_top(unit(np.array([[1.0, 0.0]])), centres, np.array([True, True]), stats, k=2)
+    assert label[0] == 0 and cos[0] == pytest.approx(1.0)
+    assert z[0] == pytest.approx((1.0 - stats.mean[0]) / stats.std[0], rel=1e-4)
+
+
+def test_threshold_at_far():
+    scores = np.arange(10000, dtype=np.float64)
+    assert threshold_at_far(scores, 1e-3) == 9990.0
+    with pytest.raises(ValueError):
+        threshold_at_far(np.array([]), 1e-3)
+
+
+def test_decisions_with_cluster_evidence():
+    scores = FaceScores(["a", "b", "c", "d"], np.array([5.0, 2.5, 1.0, 0.0]), np.array([0, 0, 1, 2]),
+                        np.zeros(4), np.array([0, 0, 1, 2]))
+    cluster_score, cluster_label = np.array([4.0, 1.0, -np.inf]), np.array([0, 1, 2])
+    decision, label = decide(scores, cluster_score, cluster_label, threshold=3.0, margin=1.0)
+    assert decision.tolist() == ["overlap", "overlap", "clean", "clean"]
+    assert label.tolist() == [0, 0, 1, 2]
+    decision, _ = decide(scores, np.full(3, -np.inf), cluster_label, threshold=3.0, margin=1.0)
+    assert decision.tolist() == ["overlap", "ambiguous", "clean", "clean"]
+
+
+def test_eval_clusters_are_whole_and_deterministic():
+    sizes = {f"c{i}": 1 + i % 4 for i in range(40)}
+    chosen = choose_eval_clusters(sizes, 0.1, seed=3)
+    assert chosen == choose_eval_clusters(sizes, 0.1, seed=3)
+    total = sum(sizes.values())
+    held = sum(sizes[c] for c in chosen)
+    assert 0.1 * total <= held < 0.1 * total + 4
+    assert choose_eval_clusters(sizes, 0.0, seed=3) == set()
