@@ -413,3 +413,40 @@ def split(
         return
     out.print(kv_table("splits", list(summary["splits"].items())))
     out.print(kv_table("excluded by reason", list(summary["excluded_by_reason"].items())))
+
+
+audit_app = typer.Typer(help="Measure the curation steps on your own data.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("overlap")
+@handled
+def audit_overlap(
+    labeled: Annotated[str, typer.Option("--labeled", help="The labeled set to audit against.")],
+    threshold: Annotated[str, typer.Option(help="'auto' or a Z-score, as for `wb overlap`.")] = "auto",
+    far: Annotated[float, typer.Option(help="Target false-accept rate for auto.")] = 1e-4,
+    plant_fraction: Annotated[float, typer.Option(help="Share of identities planted.")] = 0.2,
+    hold_out: Annotated[float, typer.Option(help="Share of a planted identity's faces held out.")] = 0.3,
+    per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
+    model: ModelOpt = "dlib",
+    flip: FlipOpt = False,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    workers: WorkersOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plant held-out labeled faces among the queries; report recall and false-overlap rate."""
+    from workbench.index.audit import run_audit
+    from workbench.index.overlap import OverlapSettings
+
+    fixed = None if threshold == "auto" else float(threshold)
+    settings = OverlapSettings(threshold=fixed, far=far, per_identity=per_identity, seed=seed)
+    with progress_bar("audit: embeddings", enabled=not as_json) as update:
+        summary = run_audit(Workspace.at(workspace), labeled, model=model, flip=flip, settings=settings,
+                            plant_fraction=plant_fraction, hold_out=hold_out, workers=workers,
+                            progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table(f"audit overlap with {labeled}", [
+            (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
