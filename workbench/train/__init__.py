@@ -1,0 +1,1 @@
+"""Training with the Unknown Identity Rejection loss: backbones, margin heads, losses, loop."""
