@@ -6,6 +6,7 @@
   verification accuracy on LFW pairs.
 - `onnx:PATH`: InsightFace-style recognition models, 1x3x112x112 RGB,
   (x - 127.5) / 127.5, any output width, through onnxruntime.
+- `ckpt:PATH`: a checkpoint written by `wb train`.
 A model's key is its name plus a hash of its weights file, so embeddings from
 different weights never mix; `+flip` averages with the mirrored crop.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
 
-KINDS = ("onnx",)  # file-backed kinds besides the built-in dlib model
+KINDS = ("onnx", "ckpt")  # file-backed kinds besides the built-in dlib model
 
 
 class Embedder(Protocol):
@@ -144,5 +145,12 @@ class Flipped:
 @lru_cache(maxsize=4)
 def load_embedder(spec: ModelSpec) -> Embedder:
     """One model per process and spec."""
-    model: Embedder = DlibEmbedder(spec.path) if spec.kind == "dlib" else OnnxEmbedder(spec.path)
+    if spec.kind == "dlib":
+        model: Embedder = DlibEmbedder(spec.path)
+    elif spec.kind == "onnx":
+        model = OnnxEmbedder(spec.path)
+    else:
+        from workbench.train.export import CheckpointEmbedder
+
+        model = CheckpointEmbedder(spec.path)
     return Flipped(model) if spec.flip else model

@@ -163,6 +163,24 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        4,
+        "training runs",
+        [
+            """CREATE TABLE train_runs (
+                run_id VARCHAR PRIMARY KEY,
+                status VARCHAR NOT NULL,
+                config JSON,
+                data_snapshot JSON,
+                versions JSON,
+                step BIGINT,
+                metrics JSON,
+                artifacts_dir VARCHAR,
+                created_at TIMESTAMP,
+                updated_at TIMESTAMP
+            )""",
+        ],
+    ),
 ]
 
 

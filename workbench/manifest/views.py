@@ -53,6 +53,9 @@ VIEWS: list[str] = [
     SELECT face_id, group_id, is_representative FROM dups""",
     """CREATE OR REPLACE VIEW wb_splits AS
     SELECT face_id, image_id, split, reason FROM splits""",
+    """CREATE OR REPLACE VIEW wb_train_runs AS
+    SELECT run_id, status, config, data_snapshot, step, metrics, artifacts_dir, created_at, updated_at
+    FROM train_runs""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

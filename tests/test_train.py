@@ -1,0 +1,145 @@
+"""`wb train` on generated faces: end to end, exact resume, NaN stop, torchrun, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import noise_image
+from tests.helpers import wb, wb_json
+from workbench.train.loop import TrainConfig
+from workbench.train.run import train
+from workbench.workspace import Workspace
+
+SMALL = dict(backbone="r18", width=0.125, input_size=32, num_features=32, batch_size=16,
+             num_workers=0, lr=0.05, log_every=1, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory) -> Path:
+    """A workspace with a labeled set, ingested unlabeled faces and splits (all generated)."""
+    root = tmp_path_factory.mktemp("train")
+    for identity in range(8):
+        folder = root / "labeled" / f"id{identity}"
+        folder.mkdir(parents=True)
+        for k in range(5):
+            noise_image(100 * identity + k).save(folder / f"{k}.png")
+    (root / "web").mkdir()
+    for k in range(24):
+        noise_image(5000 + k).save(root / "web" / f"{k}.png")
+    ws = root / "ws"
+    wb("ingest", str(root / "web"), "--aligned", "-w", str(ws))
+    wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))
+    wb("overlap", "--labeled", "gen", "-w", str(ws), "--per-identity", "5")
+    wb("dedupe", "-w", str(ws))
+    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
+    return ws
+
+
+def metrics(run_dir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_uir_training_end_to_end(curated):
+    result = train(Workspace.at(curated), TrainConfig(uir_loss="reference", steps=30, **SMALL))
+    run_dir = Path(result["run_dir"])
+    lines = metrics(run_dir)
+    assert len(lines) == 30 and all(np.isfinite(m["loss"]) for m in lines)
+    assert np.mean([m["margin_loss"] for m in lines[-5:]]) < np.mean([m["margin_loss"] for m in lines[:5]])
+    assert all(m["uir_loss"] > 0 for m in lines)
+    assert (run_dir / "checkpoints" / "final.pt").exists()
+    assert any((run_dir / "tensorboard").iterdir())
+    con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
+    status, snapshot = con.execute("SELECT status, data_snapshot FROM wb_train_runs WHERE run_id = ?",
+                                   [result["run_id"]]).fetchone()
+    con.close()
+    assert status == "done" and json.loads(snapshot)["identities"] == 8
+
+
+def test_resume_continues_exactly(curated):
+    ws = Workspace.at(curated)
+    config = dict(uir_loss="kl-uniform", steps=12, checkpoint_every=6, **SMALL)
+    straight = metrics(train(ws, TrainConfig(**config))["run_dir"])
+
+    def interrupt_at_6(step, total, last):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(ws, TrainConfig(**config), progress=interrupt_at_6)
+    con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
+    run_id = con.execute("SELECT run_id FROM train_runs WHERE status = 'interrupted'").fetchone()[0]
+    con.close()
+    resumed = metrics(train(ws, TrainConfig(), resume=run_id)["run_dir"])
+    assert [m["step"] for m in resumed] == list(range(1, 13))
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
+
+
+def test_nan_loss_stops_with_a_clear_message(curated):
+    proc = wb("train", "-w", str(curated), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
+              "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "50",
+              "--lr", "1e12", "--warmup-steps", "0", check=False)
+    assert proc.returncode == 1
+    assert "loss became" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
+    ws = tmp_path / "ws"
+    shutil.copytree(curated, ws)
+    con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"))
+    con.execute("DELETE FROM splits")
+    con.close()
+    proc = wb("train", "--uir", "-w", str(ws), "--steps", "1", check=False)
+    assert proc.returncode == 1 and "run `wb split` first" in proc.stderr
+
+
+def test_export_onnx_and_embed_with_onnx_and_ckpt(curated, tmp_path):
+    result = train(Workspace.at(curated), TrainConfig(uir_loss="none", steps=3, **SMALL))
+    exported = wb_json("export-model", result["run_id"], "--onnx", "--out", str(tmp_path / "m.onnx"),
+                       "-w", str(curated))
+    import onnx
+
+    model = onnx.load(exported["onnx"])
+    assert model.opset_import[0].version >= 13
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    from workbench.embed.models import ModelSpec, load_embedder
+
+    crops = np.stack([np.asarray(noise_image(i)) for i in range(3)])
+    ckpt = load_embedder(ModelSpec.parse(f"ckpt:{exported['checkpoint']}")).embed(crops)
+    # The ONNX model takes 32x32 input here (the run's --input-size), so compare on resized crops.
+    small = torch.nn.functional.interpolate(
+        (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5, size=(32, 32),
+        mode="bilinear", antialias=True, align_corners=False).numpy()
+    import onnxruntime as ort
+
+    onnx_out = ort.InferenceSession(exported["onnx"]).run(None, {"input": small})[0]
+    onnx_out /= np.linalg.norm(onnx_out, axis=1, keepdims=True)
+    assert np.allclose(np.sum(onnx_out * ckpt, axis=1), 1.0, atol=1e-3)
+    counts = wb_json("embed", "--model", f"ckpt:{exported['checkpoint']}", "-w", str(curated))
+    assert counts["unlabeled_computed"] == 24
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(curated):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "workbench", "train", "--uir",
+         "-w", str(curated), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
+         "--embedding-size", "32", "--batch-size", "8", "--num-workers", "0", "--steps", "6", "--json"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    digests = result["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]

@@ -1,0 +1,305 @@
+"""`wb train`: margin softmax on labeled rows plus the UIR loss on unlabeled rows.
+
+Single process on CPU or CUDA, or many processes with torchrun (gloo on CPU,
+nccl on GPU; rank 0 reads the manifest, broadcasts the data plan, and writes
+checkpoints, metrics and the manifest). Checkpoints hold model, head,
+optimizer, scheduler and step; sampling depends only on (seed, step), so a
+resumed run continues exactly where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from workbench.errors import WorkbenchError
+from workbench.train.backbones import build_backbone, normalise_input
+from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches, UnlabeledFaces, UnlabeledPlan
+from workbench.train.heads import MarginHead
+from workbench.train.losses import UIR_LOSSES, uir_loss
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    labeled: str | None = None
+    unlabeled_split: str = "train_unlabeled"
+    uir_loss: str = "none"
+    uir_weight: float = 0.1
+    unlabeled_ratio: float = 0.25
+    backbone: str = "r50"
+    width: float = 1.0
+    input_size: int = 112
+    num_features: int = 512
+    head: str = "arcface"
+    scale: float = 64.0
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int | None = None
+    grad_clip: float = 5.0
+    init: str | None = None
+    device: str = "cpu"
+    amp: str = "none"
+    num_workers: int = 2
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 10
+    flip: bool = True
+
+    def validate(self) -> None:
+        if self.uir_loss not in UIR_LOSSES:
+            raise WorkbenchError(f"--uir-loss must be one of {', '.join(UIR_LOSSES)}")
+        if self.amp not in ("none", "bf16"):
+            raise WorkbenchError("--amp must be none or bf16")
+        if not 0 <= self.unlabeled_ratio < 1:
+            raise WorkbenchError("--unlabeled-ratio must be in [0, 1)")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise WorkbenchError("--device cuda asked for, but torch sees no CUDA device")
+
+
+@dataclass
+class DataPlan:
+    labeled: LabeledPlan
+    unlabeled: UnlabeledPlan
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+class FaceModel(nn.Module):
+    """Backbone and head in one module, so DDP synchronises both."""
+
+    def __init__(self, config: TrainConfig, num_classes: int):
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, config.num_features, config.width,
+                                       config.input_size)
+        self.head = MarginHead(config.num_features, num_classes, config.head, config.scale)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, kind: str, weight: float,
+                amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device_type = images.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            embeddings = self.backbone(images)
+        embeddings = embeddings.float()
+        n = len(labels)
+        margin = self.head(embeddings[:n], labels)
+        unknown = uir_loss(kind, self.head.cosine(embeddings[n:]), self.head.s)
+        return margin + weight * unknown, margin.detach(), unknown.detach()
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup, then polynomial (power 2) decay to zero at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** 2
+    return factor
+
+
+class NonFiniteLoss(WorkbenchError):
+    pass
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local)
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_training(
+    config: TrainConfig, plan: DataPlan, run_dir: Path, *, resume: bool = False,
+    dist_info: Distributed | None = None, progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """The training loop proper; `run_dir` holds checkpoints and metrics."""
+    info = dist_info or Distributed()
+    device = torch.device(f"cuda:{info.local_rank}" if config.device.startswith("cuda") else "cpu")
+    torch.manual_seed(config.seed)
+    model = FaceModel(config, plan.labeled.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if config.init:
+        load_init(model, Path(config.init))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    n_unlabeled = round(config.batch_size * config.unlabeled_ratio) if config.uir_loss != "none" or \
+        config.unlabeled_ratio > 0 else 0
+    if len(plan.unlabeled.crop_paths) == 0:
+        n_unlabeled = 0
+    n_labeled = config.batch_size - n_unlabeled
+    batches = ResumableBatches(len(plan.labeled.labels), n_labeled, config.seed, info.rank, info.world,
+                               flip=config.flip)
+    total = config.steps or max(1, math.ceil((config.epochs or 1) * batches.per_epoch))
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(total // 10, 2000)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total))
+    ckpt_dir = run_dir / "checkpoints"
+    start = 0
+    if resume:
+        state = torch.load(ckpt_dir / "latest.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = state["step"]
+    wrapped: nn.Module = model
+    if info.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+    labeled_loader = DataLoader(
+        LabeledFaces(plan.labeled, config.input_size),
+        batch_sampler=ResumableBatches(len(plan.labeled.labels), n_labeled, config.seed, info.rank,
+                                       info.world, start, config.flip),
+        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=config.num_workers > 0)
+    unlabeled_iter = None
+    if n_unlabeled:
+        unlabeled_iter = iter(DataLoader(
+            UnlabeledFaces(plan.unlabeled, config.input_size),
+            batch_sampler=ResumableBatches(len(plan.unlabeled.crop_paths), n_unlabeled, config.seed + 1,
+                                           info.rank, info.world, start, config.flip),
+            num_workers=config.num_workers, pin_memory=device.type == "cuda",
+            persistent_workers=config.num_workers > 0))
+    metrics_path = run_dir / "metrics.jsonl"
+    writer = None
+    if info.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start)
+
+    def checkpoint(step: int, name: str = "latest.pt") -> None:
+        if info.main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
+                     "num_classes": plan.labeled.num_classes}
+            save_atomic(state, ckpt_dir / name)
+            if name == "latest.pt":
+                save_atomic(state, ckpt_dir / f"step_{step:07d}.pt")
+
+    amp = config.amp == "bf16"
+    last: dict[str, float] = {}
+    step = start
+    tic, seen = time.perf_counter(), 0
+    labeled_iter = iter(labeled_loader)
+    wrapped.train()
+    try:
+        while step < total:
+            images, labels = next(labeled_iter)
+            if unlabeled_iter is not None:
+                images = torch.cat([images, next(unlabeled_iter)])
+            x = normalise_input(images.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, margin, unknown = wrapped(x, labels.to(device), config.uir_loss, config.uir_weight, amp)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at step {step}; the last good checkpoint is "
+                    f"{ckpt_dir / 'latest.pt'}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(images) * info.world
+            last = {"step": step, "loss": loss.item(), "margin_loss": margin.item(),
+                    "uir_loss": unknown.item(), "lr": scheduler.get_last_lr()[0]}
+            if step % config.log_every == 0 or step == total:
+                last["images_per_s"] = seen / max(time.perf_counter() - tic, 1e-9)
+                tic, seen = time.perf_counter(), 0
+                if info.main:
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(last) + "\n")
+                    for key, value in last.items():
+                        if key != "step":
+                            writer.add_scalar(f"train/{key}", value, step)
+            if progress and info.main:
+                progress(step, total, last)
+            if step % config.checkpoint_every == 0 and step < total:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        checkpoint(step)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    checkpoint(step)
+    checkpoint(step, "final.pt")
+    result = {"steps": step, "total_steps": total, **{k: v for k, v in last.items() if k != "step"}}
+    if info.world > 1:
+        digests: list[str | None] = [None] * info.world
+        dist.all_gather_object(digests, weights_digest(model))
+        result["rank_weight_digests"] = digests
+    return result
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter: equal across ranks after synchronous training.
+
+    BatchNorm running statistics are left out: DDP broadcasts them from rank 0
+    before each forward, so after the last step they are rank-local.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resume point (written after the last checkpoint)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def load_init(model: FaceModel, path: Path) -> None:
+    """Fine-tune from a workbench checkpoint or an arcface_torch backbone `model.pt`."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" in state:
+        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    else:
+        backbone = state
+    try:
+        model.backbone.load_state_dict(backbone, strict=True)
+    except RuntimeError as exc:
+        raise WorkbenchError(f"--init {path} does not fit the backbone: {str(exc).splitlines()[0]}") from None

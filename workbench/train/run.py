@@ -1,0 +1,129 @@
+"""`wb train` orchestration: plan the data from the manifest, record the run, train.
+
+Under torchrun only rank 0 touches the manifest; the plan is broadcast to the
+other ranks. The manifest is not held during training (other commands keep
+working); the run is recorded at the start and updated at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import torch.distributed as dist
+
+from workbench.errors import WorkbenchError
+from workbench.labeled.access import LabeledSet
+from workbench.manifest.query import one
+from workbench.manifest.runs import new_run_id, versions
+from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
+from workbench.train.loop import DataPlan, ProgressFn, TrainConfig, init_distributed, run_training
+from workbench.workspace import Workspace, WorkspaceBusy
+
+
+def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
+    names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
+    if len(names) != 1:
+        raise WorkbenchError("pass --labeled NAME: the workspace has "
+                             + (f"{len(names)} labeled sets ({', '.join(names)})" if names else "none"))
+    return names[0]
+
+
+def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig) -> DataPlan:
+    labeled = LabeledSet(ws, con, config.labeled or default_labeled(con))
+    config.labeled = labeled.name
+    crops = labeled.samples.column("crop_rel").to_pylist()
+    lplan = LabeledPlan(
+        path=str(labeled.path), format=labeled.format, options=labeled._options,
+        locators=labeled.samples.column("locator").to_pylist(),
+        crop_paths=[None if c is None else str(ws.root / c) for c in crops],
+        labels=labeled.labels.astype(np.int64), num_classes=len(labeled.identities))
+    rows = con.execute("SELECT s.face_id, f.crop_rel FROM splits s JOIN faces f USING (face_id) "
+                       "WHERE s.split = ? ORDER BY s.face_id", [config.unlabeled_split]).fetchall()
+    if config.uir_loss != "none" and not rows:
+        raise WorkbenchError(f"no faces in split {config.unlabeled_split!r}: run `wb split` first "
+                             "(or train without --uir)")
+    uplan = UnlabeledPlan([r[0] for r in rows], [str(ws.root / r[1]) for r in rows])
+    snapshot = {
+        "labeled_set": labeled.name, "labeled_samples": len(lplan.labels),
+        "labeled_digest": snapshot_digest(lplan.locators), "identities": lplan.num_classes,
+        "unlabeled_split": config.unlabeled_split, "unlabeled_faces": len(rows),
+        "unlabeled_digest": snapshot_digest(uplan.face_ids),
+    }
+    return DataPlan(lplan, uplan, snapshot)
+
+
+def train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
+          progress: ProgressFn | None = None) -> dict[str, Any]:
+    config.validate()
+    info = init_distributed(config.device)
+    payload: list[Any] = [None]
+    if info.main:
+        payload[0] = _start(ws, config, resume)
+    if info.world > 1:
+        dist.broadcast_object_list(payload, src=0)
+    run_id, plan, config, run_dir = payload[0]
+    status, error, result = "failed", None, {}
+    try:
+        result = run_training(config, plan, run_dir, resume=resume is not None, dist_info=info,
+                              progress=progress)
+        status = "done"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt (checkpoint saved)"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if info.main:
+            _finish(ws, run_id, status, error, result)
+        if info.world > 1:
+            dist.destroy_process_group()
+    return {"run_id": run_id, "run_dir": str(run_dir), **result}
+
+
+def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
+    with ws.lock("train"), ws.connect() as con:
+        if resume:
+            row = one(con, "SELECT config, artifacts_dir FROM train_runs WHERE run_id = ?", [resume])
+            if row is None:
+                raise WorkbenchError(f"no training run {resume!r} to resume; see `wb status`")
+            config = TrainConfig(**json.loads(row[0]))
+            run_id, run_dir = resume, Path(row[1])
+            if not (run_dir / "checkpoints" / "latest.pt").exists():
+                raise WorkbenchError(f"run {resume} has no checkpoint to resume from")
+        else:
+            run_id = new_run_id("train")
+            run_dir = ws.root / "runs" / run_id
+        plan = plan_data(ws, con, config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        if resume:
+            con.execute("UPDATE train_runs SET status = 'training', updated_at = now() WHERE run_id = ?",
+                        [run_id])
+        else:
+            con.execute(
+                "INSERT INTO train_runs VALUES (?, 'training', ?, ?, ?, 0, NULL, ?, now(), now())",
+                [run_id, json.dumps(asdict(config)), json.dumps(plan.snapshot), json.dumps(versions()),
+                 str(run_dir)])
+        return run_id, plan, config, run_dir
+
+
+def _finish(ws: Workspace, run_id: str, status: str, error: str | None, result: dict[str, Any]) -> None:
+    """Record the outcome, waiting (up to a minute) for another command holding the workspace."""
+    metrics = {**result, **({"error": error} if error else {})}
+    for attempt in range(60):
+        try:
+            with ws.lock("train"), ws.connect() as con:
+                con.execute("UPDATE train_runs SET status = ?, step = ?, metrics = ?, updated_at = now() "
+                            "WHERE run_id = ?", [status, result.get("steps"), json.dumps(metrics), run_id])
+            return
+        except WorkspaceBusy:
+            if attempt == 59:
+                raise
+            time.sleep(1)
