@@ -73,8 +73,9 @@ def main() -> None:
     register_labeled(ws, SET, scenario.labeled)
     summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(far=args.far, per_identity=1000))
     dedupe = run_dedupe(ws, flip=True)
-    print("overlap:", json.dumps({k: summary[k] for k in ("faces", "overlap", "ambiguous", "clean",
-                                                          "threshold", "false_overlap_rate")}))
+    print("overlap:", json.dumps({k: summary[k] for k in (
+        "faces", "overlap", "ambiguous", "clean", "threshold", "ambiguous_from", "false_overlap_rate",
+        "false_excluded_rate", "link_cosine", "clusters")}))
 
     con = duckdb.connect(str(ws.manifest_path), read_only=True)
     rows = con.execute("""
@@ -91,8 +92,8 @@ def main() -> None:
     clusters = np.array([r[5] for r in rows])
     print(f"evaluated faces: {len(rows)} ({positive.sum()} of known identities)")
 
-    # Effective score: a face's own Z-score or its cluster's, whichever is higher (the decision rule).
-    effective = np.maximum(z, np.array([r[7] for r in rows], np.float64))
+    # Effective score: a face's own score or its cluster's, whichever is higher (the decision rule).
+    effective = np.where(decision == "overlap", np.maximum(z, summary["threshold"]), z)
     sizes = dict(zip(*np.unique(clusters, return_counts=True), strict=True))
     spec = ModelSpec.parse("dlib", flip=True)
     store = EmbeddingStore.open_existing(ws, con, spec)
@@ -112,8 +113,8 @@ def main() -> None:
     recalls = (0.95, 0.97, 0.99)
     print("\nprecision at recall (threshold swept):")
     for name, scores in (("baseline: cosine to mean centre", base_score),
-                         ("workbench: Z-norm only", z),
-                         ("workbench: Z-norm + clusters", effective)):
+                         ("workbench: identity score + neighbours", z),
+                         ("workbench: ... + cluster rule (auto)", effective)):
         cells = pr_at_recall(scores, positive, recalls)
         print(f"  {name:<40}" + "  ".join(f"R{r:.2f}: P={p:.3f}" for r, (p, _) in cells.items()))
     flagged = decision != "clean"

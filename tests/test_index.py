@@ -14,7 +14,14 @@ from workbench.index.dedupe import (
     representatives,
 )
 from workbench.index.overlap import FaceScores, decide
-from workbench.index.scoring import impostor_stats, threshold_at_far, znorm_top
+from workbench.index.scoring import (
+    Gallery,
+    best_identity,
+    impostor_scores,
+    neighbour_consensus,
+    pair_scores,
+    threshold_at_far,
+)
 from workbench.index.search import nearest
 from workbench.index.splits import choose_eval_clusters
 
@@ -91,23 +98,48 @@ def test_clusters_separate_people_and_do_not_chain():
     np.testing.assert_allclose(np.linalg.norm(means, axis=1), 1.0, rtol=1e-5)
 
 
-def test_impostor_stats_and_znorm_by_hand():
+def small_gallery() -> Gallery:
     centres = unit(np.array([[1.0, 0.0], [0.0, 1.0]]))
-    samples = unit(np.array([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]))
+    samples = unit(np.array([[1.0, 0.2], [1.0, -0.1], [0.1, 1.0], [-0.3, 1.0]]))
+    return Gallery.build(centres, np.array([True, True]), samples, np.array([0, 0, 1, 1]))
+
+
+def test_identity_score_by_hand():
+    gallery = small_gallery()
+    q = unit(np.array([[1.0, 0.1]]))
+    score, label, cos = best_identity(q, gallery, k=2)
+    s1 = unit(np.array([[1.0, 0.2]]))[0]
+    s2 = unit(np.array([[1.0, -0.1]]))[0]
+    centre_cos = float(q[0] @ np.array([1.0, 0.0]))
+    nearest_cos = max(float(q[0] @ s1), float(q[0] @ s2))
+    assert label[0] == 0 and cos[0] == pytest.approx(centre_cos, rel=1e-6)
+    assert score[0] == pytest.approx(0.8 * centre_cos + 0.2 * nearest_cos, rel=1e-6)
+
+
+def test_impostors_leave_the_own_identity_out():
+    gallery = small_gallery()
+    samples = gallery.samples[gallery.present]
     labels = np.array([0, 0, 1, 1])
-    stats = impostor_stats(centres, np.array([True, True]), samples, labels, n_samples=4)
-    # Centre 0's impostors are samples 2 and 3: cosines 0.0995 and -0.0995.
-    s = 0.1 / np.sqrt(1.01)
-    assert stats.mean[0] == pytest.approx(0.0, abs=1e-6)
-    assert stats.std[0] == pytest.approx(np.std([s, -s], ddof=1), rel=1e-4)
-    z, label, cos = znorm_top(unit(np.array([[1.0, 0.0]])), centres, np.array([True, True]), stats, k=2)
-    assert label[0] == 0 and cos[0] == pytest.approx(1.0)
-    assert z[0] == pytest.approx((1.0 - stats.mean[0]) / stats.std[0], rel=1e-4)
+    impostors = impostor_scores(gallery, samples, labels)
+    expected = pair_scores(samples, gallery, np.array([[1], [1], [0], [0]]))[:, 0]
+    np.testing.assert_allclose(np.sort(impostors.tail), np.sort(expected), rtol=1e-6)
+    assert impostors.comparisons == 4
+
+
+def test_neighbour_consensus_averages_near_identical_faces():
+    gallery = small_gallery()
+    faces = unit(np.array([[1.0, 0.05], [1.0, 0.06], [0.0, 1.0]]))
+    score, label, _ = best_identity(faces, gallery, k=2)
+    averaged = neighbour_consensus(faces, gallery, score, label, link=0.999)
+    assert averaged[0] == pytest.approx((score[0] + score[1]) / 2, rel=1e-5)
+    assert averaged[2] == pytest.approx(score[2], rel=1e-6)
 
 
 def test_threshold_at_far():
     scores = np.arange(10000, dtype=np.float64)
     assert threshold_at_far(scores, 1e-3) == 9990.0
+    # Only the top 100 of a million comparisons were scored: 1e-4 of a million is the 100th.
+    assert threshold_at_far(scores[-100:], 1e-4, comparisons=1_000_000) == 9900.0
     with pytest.raises(ValueError):
         threshold_at_far(np.array([]), 1e-3)
 
@@ -116,11 +148,15 @@ def test_decisions_with_cluster_evidence():
     scores = FaceScores(["a", "b", "c", "d"], np.array([5.0, 2.5, 1.0, 0.0]), np.array([0, 0, 1, 2]),
                         np.zeros(4), np.array([0, 0, 1, 2]))
     cluster_score, cluster_label = np.array([4.0, 1.0, -np.inf]), np.array([0, 1, 2])
-    decision, label = decide(scores, cluster_score, cluster_label, threshold=3.0, margin=1.0)
+    # Cluster 0 (faces a, b) matches identity 0 and both members are close: b goes too.
+    decision, label = decide(scores, cluster_score, cluster_label, threshold=3.0, ambiguous_from=2.0)
     assert decision.tolist() == ["overlap", "overlap", "clean", "clean"]
     assert label.tolist() == [0, 0, 1, 2]
-    decision, _ = decide(scores, np.full(3, -np.inf), cluster_label, threshold=3.0, margin=1.0)
+    decision, _ = decide(scores, np.full(3, -np.inf), cluster_label, threshold=3.0, ambiguous_from=2.0)
     assert decision.tolist() == ["overlap", "ambiguous", "clean", "clean"]
+    # If b were not close itself, a matching cluster of mostly strangers does not drag it out.
+    decision, _ = decide(scores, cluster_score, cluster_label, threshold=3.0, ambiguous_from=4.0)
+    assert decision.tolist() == ["overlap", "clean", "clean", "clean"]
 
 
 def test_eval_clusters_are_whole_and_deterministic():

@@ -338,10 +338,11 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_d
 def overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set S to keep U apart from.")],
     threshold: Annotated[str, typer.Option(
-        help="'auto' (from the labeled set's impostor scores at --far) or a Z-score.")] = "auto",
+        help="'auto' (from the labeled set's impostor scores at --far) or a score.")] = "auto",
     far: Annotated[float, typer.Option(help="Target false-accept rate per comparison for auto.")] = 1e-4,
-    ambiguous_margin: Annotated[float, typer.Option(
-        help="Faces this far (Z units) below the threshold are 'ambiguous' (also excluded).")] = 1.0,
+    ambiguous_far: Annotated[float, typer.Option(
+        help="Looser FAR: faces between its threshold and the main one are 'ambiguous' "
+             "(also excluded from training).")] = 1e-3,
     per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
@@ -357,7 +358,7 @@ def overlap(
         fixed = None if threshold == "auto" else float(threshold)
     except ValueError:
         raise WorkbenchError(f"--threshold must be 'auto' or a number, not {threshold!r}") from None
-    settings = OverlapSettings(threshold=fixed, far=far, ambiguous_margin=ambiguous_margin,
+    settings = OverlapSettings(threshold=fixed, far=far, ambiguous_far=ambiguous_far,
                                per_identity=per_identity, seed=seed)
     with progress_bar("overlap: embeddings", enabled=not as_json) as update:
         summary = run_overlap(Workspace.at(workspace), labeled, model=model, flip=flip,
@@ -372,10 +373,10 @@ def overlap(
 @app.command()
 @handled
 def dedupe(
-    strict: Annotated[float, typer.Option(help="Cosine at which two faces are duplicates.")] = 0.985,
+    strict: Annotated[float, typer.Option(help="Cosine at which two faces are duplicates.")] = 0.99,
     loose: Annotated[float, typer.Option(
-        help="Cosine above which a close crop hash also makes a duplicate.")] = 0.93,
-    phash_bits: Annotated[int, typer.Option(help="Max differing bits of the crops' hashes.")] = 14,
+        help="Cosine above which a close crop hash also makes a duplicate.")] = 0.90,
+    phash_bits: Annotated[int, typer.Option(help="Max differing bits of the crops' hashes.")] = 6,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
     workers: WorkersOpt = None,
@@ -425,7 +426,7 @@ app.add_typer(audit_app, name="audit")
 @handled
 def audit_overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set to audit against.")],
-    threshold: Annotated[str, typer.Option(help="'auto' or a Z-score, as for `wb overlap`.")] = "auto",
+    threshold: Annotated[str, typer.Option(help="'auto' or a score, as for `wb overlap`.")] = "auto",
     far: Annotated[float, typer.Option(help="Target false-accept rate for auto.")] = 1e-4,
     plant_fraction: Annotated[float, typer.Option(help="Share of identities planted.")] = 0.2,
     hold_out: Annotated[float, typer.Option(help="Share of a planted identity's faces held out.")] = 0.3,

@@ -20,7 +20,7 @@ from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.index.overlap import OverlapSettings
-from workbench.index.scoring import impostor_stats, threshold_at_far, znorm_top
+from workbench.index.scoring import Gallery, best_identity, impostor_scores, threshold_at_far
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.runs import open_run
 from workbench.parallel import process_mapper
@@ -75,11 +75,14 @@ def run_audit(
             raise WorkbenchError(f"{labeled_set} has no identity with two or more sampled faces to plant")
         kept = ~planted
         cents, valid = centres_from(vectors[kept], labels[kept], len(labeled.identities))
-        stats = impostor_stats(cents, valid, vectors[kept], labels[kept], settings.seed)
+        gallery = Gallery.build(cents, valid, vectors[kept], labels[kept])
+        impostors = impostor_scores(gallery, vectors[kept], labels[kept], settings.seed)
         threshold = settings.threshold if settings.threshold is not None else \
-            threshold_at_far(stats.scores, settings.far)
-        z, found, _ = znorm_top(vectors[planted], cents, valid, stats)
-        flagged = z >= threshold - settings.ambiguous_margin
+            threshold_at_far(impostors.tail, settings.far, impostors.comparisons)
+        ambiguous_from = min(threshold, threshold_at_far(impostors.tail, settings.ambiguous_far,
+                                                         impostors.comparisons))
+        z, found, _ = best_identity(vectors[planted], gallery)
+        flagged = z >= ambiguous_from
         summary = {
             "labeled_set": labeled_set, "planted": int(planted.sum()),
             "planted_identities": len(np.unique(labels[planted])),
@@ -88,8 +91,8 @@ def run_audit(
             "recall_excluded": float(flagged.mean()),
             "correct_identity": float((found[flagged] == labels[planted][flagged]).mean())
             if flagged.any() else float("nan"),
-            "false_overlap_rate": float((stats.best >= threshold).mean()),
-            "false_excluded_rate": float((stats.best >= threshold - settings.ambiguous_margin).mean()),
+            "false_overlap_rate": float((impostors.best >= threshold).mean()),
+            "false_excluded_rate": float((impostors.best >= ambiguous_from).mean()),
             "run_id": run.run_id,
         }
         run.counts = summary

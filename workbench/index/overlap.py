@@ -1,17 +1,20 @@
 """`wb overlap`: flag unlabeled faces whose identity is in the labeled set, so S and U stay disjoint.
 
-Per face: the best Z-normalised similarity to a labeled identity centre (see
-`scoring.py`), its identity and raw cosine. Unlabeled faces are clustered into
-pseudo-identities; a cluster whose mean embedding matches an identity is
-excluded whole, so one clear photo of a known person carries the others.
-Decisions: `overlap` at or above the threshold (or in a matching cluster),
-`ambiguous` within `ambiguous_margin` below it (excluded from training too:
-a missed overlap teaches the model to push a known person away from their own
-centre), `clean` otherwise.
+Per face: the best identity score against the labeled set (centre and
+nearest-sample cosines, averaged with near-identical unlabeled neighbours;
+see `scoring.py`), that identity, and the raw centre cosine. Unlabeled faces
+are also clustered into pseudo-identities; a cluster whose mean embedding
+matches an identity is excluded whole.
 
-`auto` threshold: the Z-score that a fraction `far` of impostor comparisons
-(labeled faces against other identities' centres) reach. The implied share of
-unknown faces flagged is reported as the false-overlap rate.
+Decisions: `overlap` at or above the threshold (or in a matching cluster);
+`ambiguous` at or above the looser threshold of `ambiguous_far`, also
+excluded from training (a missed overlap teaches the model to push a known
+person away from their own centre); `clean` otherwise.
+
+`auto` threshold: the score that a fraction `far` of impostor comparisons
+reach, where an impostor comparison is a labeled face scored against another
+labeled identity (its own left out, so it plays an unknown person). The share
+of such faces that would be flagged is reported as the false-overlap rate.
 """
 
 from __future__ import annotations
@@ -31,19 +34,28 @@ from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.index.clusters import cluster_labels, cluster_means
-from workbench.index.scoring import ImpostorStats, impostor_stats, threshold_at_far, znorm_top
+from workbench.index.scoring import (
+    Gallery,
+    best_identity,
+    impostor_scores,
+    link_threshold,
+    neighbour_consensus,
+    threshold_at_far,
+)
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.runs import open_run
 from workbench.parallel import process_mapper
 from workbench.workspace import Workspace
+
+MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
 
 
 @dataclass(frozen=True)
 class OverlapSettings:
     threshold: float | None = None  # None: auto from `far`
     far: float = 1e-4
-    ambiguous_margin: float = 1.0  # in Z units below the threshold
-    cluster_far: float = 1e-5  # pairwise FAR for linking unlabeled faces into clusters
+    ambiguous_far: float = 1e-3  # looser threshold: between the two, a face is 'ambiguous'
+    link_far: float = 1e-6  # pairwise FAR of 'same person' links between unlabeled faces
     per_identity: int = 10
     seed: int = 0
 
@@ -58,36 +70,36 @@ class FaceScores:
 
 
 def decide(scores: FaceScores, cluster_score: np.ndarray, cluster_label: np.ndarray,
-           threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Decision per face and the identity it is attributed to."""
-    c_score, c_label = cluster_score[scores.cluster], cluster_label[scores.cluster]
-    in_matching_cluster = c_score >= threshold
+           threshold: float, ambiguous_from: float) -> tuple[np.ndarray, np.ndarray]:
+    """Decision per face and the identity it is attributed to.
+
+    A cluster is excluded whole when its mean matches an identity and at least
+    `MAJORITY` of its members are themselves ambiguous or overlapping: long chains of
+    mostly unrelated faces must not drag strangers out with them.
+    """
+    close = (scores.score >= ambiguous_from).astype(np.float64)
+    sizes = np.bincount(scores.cluster, minlength=len(cluster_score))
+    share_close = np.bincount(scores.cluster, weights=close, minlength=len(cluster_score)) / \
+        np.maximum(sizes, 1)
+    matching = (cluster_score >= threshold) & (share_close >= MAJORITY)
+    c_label = cluster_label[scores.cluster]
+    in_matching_cluster = matching[scores.cluster]
     overlap = (scores.score >= threshold) | in_matching_cluster
-    ambiguous = ~overlap & (scores.score >= threshold - margin)
+    ambiguous = ~overlap & (scores.score >= ambiguous_from)
     decision = np.where(overlap, "overlap", np.where(ambiguous, "ambiguous", "clean"))
     label = np.where(in_matching_cluster & (scores.score < threshold), c_label, scores.label)
     return decision, label
 
 
-def cluster_threshold(sample_vectors: np.ndarray, sample_labels: np.ndarray, far: float,
-                      seed: int = 0) -> float:
-    """Cosine that a fraction `far` of different-identity labeled pairs reach."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(sample_vectors), size=min(3000, len(sample_vectors)), replace=False)
-    v, lab = sample_vectors[pick], sample_labels[pick]
-    sims = v @ v.T
-    different = lab[:, None] != lab[None, :]
-    return threshold_at_far(sims[np.triu(different, 1)], far)
-
-
-def score_faces(vectors: np.ndarray, face_ids: list[str], centres: np.ndarray, valid: np.ndarray,
-                stats: ImpostorStats, link: float) -> tuple[FaceScores, np.ndarray, np.ndarray]:
-    score, label, cosine = znorm_top(vectors, centres, valid, stats)
+def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
+                link: float) -> tuple[FaceScores, np.ndarray, np.ndarray]:
+    """Face scores, and each cluster's score and identity (-inf for singletons)."""
+    score, label, cosine = best_identity(vectors, gallery)
+    score = neighbour_consensus(vectors, gallery, score, label, link)
     clusters = cluster_labels(vectors, link)
-    means = cluster_means(vectors, clusters)
     sizes = np.bincount(clusters)
-    c_score, c_label, _ = znorm_top(means, centres, valid, stats)
-    c_score = np.where(sizes >= 2, c_score, -np.inf)  # a singleton's cluster adds nothing
+    c_score, c_label, _ = best_identity(cluster_means(vectors, clusters), gallery)
+    c_score = np.where(sizes >= 2, c_score, -np.inf)
     return FaceScores(face_ids, score, label, cosine, clusters), c_score, c_label
 
 
@@ -112,15 +124,17 @@ def run_overlap(
         sample_idx = labeled.samples.column("sample_idx").to_numpy()[centres.sample_positions]
         sample_vecs = store.vectors([labeled_item_id(labeled_set, int(i)) for i in sample_idx])
         sample_labels = labeled.labels[centres.sample_positions]
-        stats = impostor_stats(centres.vectors, centres.valid, sample_vecs, sample_labels, settings.seed)
+        gallery = Gallery.build(centres.vectors, centres.valid, sample_vecs, sample_labels)
+        impostors = impostor_scores(gallery, sample_vecs, sample_labels, settings.seed)
         threshold = settings.threshold if settings.threshold is not None else \
-            threshold_at_far(stats.scores, settings.far)
-        link = cluster_threshold(sample_vecs, sample_labels, settings.cluster_far, settings.seed)
+            threshold_at_far(impostors.tail, settings.far, impostors.comparisons)
+        ambiguous_from = min(threshold, threshold_at_far(impostors.tail, settings.ambiguous_far,
+                                                         impostors.comparisons))
+        link = link_threshold(sample_vecs, sample_labels, settings.link_far, settings.seed)
         face_ids = [r[0] for r in con.execute("SELECT face_id FROM faces ORDER BY face_id").fetchall()]
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
-        scores, c_score, c_label = score_faces(vectors, face_ids, centres.vectors, centres.valid,
-                                               stats, link)
-        decision, label = decide(scores, c_score, c_label, threshold, settings.ambiguous_margin)
+        scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link)
+        decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
         _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
                model_key=store.key, run_id=run.run_id)
         summary = {
@@ -130,14 +144,15 @@ def run_overlap(
             "clean": int((decision == "clean").sum()),
             "threshold": threshold, "threshold_mode": "fixed" if settings.threshold is not None
             else f"auto (FAR {settings.far:g})",
-            "ambiguous_from": threshold - settings.ambiguous_margin,
-            "false_overlap_rate": float((stats.best >= threshold).mean()),
-            "cluster_link_cosine": link,
+            "ambiguous_from": ambiguous_from,
+            "false_overlap_rate": float((impostors.best >= threshold).mean()),
+            "false_excluded_rate": float((impostors.best >= ambiguous_from).mean()),
+            "link_cosine": link,
             "clusters": len(np.unique(scores.cluster)),
             "run_id": run.run_id,
         }
         summary["report"] = str(write_report(workspace, summary, scores, decision, label,
-                                             labeled.identities, stats, threshold))
+                                             labeled.identities, impostors.tail, threshold))
         run.counts = summary
         return summary
 
@@ -173,7 +188,8 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
 
 
 def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScores, decision: np.ndarray,
-                 label: np.ndarray, identities: list[str], stats: ImpostorStats, threshold: float) -> Path:
+                 label: np.ndarray, identities: list[str], impostor_tail: np.ndarray,
+                 threshold: float) -> Path:
     """counts.json, top_matches.json and a histogram of scores against the impostor distribution."""
     import matplotlib
 
@@ -190,11 +206,11 @@ def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScor
     (out / "top_matches.json").write_text(json.dumps(top, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
     finite = scores.score[np.isfinite(scores.score)]
-    bins = np.linspace(min(finite.min(initial=0), stats.scores.min()), max(finite.max(initial=1), 8), 80)
-    ax.hist(stats.scores, bins=bins, density=True, alpha=0.5, label="labeled impostors")
+    bins = np.linspace(min(finite.min(initial=1), impostor_tail.min()), 1.0, 80)
+    ax.hist(impostor_tail, bins=bins, density=True, alpha=0.5, label="labeled impostors (closest)")
     ax.hist(finite, bins=bins, density=True, alpha=0.5, label="unlabeled faces (best match)")
     ax.axvline(threshold, color="red", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("Z-normalised similarity to nearest labeled identity")
+    ax.set_xlabel("identity score of the best-matching labeled identity")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
