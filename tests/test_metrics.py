@@ -1,0 +1,82 @@
+"""Metric functions against scikit-learn and hand-worked cases."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from workbench.evaluate.metrics import (
+    auroc,
+    fpr_at_tpr,
+    open_set_identification,
+    pairwise_cosine_distances,
+    roc_curve,
+    softmax_stats,
+    tar_at_far,
+    verification_accuracy,
+)
+
+
+def test_auroc_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    pos = np.round(rng.normal(1, 1, 300), 1)
+    neg = np.round(rng.normal(0, 1, 500), 1)
+    expected = roc_auc_score(np.r_[np.ones(300), np.zeros(500)], np.r_[pos, neg])
+    assert auroc(pos, neg) == pytest.approx(expected, abs=1e-12)
+
+
+def test_auroc_by_hand():
+    # pairs: (3>1) (3>2) (2>1) (2=2 half) -> 3.5 / 4
+    assert auroc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+
+
+def test_fpr_at_95_tpr_by_hand():
+    pos = np.arange(1, 21, dtype=float)  # 20 positives; 95% keeps the top 19: threshold 2
+    neg = np.array([0.5, 1.5, 2.0, 3.0])
+    assert fpr_at_tpr(pos, neg, 0.95) == pytest.approx(0.5)
+
+
+def test_roc_curve_ends():
+    fpr, tpr = roc_curve(np.array([0.9, 0.4]), np.array([0.5, 0.1]))
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert list(zip(fpr, tpr, strict=True)) == [(0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1)]
+
+
+def test_tar_at_far_by_hand():
+    impostor = np.arange(1000, dtype=float) / 1000  # top 1 of 1000 at FAR 1e-3 is 0.999
+    genuine = np.array([0.9995, 0.9999, 0.5, 0.99])
+    assert tar_at_far(genuine, impostor, 1e-3) == pytest.approx(0.5)
+    assert tar_at_far(genuine, impostor, 1e-4) is None
+
+
+def test_verification_accuracy_separable_and_cross_validated():
+    scores = np.r_[np.linspace(0.6, 1, 50), np.linspace(0, 0.4, 50)]
+    issame = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    folds = np.arange(100) % 10
+    mean, std, threshold = verification_accuracy(scores, issame, folds)
+    assert mean == 1.0 and std == 0.0 and 0.4 < threshold <= 0.6
+
+
+def test_dir_at_fpir_by_hand():
+    unknown = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    # FPIR 0.1: one unknown of ten may pass -> threshold 0.95 (strictly above it passes nothing)
+    known = np.array([0.99, 0.97, 0.96, 0.5])
+    correct = np.array([True, False, True, True])
+    assert open_set_identification(known, correct, unknown, 0.1) == pytest.approx(0.5)
+    assert open_set_identification(known, correct, unknown, 0.2) == pytest.approx(0.5)
+
+
+def test_centre_distances_exact_and_sampled():
+    centres = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    d, bound = pairwise_cosine_distances(centres)
+    assert sorted(d.round(6)) == [1.0, 1.0, 2.0] and bound is None
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(3000, 16))
+    exact, _ = pairwise_cosine_distances(many)
+    sampled, bound = pairwise_cosine_distances(many, exact_limit=100, n_pairs=200_000)
+    assert abs(sampled.mean() - exact.mean()) <= bound
+
+
+def test_softmax_stats_by_hand():
+    p, arg, h = softmax_stats(np.array([[0.0, np.log(3.0)]]))
+    assert p[0] == pytest.approx(0.75) and arg[0] == 1
+    assert h[0] == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))

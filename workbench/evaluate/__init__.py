@@ -1,0 +1,1 @@
+"""Measure verification, open-set rejection and class-centre sparsity; score faces."""

@@ -1,0 +1,112 @@
+"""Pure metric functions, checked in tests against scikit-learn and hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(score of a random positive > a random negative), ties counted half (Mann-Whitney U)."""
+    scores = np.concatenate([positive, negative])
+    ranks = _average_ranks(scores)
+    n_pos, n_neg = len(positive), len(negative)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x), np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return ranks
+
+
+def fpr_at_tpr(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) -> float:
+    """Share of negatives at or above the threshold that keeps `tpr` of positives."""
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    threshold = np.sort(positive)[::-1][max(0, math.ceil(tpr * len(positive)) - 1)]
+    return float((negative >= threshold).mean())
+
+
+def roc_curve(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
+    thresholds = np.unique(np.concatenate([positive, negative]))[::-1]
+    tpr = np.array([0.0, *[(positive >= t).mean() for t in thresholds]])
+    fpr = np.array([0.0, *[(negative >= t).mean() for t in thresholds]])
+    return fpr, tpr
+
+
+def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> float | None:
+    """True-accept rate at the threshold where a fraction `far` of impostors is accepted.
+
+    None when there are fewer than 1/far impostor pairs (the rate cannot be resolved).
+    """
+    if len(impostor) < 1 / far or len(genuine) == 0:
+        return None
+    k = max(1, math.floor(far * len(impostor)))
+    threshold = np.sort(impostor)[::-1][k - 1]
+    return float((genuine > threshold).mean())
+
+
+def verification_accuracy(scores: np.ndarray, issame: np.ndarray, folds: np.ndarray
+                          ) -> tuple[float, float, float]:
+    """10-fold accuracy: the threshold is chosen on the other folds. (mean, std, mean threshold)."""
+    accs, thresholds = [], []
+    values = np.unique(scores)
+    candidates = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]
+    for f in np.unique(folds):
+        train, test = folds != f, folds == f
+        acc_train = [((scores[train] >= t) == issame[train]).mean() for t in candidates]
+        best = candidates[int(np.argmax(acc_train))]
+        thresholds.append(best)
+        accs.append(((scores[test] >= best) == issame[test]).mean())
+    return float(np.mean(accs)), float(np.std(accs)), float(np.mean(thresholds))
+
+
+def open_set_identification(known_scores: np.ndarray, known_correct: np.ndarray,
+                            unknown_scores: np.ndarray, fpir: float) -> float:
+    """DIR at FPIR: known probes ranked correctly first AND above the threshold that lets
+    a fraction `fpir` of unknown probes through."""
+    if len(unknown_scores) == 0 or len(known_scores) == 0:
+        return float("nan")
+    k = max(1, math.floor(fpir * len(unknown_scores)))
+    threshold = np.sort(unknown_scores)[::-1][k - 1]
+    return float((known_correct & (known_scores > threshold)).mean())
+
+
+def pairwise_cosine_distances(centres: np.ndarray, *, exact_limit: int = 20_000, n_pairs: int = 2_000_000,
+                              seed: int = 0) -> tuple[np.ndarray, float | None]:
+    """1 - cos over distinct centre pairs: all pairs up to `exact_limit` centres, else a uniform
+    sample of `n_pairs`. Returns (distances, 95% bound on the sampled mean's error or None)."""
+    c = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    n = len(c)
+    if n <= exact_limit:
+        out = []
+        for start in range(0, n, 2048):
+            block = c[start : start + 2048] @ c.T
+            rows = np.arange(start, min(n, start + 2048))[:, None]
+            out.append(1.0 - block[np.arange(n)[None, :] > rows])
+        return np.concatenate(out) if out else np.empty(0), None
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, n_pairs)
+    j = rng.integers(0, n - 1, n_pairs)
+    j = np.where(j >= i, j + 1, j)
+    d = 1.0 - np.einsum("nd,nd->n", c[i], c[j])
+    return d, float(1.96 * d.std(ddof=1) / math.sqrt(n_pairs))
+
+
+def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(max probability, argmax, entropy in nats) per row, computed stably."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+    return p.max(axis=1), p.argmax(axis=1), entropy
