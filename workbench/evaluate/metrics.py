@@ -60,10 +60,10 @@ def verification_accuracy(scores: np.ndarray, issame: np.ndarray, folds: np.ndar
                           ) -> tuple[float, float, float]:
     """10-fold accuracy: the threshold is chosen on the other folds. (mean, std, mean threshold)."""
     accs, thresholds = [], []
-    values = np.unique(scores)
-    candidates = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]
     for f in np.unique(folds):
         train, test = folds != f, folds == f
+        values = np.unique(scores[train])
+        candidates = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]
         acc_train = [((scores[train] >= t) == issame[train]).mean() for t in candidates]
         best = candidates[int(np.argmax(acc_train))]
         thresholds.append(best)
