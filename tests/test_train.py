@@ -143,3 +143,32 @@ def test_torchrun_two_processes_end_with_identical_weights(curated):
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     digests = result["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_eval_score_and_compare(curated, tmp_path):
+    ws = Workspace.at(curated)
+    runs = [train(ws, TrainConfig(uir_loss=kind, steps=8, seed=seed, **SMALL))["run_id"]
+            for kind in ("none", "reference") for seed in (0, 1)]
+    for run_id in runs:
+        results = wb_json("eval", run_id, "-w", str(curated))
+        open_set = results["open_set"]
+        assert open_set["known_probes"] == 8 and open_set["unknown_probes"] >= 1
+        assert 0 <= open_set["auroc_msp"] <= 1 and 0 <= open_set["fpr_at_95_tpr"] <= 1
+        assert results["centre_distance"]["n_classes"] == 8
+        assert "skipped" in results["verification"]["note"]
+    scored = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
+    again = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
+    assert scored["scored_now"] == scored["faces"] > 0 and again["scored_now"] == 0
+    con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
+    rows = con.execute("SELECT max_prob, pred_identity, entropy FROM wb_scores WHERE run_id = ?",
+                       [runs[1]]).fetchall()
+    con.close()
+    assert len(rows) == scored["faces"]
+    assert all(1 / 8 <= p <= 1 and ident.startswith("id") and 0 <= h <= np.log(8) + 1e-4
+               for p, ident, h in rows)
+    result = wb_json("compare", *runs, "--out", str(tmp_path / "cmp"), "-w", str(curated))
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert set(arms) == {"baseline (none)", "reference (w=0.1)"}
+    assert all(len(a["runs"]) == 2 for a in arms.values())
+    report = (tmp_path / "cmp" / "report.html").read_text()
+    assert "AUROC" in report and (tmp_path / "cmp" / "msp_histograms.png").exists()

@@ -547,3 +547,78 @@ def export_model(
         print_json({"run_id": run_id, "onnx": str(path), "checkpoint": str(checkpoint)})
     else:
         out.print(f"wrote {path} (from {checkpoint})")
+
+
+@app.command("eval")
+@handled
+def eval_run(
+    run_id: Annotated[str, typer.Argument(help="A training run id.")],
+    pairs: Annotated[Path | None, typer.Option(help="InsightFace verification .bin file.")] = None,
+    pairs_from: Annotated[str | None, typer.Option(
+        help="Generate pairs from this labeled set.", show_default="the run's labeled set")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verification, open-set rejection (AUROC, FPR@95TPR, DIR@FPIR) and centre sparsity."""
+    from workbench.evaluate.evaluate import run_eval
+
+    results = run_eval(Workspace.at(workspace), run_id, pairs_file=pairs, pairs_from=pairs_from)
+    if as_json:
+        print_json(results)
+        return
+    for section in ("verification", "open_set", "centre_distance"):
+        flat = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in results[section].items()
+                if not isinstance(v, dict)]
+        flat += [(f"{k} mean", f"{v['mean']:.4f}") for k, v in results[section].items()
+                 if isinstance(v, dict) and "mean" in v]
+        out.print(kv_table(f"{section} ({run_id})", flat))
+
+
+@app.command()
+@handled
+def score(
+    run_id: Annotated[str, typer.Argument(help="A training run id.")],
+    set_names: Annotated[str, typer.Option(
+        "--set", help="Comma-separated: 'unlabeled' (every face) or split names.")] = "unlabeled",
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write per-face max probability, predicted identity and entropy to wb_scores."""
+    from workbench.evaluate.score import run_score
+
+    with progress_bar("score", enabled=not as_json) as update:
+        summary = run_score(Workspace.at(workspace), run_id, [s.strip() for s in set_names.split(",")],
+                            progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table(f"score {run_id}", list(summary.items())))
+
+
+@app.command()
+@handled
+def compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more evaluated runs.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Side-by-side table and an HTML report (MSP histograms, ROC, centre distances, configs)."""
+    from workbench.evaluate.compare import ROWS, run_compare
+
+    result = run_compare(Workspace.at(workspace), run_ids, out_dir)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title="comparison (mean ± std over seeds)", title_justify="left")
+    table.add_column("metric")
+    for arm in result["arms"]:
+        table.add_column(f"{arm['arm']} [{len(arm['runs'])}]")
+    for label, _ in ROWS:
+        cells = []
+        for arm in result["arms"]:
+            cell = arm[label]
+            cells.append("n/a" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}")
+        table.add_row(label, *cells)
+    out.print(table)
+    out.print(f"report: {result['report']}")

@@ -165,7 +165,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
     (
         4,
-        "training runs",
+        "training runs, evaluations, scores",
         [
             """CREATE TABLE train_runs (
                 run_id VARCHAR PRIMARY KEY,
@@ -178,6 +178,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 artifacts_dir VARCHAR,
                 created_at TIMESTAMP,
                 updated_at TIMESTAMP
+            )""",
+            """CREATE TABLE evaluations (
+                eval_id VARCHAR PRIMARY KEY,
+                run_id VARCHAR NOT NULL,
+                metrics JSON,
+                artifacts_dir VARCHAR,
+                created_at TIMESTAMP
+            )""",
+            """CREATE TABLE scores (
+                run_id VARCHAR NOT NULL,
+                face_id VARCHAR NOT NULL,
+                max_prob REAL,
+                pred_label INTEGER,
+                entropy REAL,
+                PRIMARY KEY (run_id, face_id)
             )""",
         ],
     ),

@@ -56,6 +56,14 @@ VIEWS: list[str] = [
     """CREATE OR REPLACE VIEW wb_train_runs AS
     SELECT run_id, status, config, data_snapshot, step, metrics, artifacts_dir, created_at, updated_at
     FROM train_runs""",
+    """CREATE OR REPLACE VIEW wb_evaluations AS
+    SELECT eval_id, run_id, metrics, artifacts_dir, created_at FROM evaluations""",
+    """CREATE OR REPLACE VIEW wb_scores AS
+    SELECT s.run_id, s.face_id, s.max_prob, i.identity AS pred_identity, s.entropy
+    FROM scores s
+    JOIN train_runs r USING (run_id)
+    LEFT JOIN labeled_identities i
+        ON i.set_name = json_extract_string(r.config, '$.labeled') AND i.label = s.pred_label""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     flip: bool = True
+    holdout_per_identity: int = 1  # labeled faces kept out of training as known probes for `wb eval`
+    holdout_min_samples: int = 4  # only identities with at least this many faces give one up
 
     def validate(self) -> None:
         if self.uir_loss not in UIR_LOSSES:

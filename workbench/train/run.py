@@ -34,15 +34,33 @@ def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
     return names[0]
 
 
+def holdout_positions(labels: np.ndarray, per_identity: int, min_samples: int) -> np.ndarray:
+    """Positions held out as known probes: the last `per_identity` samples of each identity
+    with at least `min_samples` (deterministic, the same for every seed, so runs compare)."""
+    if per_identity <= 0:
+        return np.empty(0, np.int64)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    ends = np.searchsorted(sorted_labels, sorted_labels, side="right")
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    size, rank_from_end = ends - starts, ends - 1 - np.arange(len(order))
+    return np.sort(order[(size >= min_samples) & (rank_from_end < per_identity)])
+
+
 def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig) -> DataPlan:
     labeled = LabeledSet(ws, con, config.labeled or default_labeled(con))
     config.labeled = labeled.name
+    labels = labeled.labels.astype(np.int64)
+    held = holdout_positions(labels, config.holdout_per_identity, config.holdout_min_samples)
+    keep = np.setdiff1d(np.arange(len(labels)), held)
     crops = labeled.samples.column("crop_rel").to_pylist()
+    locators = labeled.samples.column("locator").to_pylist()
     lplan = LabeledPlan(
         path=str(labeled.path), format=labeled.format, options=labeled._options,
-        locators=labeled.samples.column("locator").to_pylist(),
-        crop_paths=[None if c is None else str(ws.root / c) for c in crops],
-        labels=labeled.labels.astype(np.int64), num_classes=len(labeled.identities))
+        locators=[locators[i] for i in keep],
+        crop_paths=[None if crops[i] is None else str(ws.root / crops[i]) for i in keep],
+        labels=labels[keep], num_classes=len(labeled.identities))
+    sample_idx = labeled.samples.column("sample_idx").to_numpy()
     rows = con.execute("SELECT s.face_id, f.crop_rel FROM splits s JOIN faces f USING (face_id) "
                        "WHERE s.split = ? ORDER BY s.face_id", [config.unlabeled_split]).fetchall()
     if config.uir_loss != "none" and not rows:
@@ -51,6 +69,7 @@ def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig
     uplan = UnlabeledPlan([r[0] for r in rows], [str(ws.root / r[1]) for r in rows])
     snapshot = {
         "labeled_set": labeled.name, "labeled_samples": len(lplan.labels),
+        "holdout_sample_idx": sample_idx[held].tolist(),
         "labeled_digest": snapshot_digest(lplan.locators), "identities": lplan.num_classes,
         "unlabeled_split": config.unlabeled_split, "unlabeled_faces": len(rows),
         "unlabeled_digest": snapshot_digest(uplan.face_ids),

@@ -1,0 +1,156 @@
+"""`wb compare RUN_A RUN_B ...`: side-by-side metrics and an HTML report with plots.
+
+Runs whose configs differ only in the seed are one arm; arms are summarised
+with mean and standard deviation over their seeds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+from workbench.evaluate.metrics import roc_curve
+from workbench.manifest.query import one
+from workbench.workspace import Workspace
+
+ROWS = [
+    ("verification accuracy", ("verification", "accuracy")),
+    ("TAR@FAR=1e-3", ("verification", "tar_at_far_1e-3")),
+    ("AUROC (MSP)", ("open_set", "auroc_msp")),
+    ("FPR@95%TPR", ("open_set", "fpr_at_95_tpr")),
+    ("DIR@FPIR=1e-2", ("open_set", "dir_at_fpir_1e-2")),
+    ("DIR@FPIR=1e-1", ("open_set", "dir_at_fpir_1e-1")),
+    ("MSP known (mean)", ("open_set", "msp_known", "mean")),
+    ("MSP eval_unknown (mean)", ("open_set", "msp_eval_unknown", "mean")),
+    ("MSP unlabeled (mean)", ("open_set", "msp_unlabeled", "mean")),
+    ("centre distance (mean)", ("centre_distance", "mean")),
+    ("centre distance (median)", ("centre_distance", "median")),
+]
+
+
+def _get(metrics: dict, path: tuple[str, ...]) -> float | None:
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return None if value is None else float(value)
+
+
+def load_runs(workspace: Workspace, run_ids: list[str]) -> list[dict[str, Any]]:
+    runs = []
+    with workspace.connect(read_only=True) as con:
+        for run_id in run_ids:
+            row = one(con, "SELECT r.config, e.metrics, e.artifacts_dir FROM train_runs r "
+                           "JOIN evaluations e USING (run_id) WHERE run_id = ? "
+                           "ORDER BY e.created_at DESC LIMIT 1", [run_id])
+            if row is None:
+                raise WorkbenchError(f"run {run_id!r} has no evaluation: run `wb eval {run_id}` first")
+            config = json.loads(row[0])
+            arm = {k: v for k, v in config.items() if k != "seed"}
+            runs.append({"run_id": run_id, "config": config, "arm": json.dumps(arm, sort_keys=True),
+                         "metrics": json.loads(row[1]), "arrays": Path(row[2]) / "arrays.npz"})
+    return runs
+
+
+def arm_name(config: dict[str, Any]) -> str:
+    return f"{config['uir_loss']} (w={config['uir_weight']:g})" if config["uir_loss"] != "none" else \
+        "baseline (none)"
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per arm: mean and std of each metric over the arm's seeds."""
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    table = []
+    for members in arms.values():
+        row: dict[str, Any] = {"arm": arm_name(members[0]["config"]),
+                               "runs": [m["run_id"] for m in members],
+                               "seeds": [m["config"]["seed"] for m in members]}
+        for label, path in ROWS:
+            values = [v for v in (_get(m["metrics"], path) for m in members) if v is not None]
+            row[label] = (float(np.mean(values)), float(np.std(values))) if values else None
+        table.append(row)
+    return table
+
+
+def _plots(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        a = np.load(run["arrays"])
+        bins = np.linspace(0, 1, 41)
+        if "msp_known" in a:
+            ax.hist(a["msp_known"], bins=bins, alpha=0.6, density=True, label="known")
+            ax.hist(a["msp_unknown"], bins=bins, alpha=0.6, density=True, label="unknown")
+        ax.set_title(f"{arm_name(run['config'])} s{run['config']['seed']}", fontsize=9)
+        ax.set_xlabel("max softmax probability")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "msp_histograms.png", dpi=100)
+    plt.close(fig)
+    names.append("msp_histograms.png")
+    fig, (roc_ax, dist_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in runs:
+        a = np.load(run["arrays"])
+        label = f"{arm_name(run['config'])} s{run['config']['seed']}"
+        if "msp_known" in a:
+            fpr, tpr = roc_curve(a["msp_known"], a["msp_unknown"])
+            roc_ax.plot(fpr, tpr, label=label)
+        centres = (a["centre_edges"][1:] + a["centre_edges"][:-1]) / 2
+        dist_ax.plot(centres, a["centre_hist"] / max(a["centre_hist"].sum(), 1), label=label)
+    roc_ax.set(xlabel="false positive rate (unknown accepted)", ylabel="true positive rate (known kept)",
+               title="open-set ROC of max softmax probability")
+    dist_ax.set(xlabel="pairwise cosine distance between class centres", ylabel="share of pairs",
+                title="class-centre sparsity")
+    roc_ax.legend(fontsize=7)
+    dist_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "roc_and_centres.png", dpi=100)
+    plt.close(fig)
+    names.append("roc_and_centres.png")
+    return names
+
+
+def _fmt(cell: tuple[float, float] | None, n: int) -> str:
+    if cell is None:
+        return "n/a"
+    mean, std = cell
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = None) -> dict[str, Any]:
+    if len(run_ids) < 2:
+        raise WorkbenchError("give at least two runs to compare")
+    runs = load_runs(workspace, run_ids)
+    table = summarise(runs)
+    out = out or workspace.root / "reports" / ("compare-" + "-".join(r[-6:] for r in run_ids))
+    out.mkdir(parents=True, exist_ok=True)
+    images = _plots(runs, out)
+    header = "".join(f"<th>{html.escape(row['arm'])}<br><small>{len(row['runs'])} run(s)</small></th>"
+                     for row in table)
+    body = "".join(
+        f"<tr><td>{html.escape(label)}</td>"
+        + "".join(f"<td>{_fmt(row[label], len(row['runs']))}</td>" for row in table) + "</tr>"
+        for label, _ in ROWS)
+    configs = "".join(f"<h3>{html.escape(r['run_id'])}</h3>"
+                      f"<pre>{html.escape(json.dumps(r['config'], indent=1))}</pre>" for r in runs)
+    page = (f"<html><head><meta charset='utf-8'><title>UIR Workbench comparison</title></head><body>"
+            f"<h1>Comparison of {len(runs)} runs</h1><table border=1 cellpadding=4><tr><th>metric</th>"
+            f"{header}</tr>{body}</table>"
+            + "".join(f"<p><img src='{name}'></p>" for name in images)
+            + f"<h2>Run configs</h2>{configs}</body></html>")
+    (out / "report.html").write_text(page)
+    (out / "summary.json").write_text(json.dumps(table, indent=2))
+    return {"report": str(out / "report.html"), "arms": table}

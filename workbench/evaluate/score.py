@@ -1,0 +1,80 @@
+"""`wb score RUN`: per-face rejection scores written back to the manifest.
+
+For each face: the max softmax probability over the run's class centres
+(what a threshold rejects unknowns by), the predicted identity and the
+entropy, plus the run's embedding in the embedding store. Batched; a re-run
+or a resumed run scores only the faces not yet scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.embed.models import ModelSpec
+from workbench.embed.store import EmbeddingStore
+from workbench.errors import WorkbenchError
+from workbench.evaluate.metrics import softmax_stats
+from workbench.evaluate.model import TrainedRun
+from workbench.manifest.runs import open_run
+from workbench.workspace import Workspace
+
+BATCH = 512
+
+
+def faces_of(con: Any, sets: list[str]) -> list[tuple[str, str]]:
+    """(face_id, crop_rel) of 'unlabeled' (every ingested face) or of named splits."""
+    if "unlabeled" in sets:
+        return con.execute("SELECT face_id, crop_rel FROM faces ORDER BY face_id").fetchall()
+    known = {r[0] for r in con.execute("SELECT DISTINCT split FROM splits").fetchall()}
+    missing = [s for s in sets if s not in known]
+    if missing:
+        raise WorkbenchError(f"unknown set(s) {', '.join(missing)}: use 'unlabeled' or a split "
+                             f"({', '.join(sorted(known)) or 'run `wb split` first'})")
+    marks = ", ".join("?" for _ in sets)
+    return con.execute(f"SELECT DISTINCT f.face_id, f.crop_rel FROM splits s JOIN faces f USING (face_id) "
+                       f"WHERE s.split IN ({marks}) ORDER BY f.face_id", sets).fetchall()
+
+
+def run_score(workspace: Workspace, run_id: str, sets: list[str],
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    with open_run(workspace, "score", {"run": run_id, "sets": sets}) as (con, rec):
+        run = TrainedRun.load(con, run_id)
+        faces = faces_of(con, sets)
+        done = {r[0] for r in con.execute("SELECT face_id FROM scores WHERE run_id = ?", [run_id]).fetchall()}
+        todo = [(f, c) for f, c in faces if f not in done]
+        store = EmbeddingStore(workspace, con, ModelSpec("ckpt", str(run.checkpoint), flip=True),
+                               run.config.num_features)
+        for start in range(0, len(todo), BATCH):
+            batch = todo[start : start + BATCH]
+            emb = run.embed_encoded([(workspace.root / c).read_bytes() for _, c in batch])
+            msp, pred, entropy = softmax_stats(run.logits(emb))
+            ids = [f for f, _ in batch]
+            con.register("scored", pa.table({
+                "face_id": pa.array(ids, pa.string()),
+                "max_prob": pa.array(msp.astype(np.float32)),
+                "pred_label": pa.array(pred.astype(np.int32)),
+                "entropy": pa.array(entropy.astype(np.float32))}))
+            con.execute("BEGIN TRANSACTION")
+            try:
+                missing = store.missing(ids)
+                if missing:
+                    keep = [ids.index(i) for i in missing]
+                    store.append(missing, emb[keep])
+                con.execute("INSERT INTO scores SELECT ?, face_id, max_prob, pred_label, entropy FROM scored",
+                            [run_id])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("scored")
+            if progress:
+                progress(start + len(batch), len(todo))
+        summary = {"run_id": run_id, "sets": sets, "faces": len(faces), "scored_now": len(todo),
+                   "already_scored": len(faces) - len(todo), "embedding_model": store.key}
+        rec.counts = summary
+        return summary
