@@ -165,7 +165,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
     (
         4,
-        "training runs, evaluations, scores",
+        "training runs",
         [
             """CREATE TABLE train_runs (
                 run_id VARCHAR PRIMARY KEY,
@@ -179,6 +179,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 created_at TIMESTAMP,
                 updated_at TIMESTAMP
             )""",
+        ],
+    ),
+    (
+        5,
+        "evaluations and per-face scores",
+        [
             """CREATE TABLE evaluations (
                 eval_id VARCHAR PRIMARY KEY,
                 run_id VARCHAR NOT NULL,
