@@ -6,7 +6,9 @@ vector, commits in batches, and resumes after a crash.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,8 +19,9 @@ import numpy as np
 from workbench.embed.models import Embedder, ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
 from workbench.labeled.access import LabeledSet
-from workbench.manifest.query import one
-from workbench.parallel import Mapper, chunked
+from workbench.manifest.query import one, transaction
+from workbench.manifest.runs import Run, open_run
+from workbench.parallel import Mapper, chunked, process_mapper
 from workbench.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
@@ -73,13 +76,8 @@ def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], by
     for chunk in chunked(todo, COMMIT_EVERY):
         batches = [[load(i) for i in part] for part in chunked(chunk, WORKER_BATCH)]
         vectors = np.concatenate(list(_mapped(ctx, work, batches)))
-        ctx.con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(ctx.con):
             store.append(chunk, vectors)
-            ctx.con.execute("COMMIT")
-        except BaseException:
-            ctx.con.execute("ROLLBACK")
-            raise
         done += len(chunk)
         if ctx.progress:
             ctx.progress(done, len(todo))
@@ -151,6 +149,19 @@ def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: in
     return Centres(centres, np.linalg.norm(centres, axis=1) > 0, positions)
 
 
+@contextmanager
+def embedding_run(
+    workspace: Workspace, command: str, params: dict[str, object], *, model: str, flip: bool,
+    workers: int | None, progress: ProgressFn | None,
+) -> Iterator[tuple[EmbedContext, Run]]:
+    """Worker processes (forked before the manifest opens), the locked manifest and a run record."""
+    spec = ModelSpec.parse(model, flip=flip)
+    workers = workers or os.cpu_count() or 1
+    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
+            open_run(workspace, command, {"model": model, "flip": flip, **params}) as (con, run):
+        yield EmbedContext(workspace, con, spec, mapper, progress), run
+
+
 def embed(
     workspace: Workspace,
     *,
@@ -163,19 +174,11 @@ def embed(
     progress: ProgressFn | None = None,
 ) -> dict[str, object]:
     """`wb embed`: embed unlabeled faces (`unlabeled`) and/or labeled sets' sampled faces."""
-    import os
-
-    from workbench.manifest.runs import open_run
-    from workbench.parallel import process_mapper
-
-    spec = ModelSpec.parse(model, flip=flip)
     sets = sets or ["unlabeled"]
-    workers = workers or os.cpu_count() or 1
-    params = {"model": model, "flip": flip, "sets": sets, "per_identity": per_identity, "seed": seed}
-    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
-            open_run(workspace, "embed", params) as (con, run):
-        ctx = EmbedContext(workspace, con, spec, mapper, progress)
-        counts: dict[str, object] = {"model_key": spec.key}
+    params = {"sets": sets, "per_identity": per_identity, "seed": seed}
+    with embedding_run(workspace, "embed", params, model=model, flip=flip, workers=workers,
+                       progress=progress) as (ctx, run):
+        counts: dict[str, object] = {"model_key": ctx.spec.key}
         for name in sets:
             if name == "unlabeled":
                 counts["unlabeled_computed"] = embed_unlabeled(ctx)

@@ -19,6 +19,7 @@ from workbench.embed.store import EmbeddingStore
 from workbench.errors import WorkbenchError
 from workbench.evaluate.metrics import softmax_stats
 from workbench.evaluate.model import TrainedRun
+from workbench.manifest.query import transaction
 from workbench.manifest.runs import open_run
 from workbench.workspace import Workspace
 
@@ -58,18 +59,14 @@ def run_score(workspace: Workspace, run_id: str, sets: list[str],
                 "max_prob": pa.array(msp.astype(np.float32)),
                 "pred_label": pa.array(pred.astype(np.int32)),
                 "entropy": pa.array(entropy.astype(np.float32))}))
-            con.execute("BEGIN TRANSACTION")
             try:
-                missing = store.missing(ids)
-                if missing:
-                    keep = [ids.index(i) for i in missing]
-                    store.append(missing, emb[keep])
-                con.execute("INSERT INTO scores SELECT ?, face_id, max_prob, pred_label, entropy FROM scored",
-                            [run_id])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                with transaction(con):
+                    missing = store.missing(ids)
+                    if missing:
+                        keep = [ids.index(i) for i in missing]
+                        store.append(missing, emb[keep])
+                    con.execute("INSERT INTO scores SELECT ?, face_id, max_prob, pred_label, entropy "
+                                "FROM scored", [run_id])
             finally:
                 con.unregister("scored")
             if progress:

@@ -10,20 +10,16 @@ Cluster evidence is left out, so the recall is a lower bound.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from workbench.embed.compute import EmbedContext, ProgressFn, ensure_centres
-from workbench.embed.models import ModelSpec
+from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.index.overlap import OverlapSettings
 from workbench.index.scoring import Gallery, best_identity, impostor_scores, threshold_at_far
 from workbench.labeled.access import LabeledSet
-from workbench.manifest.runs import open_run
-from workbench.parallel import process_mapper
 from workbench.workspace import Workspace
 
 
@@ -57,13 +53,11 @@ def run_audit(
     workers: int | None = None, progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     settings = settings or OverlapSettings()
-    spec = ModelSpec.parse(model, flip=flip)
-    workers = workers or os.cpu_count() or 1
-    params = {"labeled": labeled_set, "model": model, "flip": flip, "plant_fraction": plant_fraction,
-              "hold_out": hold_out, "far": settings.far, "threshold": settings.threshold}
-    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
-            open_run(workspace, "audit overlap", params) as (con, run):
-        ctx = EmbedContext(workspace, con, spec, mapper, progress)
+    params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
+              "far": settings.far, "threshold": settings.threshold}
+    with embedding_run(workspace, "audit overlap", params, model=model, flip=flip, workers=workers,
+                       progress=progress) as (ctx, run):
+        con = ctx.con
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
         labeled = LabeledSet(workspace, con, labeled_set)
         positions = centres.sample_positions

@@ -10,7 +10,6 @@ Groups are connected components; the best-quality face represents each.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,11 +20,9 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from workbench.embed.compute import EmbedContext, ProgressFn, embed_unlabeled
-from workbench.embed.models import ModelSpec
+from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.index.search import nearest
-from workbench.manifest.runs import open_run
-from workbench.parallel import process_mapper
+from workbench.manifest.query import transaction
 from workbench.workspace import Workspace
 
 
@@ -97,12 +94,9 @@ def run_dedupe(
 ) -> dict[str, Any]:
     """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives."""
     thresholds = thresholds or DedupeThresholds()
-    spec = ModelSpec.parse(model, flip=flip)
-    workers = workers or os.cpu_count() or 1
-    params = {"model": model, "flip": flip, **asdict(thresholds)}
-    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
-            open_run(workspace, "dedupe", params) as (con, run):
-        ctx = EmbedContext(workspace, con, spec, mapper, progress)
+    with embedding_run(workspace, "dedupe", asdict(thresholds), model=model, flip=flip,
+                       workers=workers, progress=progress) as (ctx, run):
+        con = ctx.con
         embed_unlabeled(ctx)
         _fill_crop_phash(workspace, con)
         rows = con.execute("SELECT face_id, crop_phash, quality FROM faces ORDER BY face_id").fetchnumpy()
@@ -120,15 +114,11 @@ def run_dedupe(
             "is_representative": pa.array(rep),
         })
         con.register("dup_rows", table)
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("DELETE FROM dups")
-            con.execute("INSERT INTO dups SELECT face_id, group_id, is_representative, ? FROM dup_rows",
-                        [run.run_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with transaction(con):
+                con.execute("DELETE FROM dups")
+                con.execute("INSERT INTO dups SELECT face_id, group_id, is_representative, ? FROM dup_rows",
+                            [run.run_id])
         finally:
             con.unregister("dup_rows")
         sizes = np.bincount(groups) if len(groups) else np.empty(0, np.int64)

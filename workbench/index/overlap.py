@@ -20,7 +20,6 @@ of such faces that would be flagged is reported as the false-overlap rate.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from workbench.embed.compute import EmbedContext, ProgressFn, embed_unlabeled, ensure_centres
-from workbench.embed.models import ModelSpec
+from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run, ensure_centres
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.index.clusters import cluster_labels, cluster_means
@@ -43,8 +41,7 @@ from workbench.index.scoring import (
     threshold_at_far,
 )
 from workbench.labeled.access import LabeledSet
-from workbench.manifest.runs import open_run
-from workbench.parallel import process_mapper
+from workbench.manifest.query import transaction
 from workbench.workspace import Workspace
 
 MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
@@ -109,12 +106,10 @@ def run_overlap(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     settings = settings or OverlapSettings()
-    spec = ModelSpec.parse(model, flip=flip)
-    workers = workers or os.cpu_count() or 1
-    params = {"labeled": labeled_set, "model": model, "flip": flip, **asdict(settings)}
-    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
-            open_run(workspace, "overlap", params) as (con, run):
-        ctx = EmbedContext(workspace, con, spec, mapper, progress)
+    params = {"labeled": labeled_set, **asdict(settings)}
+    with embedding_run(workspace, "overlap", params, model=model, flip=flip, workers=workers,
+                       progress=progress) as (ctx, run):
+        con = ctx.con
         embed_unlabeled(ctx)
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
         if centres.valid.sum() < 2:
@@ -171,18 +166,14 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
         "cluster_id": pa.array([f"c{c}" for c in scores.cluster], pa.string()),
     })
     con.register("overlap_rows", table)
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
-        con.execute("INSERT INTO overlap SELECT face_id, ?, nearest_label, similarity, score, "
-                    "cluster_score, decision, ? FROM overlap_rows", [labeled_set, run_id])
-        con.execute("DELETE FROM clusters")
-        con.execute("INSERT INTO clusters SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
-                    [model_key, run_id])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
+            con.execute("INSERT INTO overlap SELECT face_id, ?, nearest_label, similarity, score, "
+                        "cluster_score, decision, ? FROM overlap_rows", [labeled_set, run_id])
+            con.execute("DELETE FROM clusters")
+            con.execute("INSERT INTO clusters SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
+                        [model_key, run_id])
     finally:
         con.unregister("overlap_rows")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.manifest.query import one
+from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.workspace import Workspace
 
@@ -47,8 +47,7 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
             raise WorkbenchError("no duplicate groups yet: run `wb dedupe` first")
         if n_faces and not n_overlap:
             raise WorkbenchError("no overlap decisions yet: run `wb overlap --labeled NAME` first")
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute("DELETE FROM splits")
             con.execute("""
                 INSERT INTO splits
@@ -84,10 +83,6 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
                          ELSE 'train_unlabeled' END,
                     reason, ?
                 FROM face_reasons""", [run.run_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         counts = dict(con.execute("SELECT split, count(*) FROM splits GROUP BY split").fetchall())
         reasons = dict(con.execute("SELECT reason, count(*) FROM splits WHERE split = 'excluded' "
                                    "GROUP BY reason ORDER BY 2 DESC").fetchall())

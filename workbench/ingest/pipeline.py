@@ -19,6 +19,7 @@ import pyarrow as pa
 from workbench.errors import WorkbenchError
 from workbench.ingest.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
+from workbench.manifest.query import transaction
 from workbench.manifest.runs import open_run
 from workbench.parallel import chunked, process_mapper
 from workbench.workspace import Workspace
@@ -194,8 +195,7 @@ def _commit(
         "reason": pa.array([r.reason if r.image_id is None else None for r in results],
                            pa.string()),
     }))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(
             "INSERT INTO images SELECT image_id, status, reason, width, height, format, phash, "
             "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
@@ -207,9 +207,5 @@ def _commit(
         con.execute(
             "INSERT INTO files SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",
             [source, run_id])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     for name in ("batch_ids", "new_images", "new_faces", "new_files"):
         con.unregister(name)

@@ -23,7 +23,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.images import check_encoded
 from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
-from workbench.manifest.query import one
+from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.parallel import chunked, process_mapper
 from workbench.workspace import Workspace
@@ -63,36 +63,32 @@ def register_labeled(
         source = open_source(root, fmt, image_column=image_column, label_column=label_column,
                              cache_dir=workspace.root / "cache" / "hf")
         options = IngestOptions(root=str(workspace.root), aligned=False)
-        con.execute("BEGIN TRANSACTION")
         try:
-            rejected: Counter[str] = Counter()
-            done = 0
-            for chunk in chunked(source.stream(), CHUNK):
-                rows = _check_aligned(chunk) if aligned else _detect(chunk, mapper, options)
-                start = done
-                done += len(chunk)
-                rejected.update(r["reason"] for r in rows if r["reason"])
-                _insert_samples(con, name, start, chunk, rows)
-                if progress:
-                    progress(done, done)
-            n_ok = done - sum(rejected.values())
-            if n_ok == 0:
-                reasons = ", ".join(f"{n} {r}" for r, n in rejected.most_common(3)) or "no images"
-                raise WorkbenchError(f"no usable images in {root} ({reasons}); nothing registered")
-            _insert_identities(con, name, source.identities)
-            n_ids = len(source.identities)
-            con.execute(
-                "INSERT INTO labeled_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
-                [name, str(root), fmt, aligned,
-                 json.dumps({"image_column": image_column, "label_column": label_column,
-                             "rejected": dict(rejected),
-                             "empty_identities": source.notes.empty_identities[:100],
-                             "n_empty_identities": len(source.notes.empty_identities)}),
-                 n_ids, n_ok, sum(rejected.values()), run.run_id])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with transaction(con):
+                rejected: Counter[str] = Counter()
+                done = 0
+                for chunk in chunked(source.stream(), CHUNK):
+                    rows = _check_aligned(chunk) if aligned else _detect(chunk, mapper, options)
+                    start = done
+                    done += len(chunk)
+                    rejected.update(r["reason"] for r in rows if r["reason"])
+                    _insert_samples(con, name, start, chunk, rows)
+                    if progress:
+                        progress(done, done)
+                n_ok = done - sum(rejected.values())
+                if n_ok == 0:
+                    reasons = ", ".join(f"{n} {r}" for r, n in rejected.most_common(3)) or "no images"
+                    raise WorkbenchError(f"no usable images in {root} ({reasons}); nothing registered")
+                _insert_identities(con, name, source.identities)
+                n_ids = len(source.identities)
+                con.execute(
+                    "INSERT INTO labeled_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    [name, str(root), fmt, aligned,
+                     json.dumps({"image_column": image_column, "label_column": label_column,
+                                 "rejected": dict(rejected),
+                                 "empty_identities": source.notes.empty_identities[:100],
+                                 "n_empty_identities": len(source.notes.empty_identities)}),
+                     n_ids, n_ok, sum(rejected.values()), run.run_id])
         finally:
             source.close()
         summary = {**set_summary(con, name), "already_registered": False}
@@ -124,11 +120,10 @@ def remove_set(workspace: Workspace, name: str) -> dict[str, Any]:
     """Forget a registration (the set's files are untouched)."""
     with open_run(workspace, "labeled remove", {"name": name}) as (con, _):
         summary = set_summary(con, name)
-        con.execute("BEGIN TRANSACTION")
-        for table, column in (("labeled_samples", "set_name"), ("labeled_identities", "set_name"),
-                              ("labeled_sets", "name")):
-            con.execute(f"DELETE FROM {table} WHERE {column} = ?", [name])
-        con.execute("COMMIT")
+        with transaction(con):
+            for table, column in (("labeled_samples", "set_name"), ("labeled_identities", "set_name"),
+                                  ("labeled_sets", "name")):
+                con.execute(f"DELETE FROM {table} WHERE {column} = ?", [name])
         return summary
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import duckdb
 
-from workbench.manifest.query import one
+from workbench.manifest.query import one, transaction
 from workbench.manifest.views import VIEWS
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -219,17 +219,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     version = current_version(con)
     pending = [m for m in MIGRATIONS if m[0] > version]
     for number, description, statements in pending:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             for statement in statements:
                 con.execute(statement)
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, now())", [number, description]
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         version = number
     for statement in VIEWS:
         con.execute(statement)
