@@ -622,3 +622,55 @@ def compare(
         table.add_row(label, *cells)
     out.print(table)
     out.print(f"report: {result['report']}")
+
+
+@app.command()
+@handled
+def crawl(
+    urls_file: Annotated[Path | None, typer.Argument(help="File of image or page URLs, one a line.")] = None,
+    seed: Annotated[list[str] | None, typer.Option(help="Seed page URL; repeat for several.")] = None,
+    depth: Annotated[int, typer.Option(help="Link depth followed from seed pages.")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where images are stored as <sha256>.<ext>.")
+                       ] = Path("webfaces"),
+    allow_host: Annotated[list[str] | None, typer.Option(help="Also follow links to this host.")] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second per host.")] = 1.0,
+    per_host: Annotated[int, typer.Option(help="Requests in flight per host.")] = 2,
+    max_bytes: Annotated[int, typer.Option(help="Byte cap per file, enforced while streaming.")
+                         ] = 20 * 2**20,
+    retries: Annotated[int, typer.Option(help="Retries on 429, 5xx and timeouts.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Read timeout in seconds.")] = 15.0,
+    max_pages: Annotated[int | None, typer.Option(help="Stop after this many pages.")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    contact: Annotated[str, typer.Option(help="Contact put in the User-Agent.")
+                       ] = "https://github.com/uir-workbench",
+    then_ingest: Annotated[bool, typer.Option("--ingest", help="Run `wb ingest` on what was fetched.")
+                           ] = False,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Collect images politely (robots.txt, rate limits, retries), with provenance per URL."""
+    from workbench.crawl.crawler import CrawlSettings, run_crawl
+
+    ws = Workspace.at(workspace)
+    out_path = out_dir if out_dir.is_absolute() else Path.cwd() / out_dir
+    settings = CrawlSettings(out=out_path, depth=depth, allow_hosts=tuple(allow_host or ()), rate=rate,
+                             per_host=per_host, max_bytes=max_bytes, retries=retries,
+                             read_timeout=timeout, max_pages=max_pages, max_images=max_images,
+                             time_limit=time_limit, contact=contact)
+    with Progress(TextColumn("crawl"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=err, disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task("crawl", info="")
+        def update(counts: dict[str, int]) -> None:
+            bar.update(task, info=", ".join(f"{k} {v}" for k, v in counts.items()))
+
+        summary = run_crawl(ws, urls_file=urls_file, seeds=list(seed or []), settings=settings,
+                            progress=update)
+    if then_ingest:
+        from workbench.ingest.pipeline import ingest as run_ingest
+
+        summary["ingest"] = run_ingest(ws, out_path, source="crawl").as_dict()
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table("crawl", [(k, v) for k, v in summary.items() if k != "ingest"]))

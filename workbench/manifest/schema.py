@@ -202,6 +202,30 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        "crawl frontier and provenance",
+        [
+            """CREATE TABLE crawl_urls (
+                url VARCHAR PRIMARY KEY,
+                kind VARCHAR NOT NULL,
+                referrer VARCHAR,
+                depth INTEGER NOT NULL,
+                status VARCHAR NOT NULL,
+                http_status INTEGER,
+                final_url VARCHAR,
+                fetched_at TIMESTAMP,
+                bytes BIGINT,
+                sha256 VARCHAR,
+                content_type VARCHAR,
+                robots VARCHAR,
+                license VARCHAR,
+                reason VARCHAR,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                run_id VARCHAR
+            )""",
+        ],
+    ),
 ]
 
 

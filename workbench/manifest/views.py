@@ -64,6 +64,15 @@ VIEWS: list[str] = [
     JOIN train_runs r USING (run_id)
     LEFT JOIN labeled_identities i
         ON i.set_name = json_extract_string(r.config, '$.labeled') AND i.label = s.pred_label""",
+    """CREATE OR REPLACE VIEW wb_crawl AS
+    SELECT url, kind, referrer, depth, status, http_status, final_url, fetched_at, bytes, sha256,
+           content_type, robots, license, reason, attempts
+    FROM crawl_urls""",
+    """CREATE OR REPLACE VIEW wb_provenance AS
+    SELECT c.sha256 AS image_id, c.url, c.final_url, c.referrer, c.http_status, c.fetched_at, c.bytes,
+           c.robots, coalesce(c.license, p.license) AS license
+    FROM crawl_urls c LEFT JOIN crawl_urls p ON p.url = c.referrer
+    WHERE c.kind = 'image' AND c.status = 'done'""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

@@ -1,0 +1,1 @@
+"""`wb crawl`: polite, resumable collection of web face images with provenance."""

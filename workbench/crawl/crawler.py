@@ -1,0 +1,364 @@
+"""The crawl loop: a frontier in the manifest, async HTTP with per-host politeness.
+
+Every URL tried is a row in `crawl_urls` (status `pending`, `done`, `failed`,
+`disallowed`, `skipped`), so a killed crawl resumes from the manifest without
+refetching finished URLs. Per host: at most `per_host` requests in flight and
+at least `1 / rate` seconds between request starts (or the robots.txt
+crawl-delay, if longer). robots.txt is honoured with protego; a robots.txt
+that cannot be fetched for a server error disallows the host, a missing one
+(4xx) allows it. Retries with exponential backoff on 429, 5xx and timeouts,
+honouring Retry-After. Images are kept only when both the content type and
+the magic bytes say image, and are stored once as `<sha256>.<ext>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import httpx
+from protego import Protego
+
+from workbench import __version__
+from workbench.crawl.html import parse_page
+from workbench.formats.images import sniff_format
+from workbench.manifest.query import one
+
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+MAX_RETRY_AFTER = 60.0
+
+
+@dataclass
+class CrawlSettings:
+    out: Path
+    depth: int = 1
+    allow_hosts: tuple[str, ...] = ()
+    per_host: int = 2
+    rate: float = 1.0  # request starts per second per host
+    concurrency: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    retries: int = 3
+    backoff: float = 0.5
+    max_redirects: int = 5
+    max_bytes: int = 20 * 2**20
+    max_pages: int | None = None
+    max_images: int | None = None
+    time_limit: float | None = None
+    contact: str = "https://github.com/uir-workbench"
+
+    @property
+    def user_agent(self) -> str:
+        return f"uir-workbench/{__version__} (+{self.contact})"
+
+
+@dataclass
+class Outcome:
+    status: str
+    http_status: int | None = None
+    final_url: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    content_type: str | None = None
+    robots: str | None = None
+    license: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+    links: list[tuple[str, str]] = field(default_factory=list)  # (url, kind) found on a page
+    body: bytes = field(default=b"", repr=False)
+
+
+class HostGate:
+    """Concurrency and spacing of requests to one host."""
+
+    def __init__(self, per_host: int, interval: float):
+        self.semaphore = asyncio.Semaphore(per_host)
+        self.interval = interval
+        self._lock = asyncio.Lock()
+        self._next = 0.0
+
+    async def wait_turn(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class Crawler:
+    def __init__(self, con: duckdb.DuckDBPyConnection, settings: CrawlSettings, run_id: str,
+                 progress: Callable[[dict[str, int]], None] | None = None):
+        self.con, self.s, self.run_id, self.progress = con, settings, run_id, progress
+        self.gates: dict[str, HostGate] = {}
+        self.robots: dict[str, Protego | None] = {}
+        self.robots_locks: dict[str, asyncio.Lock] = {}
+        self.requested: list[str] = []  # every URL this process sent a request for
+        self.counts = {"pages": 0, "images": 0, "failed": 0, "disallowed": 0, "skipped": 0}
+        self.started = time.monotonic()
+        self.seed_hosts: set[str] = set()
+
+    # ---- frontier in the manifest -------------------------------------------------------
+    def add(self, url: str, kind: str, referrer: str | None, depth: int) -> None:
+        self.con.execute(
+            "INSERT INTO crawl_urls (url, kind, referrer, depth, status, run_id) "
+            "VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
+            [url, kind, referrer, depth, self.run_id])
+
+    def _pending(self, limit: int) -> list[tuple[str, str, int]]:
+        return self.con.execute(
+            "SELECT url, kind, depth FROM crawl_urls WHERE status = 'pending' "
+            "ORDER BY depth, kind = 'page', url LIMIT ?", [limit]).fetchall()
+
+    def _record(self, url: str, o: Outcome) -> None:
+        self.con.execute(
+            "UPDATE crawl_urls SET status = ?, http_status = ?, final_url = ?, fetched_at = ?, "
+            "bytes = ?, sha256 = ?, content_type = ?, robots = ?, license = ?, reason = ?, "
+            "attempts = attempts + ?, run_id = ? WHERE url = ?",
+            [o.status, o.http_status, o.final_url, datetime.now(UTC).replace(tzinfo=None), o.bytes,
+             o.sha256, o.content_type, o.robots, o.license, o.reason, o.attempts, self.run_id, url])
+
+    # ---- politeness -----------------------------------------------------------------------
+    def _gate(self, host: str, delay: float = 0.0) -> HostGate:
+        if host not in self.gates:
+            self.gates[host] = HostGate(self.s.per_host, max(1.0 / self.s.rate, delay))
+        return self.gates[host]
+
+    async def _robots(self, client: httpx.AsyncClient, url: str) -> Protego | None:
+        """The host's parsed robots.txt; None means the host is off limits (server error)."""
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        lock = self.robots_locks.setdefault(origin, asyncio.Lock())
+        async with lock:
+            if origin not in self.robots:
+                text, ok = "", True
+                try:
+                    gate = self._gate(parts.netloc)
+                    async with gate.semaphore:
+                        await gate.wait_turn()
+                        response = await client.get(origin + "/robots.txt")
+                    if response.status_code >= 500:
+                        ok = False
+                    elif response.status_code < 400:
+                        text = response.text
+                except httpx.HTTPError:
+                    ok = False
+                parsed = Protego.parse(text) if ok else None
+                self.robots[origin] = parsed
+                if parsed is not None and (delay := parsed.crawl_delay(self.s.user_agent)):
+                    self.gates[parts.netloc] = HostGate(self.s.per_host, max(1.0 / self.s.rate, delay))
+            return self.robots[origin]
+
+    def _allowed_host(self, url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        return host in self.seed_hosts or host in self.s.allow_hosts
+
+    # ---- fetching -----------------------------------------------------------------------
+    async def _get(self, client: httpx.AsyncClient, url: str) -> Outcome:
+        """GET with retries; the body is streamed and capped."""
+        host = urlsplit(url).netloc
+        attempts = 0
+        while True:
+            attempts += 1
+            gate = self._gate(host)
+            try:
+                async with gate.semaphore:
+                    await gate.wait_turn()
+                    async with client.stream("GET", url) as response:
+                        retry_after = _retry_after(response.headers.get("retry-after"))
+                        if response.status_code == 429 or response.status_code >= 500:
+                            await response.aclose()
+                            if attempts <= self.s.retries:
+                                await asyncio.sleep(retry_after if retry_after is not None
+                                                    else self.s.backoff * 2 ** (attempts - 1))
+                                continue
+                            return Outcome("failed", response.status_code, str(response.url),
+                                           reason=f"HTTP {response.status_code} after {attempts} tries",
+                                           attempts=attempts)
+                        if response.status_code >= 400:
+                            return Outcome("failed", response.status_code, str(response.url),
+                                           reason=f"HTTP {response.status_code}", attempts=attempts)
+                        declared = int(response.headers.get("content-length") or 0)
+                        if declared > self.s.max_bytes:
+                            return Outcome("failed", response.status_code, str(response.url), declared,
+                                           reason="over the byte cap", attempts=attempts)
+                        body = bytearray()
+                        async for block in response.aiter_bytes():
+                            body += block
+                            if len(body) > self.s.max_bytes:
+                                return Outcome("failed", response.status_code, str(response.url),
+                                               len(body), reason="over the byte cap", attempts=attempts)
+                        return Outcome("done", response.status_code, str(response.url), len(body),
+                                       content_type=response.headers.get("content-type", ""),
+                                       attempts=attempts, body=bytes(body))
+            except httpx.TooManyRedirects:
+                return Outcome("failed", reason="redirect loop or too many redirects", attempts=attempts)
+            except httpx.TimeoutException:
+                if attempts <= self.s.retries:
+                    await asyncio.sleep(self.s.backoff * 2 ** (attempts - 1))
+                    continue
+                return Outcome("failed", reason=f"timed out after {attempts} tries", attempts=attempts)
+            except httpx.HTTPError as exc:
+                return Outcome("failed", reason=f"{type(exc).__name__}: {exc}"[:200], attempts=attempts)
+
+    async def _visit(self, client: httpx.AsyncClient, url: str, kind: str, depth: int) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            self._finish(url, Outcome("skipped", reason=f"scheme {parts.scheme or 'missing'} not fetched"))
+            return
+        robots = await self._robots(client, url)
+        if robots is None or not robots.can_fetch(url, self.s.user_agent):
+            reason = "robots.txt unavailable (server error)" if robots is None else "robots.txt disallows"
+            self._finish(url, Outcome("disallowed", robots="disallowed", reason=reason))
+            return
+        outcome = await self._get(client, url)
+        outcome.robots = "allowed"
+        body, outcome.body = outcome.body, b""
+        if outcome.status == "done":
+            ctype = (outcome.content_type or "").split(";")[0].strip().lower()
+            if kind == "page" and ctype.startswith("text/html"):
+                links = parse_page(body.decode("utf-8", errors="replace"), outcome.final_url or url)
+                outcome.license = links.license
+                outcome.links = [(u, "image") for u in links.images]
+                if depth < self.s.depth:
+                    outcome.links += [(u, "page") for u in links.pages]
+            elif ctype.startswith("image/") and (fmt := sniff_format(body)):
+                outcome.sha256 = hashlib.sha256(body).hexdigest()
+                self._store(body, outcome.sha256, EXTENSIONS[fmt])
+                self.con.execute("UPDATE crawl_urls SET kind = 'image' WHERE url = ?", [url])
+            else:
+                what = "bytes are not a known image format" if ctype.startswith("image/") else \
+                    f"content type {ctype or 'missing'}"
+                outcome.status, outcome.reason = "failed", f"not an image ({what})"
+        self._finish(url, outcome)
+        for link, link_kind in outcome.links:
+            scheme = urlsplit(link).scheme
+            if scheme not in ("http", "https"):
+                self.add(link, link_kind, url, depth + 1)
+                self._finish(link, Outcome("skipped", reason=f"scheme {scheme or 'missing'} not fetched"))
+                continue
+            if not self._allowed_host(link):
+                self.add(link, link_kind, url, depth + 1)
+                self._finish(link, Outcome("skipped", reason="other host (use --allow-host)"))
+                continue
+            self.add(link, link_kind, url, depth + (link_kind == "page"))
+
+    def _finish(self, url: str, outcome: Outcome) -> None:
+        self._record(url, outcome)
+        key = {"done": None, "failed": "failed", "disallowed": "disallowed", "skipped": "skipped"}[
+            outcome.status]
+        if key:
+            self.counts[key] += 1
+        elif outcome.sha256:
+            self.counts["images"] += 1
+        else:
+            self.counts["pages"] += 1
+        if self.progress:
+            self.progress(dict(self.counts))
+
+    def _store(self, body: bytes, sha256: str, ext: str) -> None:
+        path = self.s.out / f"{sha256}{ext}"
+        if path.exists():
+            return
+        tmp = self.s.out / f".{sha256}.part"
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+
+    def _within_bounds(self) -> bool:
+        if self.s.time_limit is not None and time.monotonic() - self.started > self.s.time_limit:
+            return False
+        if self.s.max_images is not None and self.counts["images"] >= self.s.max_images:
+            return False
+        return not (self.s.max_pages is not None and self.counts["pages"] >= self.s.max_pages)
+
+    async def run(self) -> dict[str, Any]:
+        self.s.out.mkdir(parents=True, exist_ok=True)
+        for (url,) in self.con.execute("SELECT url FROM crawl_urls WHERE depth = 0").fetchall():
+            self.seed_hosts.add(urlsplit(url).hostname or "")
+        timeout = httpx.Timeout(self.s.read_timeout, connect=self.s.connect_timeout)
+        async def log_request(request: httpx.Request) -> None:
+            self.requested.append(str(request.url))  # redirects included
+
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
+                                     max_redirects=self.s.max_redirects,
+                                     headers={"User-Agent": self.s.user_agent},
+                                     event_hooks={"request": [log_request]}) as client:
+            in_flight: set[str] = set()
+            tasks: set[asyncio.Task] = set()
+            while self._within_bounds():
+                room = self.s.concurrency - len(tasks)
+                fresh = [p for p in self._pending(room + len(in_flight)) if p[0] not in in_flight][:room]
+                for url, kind, depth in fresh:
+                    in_flight.add(url)
+                    task = asyncio.create_task(self._visit(client, url, kind, depth))
+                    task.add_done_callback(lambda _t, u=url: in_flight.discard(u))
+                    tasks.add(task)
+                if not tasks:
+                    break
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            for task in tasks:
+                task.cancel()
+        left = one(self.con, "SELECT count(*) FROM crawl_urls WHERE status = 'pending'")[0]
+        hosts = sorted({urlsplit(u).netloc for u in self.requested})
+        return {**self.counts, "pending": int(left), "requests": len(self.requested), "hosts": hosts}
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def run_crawl(
+    workspace: Any, *, urls_file: Path | None, seeds: list[str], settings: CrawlSettings,
+    progress: Callable[[dict[str, int]], None] | None = None,
+) -> dict[str, Any]:
+    """`wb crawl`: add the inputs to the frontier, crawl until done or a bound is reached."""
+    from workbench.errors import WorkbenchError
+    from workbench.manifest.runs import open_run
+
+    inputs = list(seeds)
+    if urls_file is not None:
+        try:
+            inputs += [line.strip() for line in urls_file.read_text().splitlines()
+                       if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise WorkbenchError(f"cannot read {urls_file}: {exc.strerror or exc}") from None
+    params = {"urls_file": str(urls_file) if urls_file else None, "seeds": seeds,
+              "out": str(settings.out), "depth": settings.depth, "allow_hosts": settings.allow_hosts,
+              "rate": settings.rate, "per_host": settings.per_host, "max_pages": settings.max_pages,
+              "max_images": settings.max_images, "time_limit": settings.time_limit}
+    with open_run(workspace, "crawl", params) as (con, run):
+        for url in inputs:
+            con.execute("INSERT INTO crawl_urls (url, kind, referrer, depth, status, run_id) "
+                        "VALUES (?, 'page', NULL, 0, 'pending', ?) ON CONFLICT DO NOTHING",
+                        [url, run.run_id])
+        if one(con, "SELECT count(*) FROM crawl_urls")[0] == 0:
+            raise WorkbenchError("nothing to crawl: give a URLS_FILE or --seed URL")
+        crawler = Crawler(con, settings, run.run_id, progress)
+        summary = asyncio.run(crawler.run())
+        summary["stored_files"] = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
+        run.counts = summary
+        summary["run_id"] = run.run_id
+        return summary
