@@ -226,6 +226,35 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        7,
+        "exports and erasures",
+        [
+            """CREATE TABLE exports (
+                export_id VARCHAR PRIMARY KEY,
+                split VARCHAR NOT NULL,
+                format VARCHAR NOT NULL,
+                labels VARCHAR NOT NULL,
+                out VARCHAR NOT NULL,
+                n_faces BIGINT NOT NULL,
+                stale BOOLEAN NOT NULL DEFAULT false,
+                created_at TIMESTAMP,
+                run_id VARCHAR
+            )""",
+            "CREATE TABLE export_items (export_id VARCHAR NOT NULL, face_id VARCHAR NOT NULL)",
+            """CREATE TABLE erasures (
+                erasure_id VARCHAR PRIMARY KEY,
+                requested_at TIMESTAMP NOT NULL,
+                request VARCHAR NOT NULL,
+                reason VARCHAR,
+                images BIGINT,
+                faces BIGINT,
+                labeled_samples BIGINT,
+                urls BIGINT,
+                stale_exports BIGINT
+            )""",
+        ],
+    ),
 ]
 
 

@@ -73,6 +73,12 @@ VIEWS: list[str] = [
            c.robots, coalesce(c.license, p.license) AS license
     FROM crawl_urls c LEFT JOIN crawl_urls p ON p.url = c.referrer
     WHERE c.kind = 'image' AND c.status = 'done'""",
+    """CREATE OR REPLACE VIEW wb_exports AS
+    SELECT export_id, split, format, labels, out, n_faces, stale, created_at FROM exports""",
+    """CREATE OR REPLACE VIEW wb_erasures AS
+    SELECT erasure_id, requested_at, request, reason, images, faces, labeled_samples, urls,
+           stale_exports
+    FROM erasures""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

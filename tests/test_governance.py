@@ -1,0 +1,116 @@
+"""Export round trips, forget with a workspace scan, and the generated data card."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from tests.conftest import noise_image
+from tests.helpers import wb, wb_json
+
+
+@pytest.fixture(scope="module")
+def base_ws(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gov")
+    for identity in range(6):
+        folder = root / "labeled" / f"person{identity}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            noise_image(300 * identity + k).save(folder / f"{k}.png")
+    (root / "web").mkdir()
+    for k in range(20):
+        noise_image(9000 + k).save(root / "web" / f"{k}.png")
+    ws = root / "ws"
+    wb("ingest", str(root / "web"), "--aligned", "-w", str(ws), "--source", "webA")
+    wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))
+    wb("overlap", "--labeled", "gen", "-w", str(ws), "--per-identity", "4")
+    wb("dedupe", "-w", str(ws))
+    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
+    return ws
+
+
+@pytest.fixture()
+def ws(base_ws, tmp_path) -> Path:
+    copy = tmp_path / "ws"
+    shutil.copytree(base_ws, copy)
+    return copy
+
+
+def query(ws: Path, sql: str, params=None) -> list[tuple]:
+    con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("fmt", ["rec", "folder", "hf"])
+def test_export_then_register_gives_the_same_identities_and_pixels(ws, tmp_path, fmt):
+    out = tmp_path / f"export_{fmt}"
+    summary = wb_json("export", "--split", "train_unlabeled", "--format", fmt, "--out", str(out),
+                      "--labels", "clusters", "-w", str(ws))
+    assert (out / "manifest.csv").exists() and summary["faces"] > 0
+    path = out / "dataset" if fmt == "hf" else out
+    registered = wb_json("labeled", "add", f"back_{fmt}", str(path), "--aligned", "-w", str(ws))
+    assert (registered["identities"], registered["images"]) == (summary["identities"], summary["faces"])
+    crops = {hashlib.sha256(Path(p).read_bytes()).hexdigest() for (p,) in query(
+        ws, "SELECT f.crop_path FROM wb_splits s JOIN wb_faces f USING (face_id) "
+            "WHERE s.split = 'train_unlabeled'")}
+    manifest = (out / "manifest.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[3] for line in manifest} == crops
+    assert query(ws, "SELECT count(*) FROM wb_exports")[0][0] == 1
+
+
+def test_forget_an_image_leaves_no_trace(ws, tmp_path):
+    wb_json("export", "--split", "train_unlabeled", "--format", "folder", "--out", str(tmp_path / "x"),
+            "-w", str(ws))
+    face_id, image_id, crop = query(ws, "SELECT f.face_id, f.image_id, f.crop_path FROM wb_splits s "
+                                        "JOIN wb_faces f USING (face_id) WHERE s.split = 'train_unlabeled' "
+                                        "ORDER BY 1 LIMIT 1")[0]
+    matrix = next((ws / "embeddings").rglob("vectors.f32"))
+    vectors = np.memmap(matrix, dtype="<f4", mode="r").reshape(-1, 128)
+    (row,) = query(ws, "SELECT row FROM embeddings WHERE item_id = ?", [face_id])[0]
+    secret_vector = bytes(np.asarray(vectors[row]).tobytes())
+    del vectors
+    dry = wb_json("forget", "--image", image_id, "--dry-run", "-w", str(ws))
+    assert dry["faces"] == 1
+    assert query(ws, "SELECT count(*) FROM faces WHERE face_id = ?", [face_id])[0][0] == 1
+    result = wb_json("forget", "--image", image_id, "--reason", "subject request", "-w", str(ws))
+    assert result["faces"] == 1 and len(result["stale_exports"]) == 1
+    assert not Path(crop).exists()
+    for path in ws.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert image_id.encode() not in data, path
+            assert face_id.encode() not in data, path
+            assert secret_vector not in data, path
+    tomb = query(ws, "SELECT request, reason, images, faces, stale_exports FROM wb_erasures")
+    assert tomb == [("image", "subject request", 1, 1, 1)]
+    assert query(ws, "SELECT stale FROM wb_exports")[0][0] is True
+    assert wb_json("status", "-w", str(ws))["images"] == 19
+
+
+def test_forget_an_identity_removes_labeled_faces_and_centres(ws):
+    before = query(ws, "SELECT count(*) FROM wb_labeled_samples WHERE identity = 'person2'")[0][0]
+    result = wb_json("forget", "--identity", "person2", "-w", str(ws))
+    assert result["labeled_samples"] == before == 4
+    assert query(ws, "SELECT count(*) FROM wb_labeled_samples WHERE identity = 'person2'")[0][0] == 0
+    assert query(ws, "SELECT count(*) FROM centres")[0][0] == 0
+    for path in (ws / "manifests").iterdir():
+        assert b"person2" not in path.read_bytes()
+
+
+def test_card_is_idempotent_and_keeps_hand_written_text(ws):
+    card = ws / "DATA_CARD.md"
+    card.write_text("# Our faces\n\nCollected under agreement 42.\n")
+    assert wb_json("card", "-w", str(ws))["changed"] is True
+    first = card.read_text()
+    assert first.startswith("# Our faces\n\nCollected under agreement 42.\n")
+    assert "webA" in first and "Overlap with gen" in first and "train_unlabeled" in first
+    assert wb_json("card", "-w", str(ws))["changed"] is False
+    assert card.read_text() == first

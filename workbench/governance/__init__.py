@@ -1,0 +1,1 @@
+"""Export curated splits, erase people on request, describe the data (data card)."""

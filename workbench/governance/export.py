@@ -1,0 +1,86 @@
+"""`wb export`: a split of aligned faces as InsightFace RecordIO, an identity-folder tree or an
+HF dataset, with `manifest.csv` (face ids, sources, hashes, labels) beside it.
+
+Unlabeled splits have no identities: `--labels none` puts every face under
+one label (`unlabeled`), `--labels clusters` uses the pseudo-identity clusters.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from workbench.errors import WorkbenchError
+from workbench.formats.recordio import write_insightface_rec
+from workbench.manifest.query import transaction
+from workbench.manifest.runs import open_run
+from workbench.workspace import Workspace
+
+FORMATS = ("rec", "folder", "hf")
+
+
+def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: str = "none"
+               ) -> dict[str, Any]:
+    if fmt not in FORMATS:
+        raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
+    if labels not in ("none", "clusters"):
+        raise WorkbenchError("--labels must be none or clusters")
+    if out.exists() and any(out.iterdir()):
+        raise WorkbenchError(f"{out} exists and is not empty; choose a new folder")
+    params = {"split": split, "format": fmt, "out": str(out), "labels": labels}
+    with open_run(workspace, "export", params) as (con, run):
+        rows = con.execute(
+            "SELECT s.face_id, f.crop_rel, f.image_id, i.source, coalesce(c.cluster_id, 'none') "
+            "FROM splits s JOIN faces f USING (face_id) JOIN wb_images i ON i.image_id = f.image_id "
+            "LEFT JOIN clusters c ON c.face_id = s.face_id "
+            "WHERE s.split = ? ORDER BY c.cluster_id, s.face_id", [split]).fetchall()
+        if not rows:
+            raise WorkbenchError(f"split {split!r} has no faces; see `wb split`")
+        names = [r[4] if labels == "clusters" else "unlabeled" for r in rows]
+        identities = sorted(set(names))
+        label_of = {n: i for i, n in enumerate(identities)}
+        order = sorted(range(len(rows)), key=lambda i: (label_of[names[i]], rows[i][0]))
+        out.mkdir(parents=True, exist_ok=True)
+        crops = [(workspace.root / rows[i][1]) for i in order]
+        if fmt == "rec":
+            write_insightface_rec(out / "train.rec", ((label_of[names[i]], c.read_bytes())
+                                                      for i, c in zip(order, crops, strict=True)),
+                                  num_classes=len(identities))
+        elif fmt == "folder":
+            for i, crop in zip(order, crops, strict=True):
+                folder = out / names[i]
+                folder.mkdir(exist_ok=True)
+                shutil.copyfile(crop, folder / f"{rows[i][0]}{crop.suffix}")
+        else:
+            import datasets
+
+            features = datasets.Features({"image": datasets.Image(),
+                                          "label": datasets.ClassLabel(names=identities),
+                                          "face_id": datasets.Value("string")})
+            data = {"image": [{"bytes": c.read_bytes(), "path": c.name} for c in crops],
+                    "label": [label_of[names[i]] for i in order],
+                    "face_id": [rows[i][0] for i in order]}
+            datasets.Dataset.from_dict(data, features=features).save_to_disk(str(out / "dataset"))
+        with open(out / "manifest.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["face_id", "image_id", "source", "crop_sha256", "label"])
+            for i, crop in zip(order, crops, strict=True):
+                writer.writerow([rows[i][0], rows[i][2], rows[i][3],
+                                 hashlib.sha256(crop.read_bytes()).hexdigest(), names[i]])
+        export_id = f"export-{uuid.uuid4().hex[:10]}"
+        con.register("exported", pa.table({"face_id": [rows[i][0] for i in order]}))
+        with transaction(con):
+            con.execute("INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, false, now(), ?)",
+                        [export_id, split, fmt, labels, str(out), len(rows), run.run_id])
+            con.execute("INSERT INTO export_items SELECT ?, face_id FROM exported", [export_id])
+        con.unregister("exported")
+        summary = {"export_id": export_id, "split": split, "format": fmt, "labels": labels,
+                   "out": str(out), "faces": len(rows), "identities": len(identities)}
+        run.counts = summary
+        return summary

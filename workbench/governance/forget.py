@@ -1,0 +1,192 @@
+"""`wb forget`: erase a person, a source, an image or a URL from the workspace.
+
+Removed: manifest rows (images, locations, faces, duplicates, clusters,
+overlap decisions, splits, scores, embedding rows, crawl rows, labeled
+samples), crop files, embedding vectors (overwritten with zeros in the
+append-only matrices), identity centres built from erased labeled faces,
+reports that name erased faces. Exports that contained erased faces are
+marked stale and listed. FAISS indexes are never persisted, so there is none
+to rebuild. Finally the manifest is rewritten into a fresh file, so deleted
+rows cannot be recovered from free pages of the old one. What stays is a
+tombstone in `wb_erasures`: the kind of request, when, why, and counts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from workbench.errors import WorkbenchError
+from workbench.manifest.query import one, transaction
+from workbench.workspace import Workspace
+
+
+@dataclass
+class Targets:
+    image_ids: list[str] = field(default_factory=list)
+    face_ids: list[str] = field(default_factory=list)
+    samples: list[tuple[str, int]] = field(default_factory=list)  # (set, sample_idx)
+    urls: list[str] = field(default_factory=list)
+
+
+def find_targets(con: duckdb.DuckDBPyConnection, *, identity: str | None, source: str | None,
+                 image: str | None, url: str | None) -> Targets:
+    t = Targets()
+    if identity:
+        t.samples = [(s, int(i)) for s, i in con.execute(
+            "SELECT set_name, sample_idx FROM wb_labeled_samples WHERE identity = ?", [identity]).fetchall()]
+        t.face_ids = [r[0] for r in con.execute(
+            "SELECT face_id FROM wb_overlap WHERE nearest_identity = ? AND decision <> 'clean'",
+            [identity]).fetchall()]
+        t.image_ids = [r[0] for r in con.execute(
+            "SELECT DISTINCT image_id FROM faces WHERE face_id IN (SELECT unnest(?::VARCHAR[]))",
+            [t.face_ids]).fetchall()]
+    elif source:
+        t.image_ids = [r[0] for r in con.execute(
+            "SELECT DISTINCT image_id FROM files WHERE source = ? AND image_id IS NOT NULL",
+            [source]).fetchall()]
+    elif image:
+        t.image_ids = [image.lower()]
+    elif url:
+        row = one(con, "SELECT sha256 FROM crawl_urls WHERE url = ? OR final_url = ?", [url, url])
+        if row is None:
+            raise WorkbenchError(f"no crawled URL {url!r} in this workspace")
+        if row[0]:
+            t.image_ids = [row[0]]
+    else:
+        raise WorkbenchError("say what to forget: --identity, --source, --image or --url")
+    if t.image_ids:
+        t.face_ids = sorted(set(t.face_ids) | {r[0] for r in con.execute(
+            "SELECT face_id FROM faces WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
+            [t.image_ids]).fetchall()})
+        t.urls = [r[0] for r in con.execute(
+            "SELECT url FROM crawl_urls WHERE sha256 IN (SELECT unnest(?::VARCHAR[]))",
+            [t.image_ids]).fetchall()]
+    if url and url not in t.urls:
+        t.urls.append(url)
+    return t
+
+
+def _zero_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, item_ids: list[str]) -> int:
+    rows = con.execute(
+        "SELECT e.model_key, e.row, m.dim FROM embeddings e JOIN embedding_models m USING (model_key) "
+        "WHERE e.item_id IN (SELECT unnest(?::VARCHAR[]))", [item_ids]).fetchall()
+    for model_key, row, dim in rows:
+        path = workspace.root / "embeddings" / model_key / "vectors.f32"
+        with open(path, "r+b") as handle:
+            handle.seek(int(row) * 4 * int(dim))
+            handle.write(np.zeros(int(dim), "<f4").tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+    return len(rows)
+
+
+def _compact(workspace: Workspace) -> None:
+    """Rewrite the manifest into a new file: deleted rows leave no trace in free pages."""
+    path = workspace.manifest_path
+    fresh = path.with_name("wb.compact.duckdb")
+    fresh.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CHECKPOINT")
+        con.execute(f"ATTACH '{fresh}' AS fresh")
+        con.execute("COPY FROM DATABASE wb TO fresh")
+        con.execute("DETACH fresh")
+    finally:
+        con.close()
+    os.replace(fresh, path)
+    Path(str(path) + ".wal").unlink(missing_ok=True)
+
+
+def run_forget(workspace: Workspace, *, identity: str | None = None, source: str | None = None,
+               image: str | None = None, url: str | None = None, reason: str | None = None,
+               dry_run: bool = False) -> dict[str, Any]:
+    from workbench.manifest.runs import open_run
+
+    request = next(k for k, v in (("identity", identity), ("source", source), ("image", image),
+                                  ("url", url), ("none", "x")) if v)
+    with open_run(workspace, "forget", {"request": request, "dry_run": dry_run}) as (con, run):
+        t = find_targets(con, identity=identity, source=source, image=image, url=url)
+        exports = [r[0] for r in con.execute(
+            "SELECT DISTINCT x.export_id FROM export_items x WHERE x.face_id IN "
+            "(SELECT unnest(?::VARCHAR[]))", [t.face_ids]).fetchall()]
+        stale = con.execute("SELECT export_id, out FROM exports WHERE export_id IN "
+                            "(SELECT unnest(?::VARCHAR[]))", [exports]).fetchall()
+        crops = [r[0] for r in con.execute("SELECT crop_rel FROM faces WHERE face_id IN "
+                                           "(SELECT unnest(?::VARCHAR[]))", [t.face_ids]).fetchall()]
+        crops += [r[0] for r in con.execute(
+            "SELECT crop_rel FROM labeled_samples WHERE crop_rel IS NOT NULL AND "
+            "(set_name, sample_idx) IN (SELECT (s, i) FROM (SELECT unnest(?::VARCHAR[]) s, "
+            "unnest(?::BIGINT[]) i))", [[s for s, _ in t.samples], [i for _, i in t.samples]]).fetchall()]
+        summary = {"request": request, "images": len(t.image_ids), "faces": len(t.face_ids),
+                   "labeled_samples": len(t.samples), "urls": len(t.urls), "crop_files": len(crops),
+                   "stale_exports": [{"export_id": e, "out": o} for e, o in stale], "dry_run": dry_run}
+        if dry_run:
+            run.counts = summary
+            return summary
+        item_ids = t.face_ids + [f"S:{s}:{i}" for s, i in t.samples]
+        summary["embedding_rows"] = _zero_vectors(workspace, con, item_ids)
+        sample_sets = sorted({s for s, _ in t.samples})
+        con.register("gone_faces", pa.table({"id": pa.array(t.face_ids, pa.string())}))
+        con.register("gone_images", pa.table({"id": pa.array(t.image_ids, pa.string())}))
+        con.register("gone_items", pa.table({"id": pa.array(item_ids, pa.string())}))
+        con.register("gone_urls", pa.table({"id": pa.array(t.urls, pa.string())}))
+        con.register("gone_samples", pa.table({
+            "set_name": pa.array([s for s, _ in t.samples], pa.string()),
+            "sample_idx": pa.array([i for _, i in t.samples], pa.int64())}))
+        with transaction(con):
+            for table in ("faces", "dups", "clusters", "overlap", "scores", "export_items"):
+                con.execute(f"DELETE FROM {table} WHERE face_id IN (SELECT id FROM gone_faces)")
+            con.execute("DELETE FROM splits WHERE image_id IN (SELECT id FROM gone_images) "
+                        "OR face_id IN (SELECT id FROM gone_faces)")
+            for table in ("images", "files"):
+                con.execute(f"DELETE FROM {table} WHERE image_id IN (SELECT id FROM gone_images)")
+            con.execute("DELETE FROM embeddings WHERE item_id IN (SELECT id FROM gone_items)")
+            con.execute("DELETE FROM crawl_urls WHERE url IN (SELECT id FROM gone_urls)")
+            con.execute("DELETE FROM labeled_samples WHERE (set_name, sample_idx) IN "
+                        "(SELECT (set_name, sample_idx) FROM gone_samples)")
+            if identity:
+                con.execute("UPDATE labeled_identities SET identity = '(erased)', n_images = 0 "
+                            "WHERE identity = ?", [identity])
+            if sample_sets:
+                centre_paths = con.execute("SELECT path FROM centres WHERE set_name IN "
+                                           "(SELECT unnest(?::VARCHAR[]))", [sample_sets]).fetchall()
+                for (path,) in centre_paths:
+                    Path(path).unlink(missing_ok=True)
+                con.execute("DELETE FROM centres WHERE set_name IN (SELECT unnest(?::VARCHAR[]))",
+                            [sample_sets])
+            con.execute("UPDATE exports SET stale = true WHERE export_id IN "
+                        "(SELECT unnest(?::VARCHAR[]))", [exports])
+            con.execute("INSERT INTO erasures VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?)",
+                        [f"erasure-{uuid.uuid4().hex[:10]}", request, reason, len(t.image_ids),
+                         len(t.face_ids), len(t.samples), len(t.urls), len(exports)])
+        for name in ("gone_faces", "gone_images", "gone_items", "gone_urls", "gone_samples"):
+            con.unregister(name)
+        for rel in crops:
+            (workspace.root / rel).unlink(missing_ok=True)
+        summary["reports_removed"] = _drop_reports(workspace, t.face_ids)
+        run.counts = {k: v for k, v in summary.items() if k != "stale_exports"}
+    _compact(workspace)
+    return summary
+
+
+def _drop_reports(workspace: Workspace, face_ids: list[str]) -> int:
+    """Remove report files that name an erased face (they are regenerated by the next run)."""
+    reports = workspace.root / "reports"
+    if not reports.exists() or not face_ids:
+        return 0
+    wanted = set(face_ids)
+    removed = 0
+    for path in reports.rglob("*.json"):
+        text = path.read_text(errors="ignore")
+        if any(f in text for f in wanted):
+            path.unlink()
+            removed += 1
+    return removed
