@@ -111,3 +111,11 @@ def test_killed_crawl_resumes_without_refetching(tmp_path):
     assert summary["pending"] == 0
     assert all(hits["/" + u.split("/", 3)[3]] == 1 for u in done_before)
     assert len(list(out.glob("*.jpg"))) == 30
+
+
+def test_bounds_stop_the_crawl_and_leave_the_rest_pending(tmp_path):
+    with FaultServer(n_gallery=12) as server:
+        summary = wb_json("crawl", "--seed", f"{server.base}/gallery.html", "--out", str(tmp_path / "out"),
+                          "-w", str(tmp_path / "ws"), "--rate", "50", "--per-host", "1",
+                          "--max-images", "3")
+    assert summary["images"] == 3 and summary["pending"] == 9

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import duckdb
@@ -96,3 +97,19 @@ def test_audit_reports_recall_on_planted_labeled_faces(scenario):
                     "--plant-fraction", "0.5")
     assert audit["planted"] >= 5 and audit["recall_excluded"] >= 0.8
     assert 0 <= audit["false_overlap_rate"] <= 1
+
+
+def test_uir_training_on_real_crops(scenario):
+    ws, _, _ = scenario
+    wb_json("overlap", "--labeled", "known", "-w", str(ws), "--flip")
+    wb_json("dedupe", "-w", str(ws), "--flip")
+    wb_json("split", "-w", str(ws), "--eval-unknown", "0.2")
+    result = wb_json("train", "--uir", "-w", str(ws), "--backbone", "r18", "--width", "0.25",
+                     "--input-size", "56", "--embedding-size", "64", "--batch-size", "32",
+                     "--steps", "40", "--lr", "0.05", "--num-workers", "0")
+    run_dir = ws / "runs" / result["run_id"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["margin_loss"] < lines[0]["margin_loss"]
+    assert (run_dir / "checkpoints" / "final.pt").exists()
+    evaluation = wb_json("eval", result["run_id"], "-w", str(ws))
+    assert evaluation["verification"]["accuracy"] > 0.5

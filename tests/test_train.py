@@ -172,3 +172,19 @@ def test_eval_score_and_compare(curated, tmp_path):
     assert all(len(a["runs"]) == 2 for a in arms.values())
     report = (tmp_path / "cmp" / "report.html").read_text()
     assert "AUROC" in report and (tmp_path / "cmp" / "msp_histograms.png").exists()
+
+
+def test_embed_with_an_onnx_model(curated, tmp_path):
+    from dataclasses import asdict
+
+    from workbench.train.export import export_onnx
+    from workbench.train.loop import FaceModel
+
+    config = TrainConfig(backbone="r18", width=0.125, num_features=64)
+    model = FaceModel(config, num_classes=4)
+    torch.save({"model": model.state_dict(), "config": asdict(config)}, tmp_path / "ckpt.pt")
+    onnx_path = export_onnx(tmp_path / "ckpt.pt", tmp_path / "r18.onnx")
+    counts = wb_json("embed", "--model", f"onnx:{onnx_path}", "-w", str(curated))
+    assert counts["unlabeled_computed"] == 24 and counts["model_key"].startswith("onnx-")
+    again = wb_json("embed", "--model", f"onnx:{onnx_path}", "-w", str(curated))
+    assert again["unlabeled_computed"] == 0
