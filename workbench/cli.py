@@ -178,6 +178,9 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         ("files", info["files"]), ("images", info["images"]), ("faces", info["faces"])]))
     out.print(rows_table("by source", info["by_source"]))
     out.print(rows_table("rejected by reason", info["rejected_by_reason"]))
+    for key in ("labeled_sets", "overlap", "splits", "train_runs"):
+        if info[key]:
+            out.print(rows_table(key.replace("_", " "), info[key]))
     runs = [{k: r[k] for k in ("run_id", "command", "status", "started_at", "ended_at")}
             for r in info["last_runs"]]
     out.print(rows_table("last runs", runs))

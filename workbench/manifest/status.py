@@ -40,5 +40,12 @@ def workspace_status(con: duckdb.DuckDBPyConnection, last_runs: int = 5) -> dict
             "SELECT reason, count(*) AS images FROM wb_images WHERE status = 'rejected'"
             " GROUP BY reason ORDER BY images DESC, reason"
         ),
+        "labeled_sets": rows("SELECT name, format, n_identities AS identities, n_images AS images "
+                             "FROM wb_labeled_sets ORDER BY name"),
+        "splits": rows("SELECT split, count(*) AS faces FROM wb_splits GROUP BY split ORDER BY split"),
+        "overlap": rows("SELECT labeled_set, decision, count(*) AS faces FROM wb_overlap "
+                        "GROUP BY ALL ORDER BY 1, 2"),
+        "train_runs": [{**r, "updated_at": r["updated_at"].isoformat(timespec="seconds")} for r in rows(
+            "SELECT run_id, status, step, updated_at FROM wb_train_runs ORDER BY updated_at DESC LIMIT 5")],
         "last_runs": runs,
     }
