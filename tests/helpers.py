@@ -58,3 +58,25 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 60) ->
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def curated_workspace(root: Path, *, identities: int, per_identity: int, web: int, prefix: str,
+                      seed: int, source: str | None = None) -> Path:
+    """A workspace with a generated labeled set, ingested unlabeled faces, overlap, dedupe, splits."""
+    from tests.conftest import noise_image
+
+    for identity in range(identities):
+        folder = root / "labeled" / f"{prefix}{identity}"
+        folder.mkdir(parents=True)
+        for k in range(per_identity):
+            noise_image(seed + 100 * identity + k).save(folder / f"{k}.png")
+    (root / "web").mkdir()
+    for k in range(web):
+        noise_image(seed + 50_000 + k).save(root / "web" / f"{k}.png")
+    ws = root / "ws"
+    wb("ingest", str(root / "web"), "--aligned", "-w", str(ws), *(["--source", source] if source else []))
+    wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))
+    wb("overlap", "--labeled", "gen", "-w", str(ws), "--per-identity", str(per_identity))
+    wb("dedupe", "-w", str(ws))
+    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
+    return ws

@@ -10,28 +10,13 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import noise_image
-from tests.helpers import wb, wb_json
+from tests.helpers import curated_workspace, wb_json
 
 
 @pytest.fixture(scope="module")
 def base_ws(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gov")
-    for identity in range(6):
-        folder = root / "labeled" / f"person{identity}"
-        folder.mkdir(parents=True)
-        for k in range(4):
-            noise_image(300 * identity + k).save(folder / f"{k}.png")
-    (root / "web").mkdir()
-    for k in range(20):
-        noise_image(9000 + k).save(root / "web" / f"{k}.png")
-    ws = root / "ws"
-    wb("ingest", str(root / "web"), "--aligned", "-w", str(ws), "--source", "webA")
-    wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))
-    wb("overlap", "--labeled", "gen", "-w", str(ws), "--per-identity", "4")
-    wb("dedupe", "-w", str(ws))
-    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
-    return ws
+    return curated_workspace(tmp_path_factory.mktemp("gov"), identities=6, per_identity=4, web=20,
+                             prefix="person", seed=300, source="webA")
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import noise_image
-from tests.helpers import wb, wb_json
+from tests.helpers import curated_workspace, wb, wb_json
 from workbench.train.loop import TrainConfig
 from workbench.train.run import train
 from workbench.workspace import Workspace
@@ -27,22 +27,8 @@ SMALL = dict(backbone="r18", width=0.125, input_size=32, num_features=32, batch_
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory) -> Path:
     """A workspace with a labeled set, ingested unlabeled faces and splits (all generated)."""
-    root = tmp_path_factory.mktemp("train")
-    for identity in range(8):
-        folder = root / "labeled" / f"id{identity}"
-        folder.mkdir(parents=True)
-        for k in range(5):
-            noise_image(100 * identity + k).save(folder / f"{k}.png")
-    (root / "web").mkdir()
-    for k in range(24):
-        noise_image(5000 + k).save(root / "web" / f"{k}.png")
-    ws = root / "ws"
-    wb("ingest", str(root / "web"), "--aligned", "-w", str(ws))
-    wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))
-    wb("overlap", "--labeled", "gen", "-w", str(ws), "--per-identity", "5")
-    wb("dedupe", "-w", str(ws))
-    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
-    return ws
+    return curated_workspace(tmp_path_factory.mktemp("train"), identities=8, per_identity=5, web=24,
+                             prefix="id", seed=0)
 
 
 def metrics(run_dir: str) -> list[dict]:
