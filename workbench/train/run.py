@@ -102,6 +102,8 @@ def train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
         if info.main:
             _finish(ws, run_id, status, error, result)
         if info.world > 1:
+            if status == "done":
+                dist.barrier()  # no rank tears down gloo while another still uses it
             dist.destroy_process_group()
     return {"run_id": run_id, "run_dir": str(run_dir), **result}
 
