@@ -112,7 +112,7 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-@app.command()
+@app.command(rich_help_panel="Collect")
 @handled
 def ingest(
     path: Annotated[Path, typer.Argument(help="Folder (walked recursively) or single image.")],
@@ -162,7 +162,7 @@ def ingest(
     out.print(kv_table(f"ingest {summary.run_id}", rows))
 
 
-@app.command()
+@app.command(rich_help_panel="Workspace")
 @handled
 def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by source, status and rejection reason, faces, and the last runs."""
@@ -188,7 +188,7 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
 
 labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred to by name later.",
                           no_args_is_help=True)
-app.add_typer(labeled_app, name="labeled")
+app.add_typer(labeled_app, name="labeled", rich_help_panel="Collect")
 
 
 def print_set(summary: dict[str, Any]) -> None:
@@ -300,7 +300,7 @@ def labeled_pairs(
                   f"{counts['different']} different) to {out_file}")
 
 
-@app.command()
+@app.command(rich_help_panel="Curate")
 @handled
 def embed(
     model: Annotated[str, typer.Option(
@@ -336,7 +336,7 @@ FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the wo
 WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")]
 
 
-@app.command()
+@app.command(rich_help_panel="Curate")
 @handled
 def overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set S to keep U apart from.")],
@@ -373,7 +373,7 @@ def overlap(
             (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
 
 
-@app.command()
+@app.command(rich_help_panel="Curate")
 @handled
 def dedupe(
     strict: Annotated[float, typer.Option(help="Cosine at which two faces are duplicates.")] = 0.99,
@@ -399,7 +399,7 @@ def dedupe(
         out.print(kv_table("dedupe", list(summary.items())))
 
 
-@app.command()
+@app.command(rich_help_panel="Curate")
 @handled
 def split(
     eval_unknown: Annotated[float, typer.Option(
@@ -422,7 +422,7 @@ def split(
 
 
 audit_app = typer.Typer(help="Measure the curation steps on your own data.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
+app.add_typer(audit_app, name="audit", rich_help_panel="Curate")
 
 
 @audit_app.command("overlap")
@@ -458,7 +458,7 @@ def audit_overlap(
             (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
 
 
-@app.command()
+@app.command(rich_help_panel="Train")
 @handled
 def train(
     uir: Annotated[bool, typer.Option("--uir", help="Use the UIR loss (form: --uir-loss).")] = False,
@@ -522,7 +522,7 @@ def train(
             (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in result.items()]))
 
 
-@app.command("export-model")
+@app.command("export-model", rich_help_panel="Train")
 @handled
 def export_model(
     run_id: Annotated[str, typer.Argument(help="A training run id.")],
@@ -552,7 +552,7 @@ def export_model(
         out.print(f"wrote {path} (from {checkpoint})")
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel="Evaluate")
 @handled
 def eval_run(
     run_id: Annotated[str, typer.Argument(help="A training run id.")],
@@ -577,7 +577,7 @@ def eval_run(
         out.print(kv_table(f"{section} ({run_id})", flat))
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 @handled
 def score(
     run_id: Annotated[str, typer.Argument(help="A training run id.")],
@@ -598,7 +598,7 @@ def score(
         out.print(kv_table(f"score {run_id}", list(summary.items())))
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 @handled
 def compare(
     run_ids: Annotated[list[str], typer.Argument(help="Two or more evaluated runs.")],
@@ -627,7 +627,7 @@ def compare(
     out.print(f"report: {result['report']}")
 
 
-@app.command()
+@app.command(rich_help_panel="Collect")
 @handled
 def crawl(
     urls_file: Annotated[Path | None, typer.Argument(help="File of image or page URLs, one a line.")] = None,
@@ -679,7 +679,7 @@ def crawl(
         out.print(kv_table("crawl", [(k, v) for k, v in summary.items() if k != "ingest"]))
 
 
-@app.command()
+@app.command(rich_help_panel="Govern")
 @handled
 def export(
     split_name: Annotated[str, typer.Option("--split", help="Split to export, e.g. train_unlabeled.")],
@@ -700,7 +700,7 @@ def export(
         out.print(kv_table("export", list(summary.items())))
 
 
-@app.command()
+@app.command(rich_help_panel="Govern")
 @handled
 def forget(
     identity: Annotated[str | None, typer.Option(help="A labeled identity (and faces matched to it).")
@@ -730,7 +730,7 @@ def forget(
         out.print(f"stale export {export_row['export_id']}: {export_row['out']} (delete or re-export)")
 
 
-@app.command()
+@app.command(rich_help_panel="Govern")
 @handled
 def card(
     path: Annotated[Path | None, typer.Option(help="Data card file.", show_default="DIR/DATA_CARD.md")
