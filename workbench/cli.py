@@ -103,6 +103,25 @@ def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def report(title: str, summary: dict[str, Any], as_json: bool) -> None:
+    """A command's summary: JSON on stdout for scripts, a key/value table for people."""
+    if as_json:
+        print_json(summary)
+        return
+    out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
+                               for k, v in summary.items()]))
+
+
+def parse_threshold(text: str) -> float | None:
+    """'auto' (None) or a number, with a one-line error otherwise."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise WorkbenchError(f"--threshold must be 'auto' or a number, not {text!r}") from None
+
+
 def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
     table = Table(title=title, title_justify="left")
     for name in rows[0] if rows else ["(none)"]:
@@ -324,10 +343,7 @@ def embed(
     with progress_bar("embed", enabled=not as_json) as update:
         counts = run_embed(Workspace.at(workspace), model=model, flip=flip, sets=set_names,
                            per_identity=per_identity, seed=seed, workers=workers, progress=update)
-    if as_json:
-        print_json(counts)
-    else:
-        out.print(kv_table("embed", list(counts.items())))
+    report("embed", counts, as_json)
 
 
 ModelOpt = Annotated[str, typer.Option(
@@ -357,20 +373,12 @@ def overlap(
     """Flag unlabeled faces whose identity is in the labeled set (embeds what is missing)."""
     from workbench.index.overlap import OverlapSettings, run_overlap
 
-    try:
-        fixed = None if threshold == "auto" else float(threshold)
-    except ValueError:
-        raise WorkbenchError(f"--threshold must be 'auto' or a number, not {threshold!r}") from None
-    settings = OverlapSettings(threshold=fixed, far=far, ambiguous_far=ambiguous_far,
+    settings = OverlapSettings(threshold=parse_threshold(threshold), far=far, ambiguous_far=ambiguous_far,
                                per_identity=per_identity, seed=seed)
     with progress_bar("overlap: embeddings", enabled=not as_json) as update:
         summary = run_overlap(Workspace.at(workspace), labeled, model=model, flip=flip,
                               settings=settings, workers=workers, progress=update)
-    if as_json:
-        print_json(summary)
-    else:
-        out.print(kv_table(f"overlap with {labeled}", [
-            (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
+    report(f"overlap with {labeled}", summary, as_json)
 
 
 @app.command(rich_help_panel="Curate")
@@ -393,10 +401,7 @@ def dedupe(
         summary = run_dedupe(Workspace.at(workspace), model=model, flip=flip,
                              thresholds=DedupeThresholds(strict, loose, phash_bits), workers=workers,
                              progress=update)
-    if as_json:
-        print_json(summary)
-    else:
-        out.print(kv_table("dedupe", list(summary.items())))
+    report("dedupe", summary, as_json)
 
 
 @app.command(rich_help_panel="Curate")
@@ -445,17 +450,13 @@ def audit_overlap(
     from workbench.index.audit import run_audit
     from workbench.index.overlap import OverlapSettings
 
-    fixed = None if threshold == "auto" else float(threshold)
-    settings = OverlapSettings(threshold=fixed, far=far, per_identity=per_identity, seed=seed)
+    settings = OverlapSettings(threshold=parse_threshold(threshold), far=far,
+                               per_identity=per_identity, seed=seed)
     with progress_bar("audit: embeddings", enabled=not as_json) as update:
         summary = run_audit(Workspace.at(workspace), labeled, model=model, flip=flip, settings=settings,
                             plant_fraction=plant_fraction, hold_out=hold_out, workers=workers,
                             progress=update)
-    if as_json:
-        print_json(summary)
-    else:
-        out.print(kv_table(f"audit overlap with {labeled}", [
-            (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in summary.items()]))
+    report(f"audit overlap with {labeled}", summary, as_json)
 
 
 @app.command(rich_help_panel="Train")
@@ -515,11 +516,7 @@ def train(
         result = run_train(Workspace.at(workspace), config, resume=resume, progress=update)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
-    if as_json:
-        print_json(result)
-    else:
-        out.print(kv_table(f"train {result['run_id']}", [
-            (k, f"{v:.4g}" if isinstance(v, float) else v) for k, v in result.items()]))
+    report(f"train {result['run_id']}", result, as_json)
 
 
 @app.command("export-model", rich_help_panel="Train")
@@ -592,10 +589,7 @@ def score(
     with progress_bar("score", enabled=not as_json) as update:
         summary = run_score(Workspace.at(workspace), run_id, [s.strip() for s in set_names.split(",")],
                             progress=update)
-    if as_json:
-        print_json(summary)
-    else:
-        out.print(kv_table(f"score {run_id}", list(summary.items())))
+    report(f"score {run_id}", summary, as_json)
 
 
 @app.command(rich_help_panel="Evaluate")
@@ -694,10 +688,7 @@ def export(
     from workbench.governance.export import run_export
 
     summary = run_export(Workspace.at(workspace), split_name, fmt, out_dir, labels)
-    if as_json:
-        print_json(summary)
-    else:
-        out.print(kv_table("export", list(summary.items())))
+    report("export", summary, as_json)
 
 
 @app.command(rich_help_panel="Govern")
