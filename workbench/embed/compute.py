@@ -16,7 +16,7 @@ import cv2
 import duckdb
 import numpy as np
 
-from workbench.embed.models import Embedder, ModelSpec, load_embedder
+from workbench.embed.models import ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one, transaction
@@ -58,13 +58,7 @@ class EmbedContext:
         existing = EmbeddingStore.open_existing(self.workspace, self.con, self.spec)
         if existing is not None:
             return existing
-        dim = _model_dim(self.spec)
-        return EmbeddingStore(self.workspace, self.con, self.spec, dim)
-
-
-def _model_dim(spec: ModelSpec) -> int:
-    embedder: Embedder = load_embedder(spec)
-    return embedder.dim
+        return EmbeddingStore(self.workspace, self.con, self.spec, load_embedder(self.spec).dim)
 
 
 def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], bytes]) -> int:

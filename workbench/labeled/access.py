@@ -25,7 +25,7 @@ class LabeledSet:
             raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
         self.name, self.workspace = name, workspace
         self.path, self.format, self.aligned = Path(row[0]), row[1], row[2]
-        self._options = json.loads(row[3] or "{}")
+        self.options = json.loads(row[3] or "{}")
         self.samples: pa.Table = con.sql(
             "SELECT sample_idx, label, locator, crop_rel FROM labeled_samples "
             "WHERE set_name = $name AND status = 'ok' ORDER BY sample_idx",
@@ -50,8 +50,8 @@ class LabeledSet:
         if self._source is None:
             self._source = open_source(
                 self.path, self.format,
-                image_column=self._options.get("image_column", "image"),
-                label_column=self._options.get("label_column", "label"),
+                image_column=self.options.get("image_column", "image"),
+                label_column=self.options.get("label_column", "label"),
                 cache_dir=self.workspace.root / "cache" / "hf")
         return self._source.read(self.samples.column("locator")[position].as_py())
 

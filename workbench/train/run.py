@@ -56,7 +56,7 @@ def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig
     crops = labeled.samples.column("crop_rel").to_pylist()
     locators = labeled.samples.column("locator").to_pylist()
     lplan = LabeledPlan(
-        path=str(labeled.path), format=labeled.format, options=labeled._options,
+        path=str(labeled.path), format=labeled.format, options=labeled.options,
         locators=[locators[i] for i in keep],
         crop_paths=[None if crops[i] is None else str(ws.root / crops[i]) for i in keep],
         labels=labels[keep], num_classes=len(labeled.identities))
