@@ -39,9 +39,14 @@ def fpr_at_tpr(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) ->
 def roc_curve(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
     thresholds = np.unique(np.concatenate([positive, negative]))[::-1]
-    tpr = np.array([0.0, *[(positive >= t).mean() for t in thresholds]])
-    fpr = np.array([0.0, *[(negative >= t).mean() for t in thresholds]])
-    return fpr, tpr
+    return np.r_[0.0, _share_at_or_above(negative, thresholds)], \
+        np.r_[0.0, _share_at_or_above(positive, thresholds)]
+
+
+def _share_at_or_above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold, the fraction of `values` >= it (sorting, not a loop)."""
+    ordered = np.sort(values)
+    return (len(ordered) - np.searchsorted(ordered, thresholds, side="left")) / max(len(ordered), 1)
 
 
 def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> float | None:
@@ -64,8 +69,11 @@ def verification_accuracy(scores: np.ndarray, issame: np.ndarray, folds: np.ndar
         train, test = folds != f, folds == f
         values = np.unique(scores[train])
         candidates = np.r_[values[0] - 1e-6, (values[1:] + values[:-1]) / 2, values[-1] + 1e-6]
-        acc_train = [((scores[train] >= t) == issame[train]).mean() for t in candidates]
-        best = candidates[int(np.argmax(acc_train))]
+        same, different = scores[train][issame[train]], scores[train][~issame[train]]
+        # accuracy(t) = (same pairs >= t + different pairs < t) / n, for every candidate at once
+        correct = _share_at_or_above(same, candidates) * len(same) + \
+            (1 - _share_at_or_above(different, candidates)) * len(different)
+        best = candidates[int(np.argmax(correct))]
         thresholds.append(best)
         accs.append(((scores[test] >= best) == issame[test]).mean())
     return float(np.mean(accs)), float(np.std(accs)), float(np.mean(thresholds))
