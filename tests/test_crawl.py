@@ -93,9 +93,12 @@ def test_rate_limit_holds_per_host(tmp_path):
     with FaultServer(n_gallery=12) as server:
         wb("crawl", "--seed", f"{server.base}/gallery.html", "--out", str(tmp_path / "out"),
            "-w", str(tmp_path / "ws"), "--rate", "5", "--per-host", "3")
-        starts = sorted(t for t, _ in server.log)
-    gaps = np.diff(starts)
-    assert len(starts) == 14 and gaps.min() >= 0.2 - 0.03
+        arrivals = sorted(server.log)
+    assert len(arrivals) == 14 and arrivals[0][1] == "/robots.txt"
+    # Arrival gaps after the first request: that one also pays for opening the connection,
+    # which shortens the server-side gap to the next request without any request being early.
+    gaps = np.diff([t for t, _ in arrivals[1:]])
+    assert gaps.min() >= 0.2 - 0.03
 
 
 def test_killed_crawl_resumes_without_refetching(tmp_path):

@@ -88,12 +88,12 @@ class HostGate:
         self._next = 0.0
 
     async def wait_turn(self) -> None:
+        """Wait until `interval` has passed since the previous request to this host was sent."""
         async with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            await asyncio.sleep(delay)
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next = time.monotonic() + self.interval
 
 
 class Crawler:
@@ -145,7 +145,6 @@ class Crawler:
                 try:
                     gate = self._gate(parts.netloc)
                     async with gate.semaphore:
-                        await gate.wait_turn()
                         response = await client.get(origin + "/robots.txt")
                     if response.status_code >= 500:
                         ok = False
@@ -172,35 +171,33 @@ class Crawler:
             attempts += 1
             gate = self._gate(host)
             try:
-                async with gate.semaphore:
-                    await gate.wait_turn()
-                    async with client.stream("GET", url) as response:
-                        retry_after = _retry_after(response.headers.get("retry-after"))
-                        if response.status_code == 429 or response.status_code >= 500:
-                            await response.aclose()
-                            if attempts <= self.s.retries:
-                                await asyncio.sleep(retry_after if retry_after is not None
-                                                    else self.s.backoff * 2 ** (attempts - 1))
-                                continue
+                async with gate.semaphore, client.stream("GET", url) as response:
+                    retry_after = _retry_after(response.headers.get("retry-after"))
+                    if response.status_code == 429 or response.status_code >= 500:
+                        await response.aclose()
+                        if attempts <= self.s.retries:
+                            await asyncio.sleep(retry_after if retry_after is not None
+                                                else self.s.backoff * 2 ** (attempts - 1))
+                            continue
+                        return Outcome("failed", response.status_code, str(response.url),
+                                       reason=f"HTTP {response.status_code} after {attempts} tries",
+                                       attempts=attempts)
+                    if response.status_code >= 400:
+                        return Outcome("failed", response.status_code, str(response.url),
+                                       reason=f"HTTP {response.status_code}", attempts=attempts)
+                    declared = int(response.headers.get("content-length") or 0)
+                    if declared > self.s.max_bytes:
+                        return Outcome("failed", response.status_code, str(response.url), declared,
+                                       reason="over the byte cap", attempts=attempts)
+                    body = bytearray()
+                    async for block in response.aiter_bytes():
+                        body += block
+                        if len(body) > self.s.max_bytes:
                             return Outcome("failed", response.status_code, str(response.url),
-                                           reason=f"HTTP {response.status_code} after {attempts} tries",
-                                           attempts=attempts)
-                        if response.status_code >= 400:
-                            return Outcome("failed", response.status_code, str(response.url),
-                                           reason=f"HTTP {response.status_code}", attempts=attempts)
-                        declared = int(response.headers.get("content-length") or 0)
-                        if declared > self.s.max_bytes:
-                            return Outcome("failed", response.status_code, str(response.url), declared,
-                                           reason="over the byte cap", attempts=attempts)
-                        body = bytearray()
-                        async for block in response.aiter_bytes():
-                            body += block
-                            if len(body) > self.s.max_bytes:
-                                return Outcome("failed", response.status_code, str(response.url),
-                                               len(body), reason="over the byte cap", attempts=attempts)
-                        return Outcome("done", response.status_code, str(response.url), len(body),
-                                       content_type=response.headers.get("content-type", ""),
-                                       attempts=attempts, body=bytes(body))
+                                           len(body), reason="over the byte cap", attempts=attempts)
+                    return Outcome("done", response.status_code, str(response.url), len(body),
+                                   content_type=response.headers.get("content-type", ""),
+                                   attempts=attempts, body=bytes(body))
             except httpx.TooManyRedirects:
                 return Outcome("failed", reason="redirect loop or too many redirects", attempts=attempts)
             except httpx.TimeoutException:
@@ -286,13 +283,16 @@ class Crawler:
         for (url,) in self.con.execute("SELECT url FROM crawl_urls WHERE depth = 0").fetchall():
             self.seed_hosts.add(urlsplit(url).hostname or "")
         timeout = httpx.Timeout(self.s.read_timeout, connect=self.s.connect_timeout)
-        async def log_request(request: httpx.Request) -> None:
-            self.requested.append(str(request.url))  # redirects included
+        async def pace_and_log(request: httpx.Request) -> None:
+            # Spacing is applied to every request actually sent, redirect hops included.
+            url = str(request.url)
+            await self._gate(urlsplit(url).netloc).wait_turn()
+            self.requested.append(url)
 
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
                                      max_redirects=self.s.max_redirects,
                                      headers={"User-Agent": self.s.user_agent},
-                                     event_hooks={"request": [log_request]}) as client:
+                                     event_hooks={"request": [pace_and_log]}) as client:
             in_flight: set[str] = set()
             tasks: set[asyncio.Task] = set()
             while self._within_bounds():
