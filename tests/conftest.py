@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = Path(os.environ.get("WB_LFW150", ROOT.parent / "shared" / "data" / "lfw150"))
+# FiftyOne's database for this test session only (inherited by the `wb` processes tests start)
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="wb-test-fiftyone-"))
 
 
 @pytest.fixture(scope="session")

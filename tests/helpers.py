@@ -61,8 +61,11 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], timeout: float = 60) ->
 
 
 def curated_workspace(root: Path, *, identities: int, per_identity: int, web: int, prefix: str,
-                      seed: int, source: str | None = None) -> Path:
-    """A workspace with a generated labeled set, ingested unlabeled faces, overlap, dedupe, splits."""
+                      seed: int, source: str | None = None, near_duplicates: int = 0) -> Path:
+    """A workspace with a generated labeled set, ingested unlabeled faces, overlap, dedupe, splits.
+
+    `near_duplicates` web images get a JPEG re-encoded copy (a different file, the same face).
+    """
     from tests.conftest import noise_image
 
     for identity in range(identities):
@@ -73,6 +76,8 @@ def curated_workspace(root: Path, *, identities: int, per_identity: int, web: in
     (root / "web").mkdir()
     for k in range(web):
         noise_image(seed + 50_000 + k).save(root / "web" / f"{k}.png")
+    for k in range(near_duplicates):
+        noise_image(seed + 50_000 + k).save(root / "web" / f"{k}-copy.jpg", quality=90)
     ws = root / "ws"
     wb("ingest", str(root / "web"), "--aligned", "-w", str(ws), *(["--source", source] if source else []))
     wb("labeled", "add", "gen", str(root / "labeled"), "--aligned", "-w", str(ws))

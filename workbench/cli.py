@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workbench.errors import WorkbenchError
+from workbench.index.splits import MIN_QUALITY
 from workbench.manifest.query import one
 from workbench.workspace import ENV_VAR, Workspace
 
@@ -197,7 +198,7 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         ("files", info["files"]), ("images", info["images"]), ("faces", info["faces"])]))
     out.print(rows_table("by source", info["by_source"]))
     out.print(rows_table("rejected by reason", info["rejected_by_reason"]))
-    for key in ("labeled_sets", "overlap", "splits", "train_runs"):
+    for key in ("labeled_sets", "overlap", "splits", "reviews", "browse", "train_runs"):
         if info[key]:
             out.print(rows_table(key.replace("_", " "), info[key]))
     runs = [{k: r[k] for k in ("run_id", "command", "status", "started_at", "ended_at")}
@@ -410,7 +411,7 @@ def split(
     eval_unknown: Annotated[float, typer.Option(
         help="Share of clean unlabeled faces held out, as whole clusters, for rejection tests.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed for choosing held-out clusters.")] = 0,
-    min_quality: Annotated[float, typer.Option(help="Faces below this quality are excluded.")] = 0.2,
+    min_quality: Annotated[float, typer.Option(help="Faces below this quality are excluded.")] = MIN_QUALITY,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -689,6 +690,74 @@ def export(
 
     summary = run_export(Workspace.at(workspace), split_name, fmt, out_dir, labels)
     report("export", summary, as_json)
+
+
+DatasetOpt = Annotated[str | None, typer.Option(
+    "--dataset", help="FiftyOne dataset name.", show_default="wb-<workspace folder>-<path hash>")]
+
+
+@app.command(rich_help_panel="Browse")
+@handled
+def browse(
+    dataset: DatasetOpt = None,
+    where: Annotated[str | None, typer.Option(
+        help="SQL condition choosing the faces, on: face_id, image_id, source, original_path, "
+             "is_primary, quality, split, exclusion_reason, dup_group, dup_representative, "
+             "dup_group_size, overlap_set, overlap_identity, overlap_similarity, overlap_score, "
+             "overlap_decision, max_prob, pred_identity, entropy. Example: \"split = 'excluded'\".",
+        show_default="all faces")] = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Training run whose rejection scores to show.", show_default="latest scored run")
+    ] = None,
+    port: Annotated[int, typer.Option(help="App port.")] = 5151,
+    address: Annotated[str, typer.Option(help="Address the App binds to; 0.0.0.0 shares it on the network.")
+                       ] = "127.0.0.1",
+    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Start the App after syncing.")
+                      ] = True,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Embeddings map from stored vectors (PCA).")
+                    ] = True,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mirror the manifest into FiftyOne (one sample per face crop) and open the App.
+
+    Fields: source, original path, split and exclusion reason, quality, duplicate group, the
+    nearest labeled identity (`overlap`, similarity as confidence) and its decision, rejection
+    scores (`predicted`, `max_prob`, `entropy`). Saved views: overlaps-to-review, duplicates,
+    hardest-unknowns, low-quality. Re-syncs update in place, pull reviewers' tags first, and
+    never duplicate samples. Tags `not_face`, `wrong_identity`, `overlap`, `duplicate`, `keep`
+    come back with `wb review pull` and change `wb split`.
+    """
+    from workbench.browse.app import launch as launch_app
+    from workbench.browse.sync import run_browse_sync
+
+    with progress_bar("browse: new samples", enabled=not as_json) as update:
+        summary = run_browse_sync(Workspace.at(workspace), dataset_name=dataset, where=where,
+                                  score_run=run, plot=plot, progress=update)
+    report("browse", summary, as_json)
+    if not launch:
+        return
+    import fiftyone as fo
+
+    session = launch_app(fo.load_dataset(summary["dataset"]), address=address, port=port)
+    out.print(f"App: http://{address}:{port}/  (Ctrl-C to stop)", highlight=False)
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        out.print("App stopped")
+
+
+review_app = typer.Typer(help="Reviewers' tags from the FiftyOne App.", no_args_is_help=True)
+app.add_typer(review_app, name="review", rich_help_panel="Browse")
+
+
+@review_app.command("pull")
+@handled
+def review_pull(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Bring the App's review tags into the manifest (`wb_reviews`); `wb split` then honours them."""
+    from workbench.browse.sync import run_review_pull
+
+    report("review pull", run_review_pull(Workspace.at(workspace), dataset_name=dataset), as_json)
 
 
 @app.command(rich_help_panel="Govern")

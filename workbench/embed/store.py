@@ -98,5 +98,23 @@ class EmbeddingStore:
         return np.asarray(self.matrix()[self.rows(item_ids)])
 
 
+def read_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, model_key: str,
+                 item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors of `item_ids` under `model_key`: (found mask, vectors of the found, in order)."""
+    dim = one(con, "SELECT dim FROM embedding_models WHERE model_key = ?", [model_key])
+    if dim is None:
+        raise KeyError(f"no embedding model {model_key}")
+    con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string()),
+                                     "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
+    hits = con.execute("SELECT w.pos, e.row FROM wanted w JOIN embeddings e ON e.item_id = w.item_id "
+                       "AND e.model_key = ? ORDER BY w.pos", [model_key]).fetchnumpy()
+    con.unregister("wanted")
+    found = np.zeros(len(item_ids), bool)
+    found[hits["pos"]] = True
+    path = workspace.root / "embeddings" / model_key / "vectors.f32"
+    matrix = np.memmap(path, dtype="<f4", mode="r").reshape(-1, int(dim[0]))
+    return found, np.asarray(matrix[hits["row"]])
+
+
 def centres_path(store: EmbeddingStore, set_name: str, per_identity: int, seed: int) -> Path:
     return store.dir / f"centres_{set_name}_k{per_identity}_s{seed}.npy"

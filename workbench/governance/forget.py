@@ -4,7 +4,8 @@ Removed: manifest rows (images, locations, faces, duplicates, clusters,
 overlap decisions, splits, scores, embedding rows, crawl rows, labeled
 samples), crop files, embedding vectors (overwritten with zeros in the
 append-only matrices), identity centres built from erased labeled faces,
-reports that name erased faces. Exports that contained erased faces are
+reports that name erased faces, reviews, and the samples of every FiftyOne
+dataset the workspace synced. Exports that contained erased faces are
 marked stale and listed. FAISS indexes are never persisted, so there is none
 to rebuild. Finally the manifest is rewritten into a fresh file, so deleted
 rows cannot be recovered from free pages of the old one. What stays is a
@@ -23,6 +24,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from workbench.browse.sync import forget_samples
 from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, transaction
 from workbench.workspace import Workspace
@@ -142,7 +144,7 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
             "set_name": pa.array([s for s, _ in t.samples], pa.string()),
             "sample_idx": pa.array([i for _, i in t.samples], pa.int64())}))
         with transaction(con):
-            for table in ("faces", "dups", "clusters", "overlap", "scores", "export_items"):
+            for table in ("faces", "dups", "clusters", "overlap", "scores", "export_items", "reviews"):
                 con.execute(f"DELETE FROM {table} WHERE face_id IN (SELECT id FROM gone_faces)")
             con.execute("DELETE FROM splits WHERE image_id IN (SELECT id FROM gone_images) "
                         "OR face_id IN (SELECT id FROM gone_faces)")
@@ -172,6 +174,7 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
         for rel in crops:
             (workspace.root / rel).unlink(missing_ok=True)
         summary["reports_removed"] = _drop_reports(workspace, t.face_ids)
+        summary["fiftyone_samples"] = forget_samples(con, t.face_ids)
         run.counts = {k: v for k, v in summary.items() if k != "stale_exports"}
     _compact(workspace)
     return summary

@@ -1,8 +1,11 @@
 """`wb split`: curated splits of the unlabeled data, deterministic for a seed.
 
 - `excluded` with a reason, first that applies: the image has no usable face
-  (`no face`, or the image's rejection reason), `overlap` / `ambiguous overlap`
-  with a labeled set, `duplicate` (not its group's representative), `low quality`.
+  (`no face`, or the image's rejection reason); a reviewer's `not_face`,
+  `overlap` or `duplicate` tag; `overlap` / `ambiguous overlap` with a labeled
+  set (unless reviewed `wrong_identity`); `duplicate` (not its group's
+  representative) or `low quality` (unless reviewed `keep`). See
+  `workbench.browse.reviews` for the tags.
 - `eval_unknown`: whole clusters of clean faces held out for rejection tests, so
   no photo of a held-out person is trained on.
 - `train_unlabeled`: the remaining clean representatives.
@@ -18,6 +21,8 @@ from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.workspace import Workspace
+
+MIN_QUALITY = 0.2
 
 
 def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: int) -> set[str]:
@@ -35,7 +40,7 @@ def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: i
 
 
 def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
-              min_quality: float = 0.2) -> dict[str, Any]:
+              min_quality: float = MIN_QUALITY) -> dict[str, Any]:
     if not 0 <= eval_unknown < 1:
         raise WorkbenchError("--eval-unknown must be in [0, 1)")
     params = {"eval_unknown": eval_unknown, "seed": seed, "min_quality": min_quality}
@@ -55,17 +60,29 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
                 FROM images i WHERE i.status <> 'ok'""", [run.run_id])
             con.execute("""
                 CREATE OR REPLACE TEMP TABLE face_reasons AS
+                WITH tagged AS (
+                    SELECT face_id, list(tag) AS tags FROM reviews GROUP BY face_id
+                )
                 SELECT f.face_id, f.image_id, c.cluster_id,
                     CASE
+                        WHEN list_contains(any_value(r.tags), 'not_face') THEN 'not a face (review)'
+                        WHEN list_contains(any_value(r.tags), 'overlap') THEN 'overlap (review)'
+                        WHEN list_contains(any_value(r.tags), 'duplicate') THEN 'duplicate (review)'
+                        WHEN list_contains(any_value(r.tags), 'wrong_identity') THEN NULL
                         WHEN bool_or(o.decision = 'overlap') THEN 'overlap'
                         WHEN bool_or(o.decision = 'ambiguous') THEN 'ambiguous overlap'
+                    END AS identity_reason,
+                    CASE
+                        WHEN list_contains(any_value(r.tags), 'keep') THEN NULL
                         WHEN NOT any_value(coalesce(d.is_representative, true)) THEN 'duplicate'
                         WHEN any_value(f.quality) < ? THEN 'low quality'
-                    END AS reason
+                    END AS auto_reason,
+                    coalesce(identity_reason, auto_reason) AS reason
                 FROM faces f
                 LEFT JOIN overlap o USING (face_id)
                 LEFT JOIN dups d USING (face_id)
                 LEFT JOIN clusters c USING (face_id)
+                LEFT JOIN tagged r USING (face_id)
                 GROUP BY f.face_id, f.image_id, c.cluster_id""", [min_quality])
             sizes = dict(con.execute(
                 "SELECT coalesce(cluster_id, face_id), count(*) FROM face_reasons "

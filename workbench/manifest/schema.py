@@ -255,6 +255,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        8,
+        "reviews from the FiftyOne App, and the datasets synced there",
+        [
+            """CREATE TABLE reviews (
+                face_id VARCHAR NOT NULL,
+                tag VARCHAR NOT NULL,
+                reviewed_at TIMESTAMP NOT NULL,
+                source VARCHAR NOT NULL,
+                run_id VARCHAR,
+                PRIMARY KEY (face_id, tag)
+            )""",
+            """CREATE TABLE browse_datasets (
+                name VARCHAR PRIMARY KEY,
+                database VARCHAR NOT NULL,
+                where_sql VARCHAR,
+                score_run VARCHAR,
+                n_samples BIGINT,
+                synced_at TIMESTAMP,
+                run_id VARCHAR
+            )""",
+        ],
+    ),
 ]
 
 

@@ -47,5 +47,10 @@ def workspace_status(con: duckdb.DuckDBPyConnection, last_runs: int = 5) -> dict
                         "GROUP BY ALL ORDER BY 1, 2"),
         "train_runs": [{**r, "updated_at": r["updated_at"].isoformat(timespec="seconds")} for r in rows(
             "SELECT run_id, status, step, updated_at FROM wb_train_runs ORDER BY updated_at DESC LIMIT 5")],
+        "reviews": rows("SELECT tag, count(*) AS faces, max(reviewed_at)::VARCHAR AS latest, "
+                        "string_agg(DISTINCT source, ', ') AS sources FROM wb_reviews "
+                        "GROUP BY tag ORDER BY tag"),
+        "browse": rows("SELECT name AS dataset, n_samples AS samples, synced_at::VARCHAR AS synced_at "
+                       "FROM wb_browse_datasets ORDER BY name"),
         "last_runs": runs,
     }

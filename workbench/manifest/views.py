@@ -79,6 +79,10 @@ VIEWS: list[str] = [
     SELECT erasure_id, requested_at, request, reason, images, faces, labeled_samples, urls,
            stale_exports
     FROM erasures""",
+    """CREATE OR REPLACE VIEW wb_reviews AS
+    SELECT face_id, tag, reviewed_at, source FROM reviews""",
+    """CREATE OR REPLACE VIEW wb_browse_datasets AS
+    SELECT name, database, where_sql, score_run, n_samples, synced_at FROM browse_datasets""",
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",

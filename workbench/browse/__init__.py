@@ -1,0 +1,1 @@
+"""Browse the manifest in the FiftyOne App; reviewers' tags flow back into the manifest."""

