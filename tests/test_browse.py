@@ -102,7 +102,8 @@ def test_resync_is_idempotent_and_follows_the_manifest(scored, fo, tmp_path):
 
     narrowed = wb_json("browse", "--no-launch", "--dataset", "wb-test-resync", "--where",
                        "split = 'excluded'", "-w", str(ws))
-    excluded = sql(ws, "SELECT count(*) FROM wb_splits WHERE split = 'excluded' AND face_id IS NOT NULL")[0][0]
+    excluded = sql(ws, "SELECT count(*) FROM wb_splits "
+                       "WHERE split = 'excluded' AND face_id IS NOT NULL")[0][0]
     assert narrowed["samples"] == excluded and narrowed["deleted"] == len(ids_before) - excluded
 
     bad = wb("browse", "--no-launch", "--where", "no_such_column = 1", "-w", str(ws), check=False)
@@ -113,7 +114,8 @@ def test_tags_flow_back_and_change_the_split(scored, fo):
     ws, _ = scored
     wb("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
     dataset = fo.load_dataset("wb-test-review")
-    train_face = sql(ws, "SELECT face_id FROM wb_splits WHERE split = 'train_unlabeled' ORDER BY face_id")[0][0]
+    train_face = sql(ws, "SELECT face_id FROM wb_splits "
+                         "WHERE split = 'train_unlabeled' ORDER BY face_id")[0][0]
     dataset.select_by("face_id", [train_face]).tag_samples(["not_face", "looks-odd"])
 
     pulled = wb_json("review", "pull", "--dataset", "wb-test-review", "-w", str(ws))
