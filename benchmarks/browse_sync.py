@@ -32,8 +32,8 @@ def build_manifest(root: Path, faces: int) -> None:
         con.execute("SET VARIABLE n = ?", [faces])
         con.execute("""INSERT INTO images SELECT printf('%064x', i), 'ok', NULL, 250, 250, 'jpeg', NULL, 1,
                        'bench' FROM range(getvariable('n')) t(i)""")
-        con.execute("""INSERT INTO files SELECT printf('web/%08d.jpg', i), 'web', printf('%064x', i), 20000, 0,
-                       NULL, 'bench' FROM range(getvariable('n')) t(i)""")
+        con.execute("""INSERT INTO files SELECT printf('web/%08d.jpg', i), 'web', printf('%064x', i),
+                       20000, 0, NULL, 'bench' FROM range(getvariable('n')) t(i)""")
         con.execute("""INSERT INTO faces (face_id, image_id, face_index, crop_rel, det_score, bbox, landmarks,
                        face_size, blur, brightness, quality, run_id)
                        SELECT printf('%064x', i) || ':0', printf('%064x', i), 0,
@@ -59,8 +59,8 @@ def build_manifest(root: Path, faces: int) -> None:
         (root / "embeddings" / "bench").mkdir(parents=True, exist_ok=True)
         vectors.tofile(root / "embeddings" / "bench" / "vectors.f32")
         con.execute("INSERT INTO embedding_models VALUES ('bench', 'dlib', '', false, ?, now())", [dim])
-        con.execute("INSERT INTO embeddings SELECT 'bench', face_id, row_number() OVER (ORDER BY face_id) - 1 "
-                    "FROM faces")
+        con.execute("INSERT INTO embeddings SELECT 'bench', face_id, "
+                    "row_number() OVER (ORDER BY face_id) - 1 FROM faces")
 
 
 def set_scores(con, seed: int) -> None:
@@ -94,7 +94,8 @@ def naive(fo, root: Path, limit: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=100_000)
     parser.add_argument("--naive", type=int, default=5_000)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "browsebench")
@@ -128,7 +129,8 @@ def main() -> None:
     timed("re-sync after new scores for every face")
     base = naive(fo, root, args.naive)
     scaled = base * args.faces / args.naive
-    print(f"naive add_sample loop: {base:.1f} s for {args.naive:,} -> {scaled:.0f} s scaled to {args.faces:,}")
+    print(f"naive add_sample loop: {base:.1f} s for {args.naive:,} -> {scaled:.0f} s "
+          f"scaled to {args.faces:,}")
     print(f"ratio workbench / naive = {first / scaled:.3f}  (first sync {first:.0f} s; target <= 120 s)")
     fo.delete_dataset("bench")
 
