@@ -1,0 +1,1 @@
+"""A demo that runs the whole loop on data it generates itself."""
