@@ -96,7 +96,7 @@ class Jitter:
             shift=(rng.uniform(-3, 3) * strength, rng.uniform(-3, 3) * strength),
             smile=rng.uniform(-0.3, 1.0),
             mouth_open=max(0.0, rng.uniform(-1, 1)),
-            blink=float(rng.random() < 0.1),
+            blink=float(rng.random() < 0.1 * strength),
             light_angle=rng.uniform(0, 2 * np.pi),
             light_strength=rng.uniform(0, 0.35) * strength,
             background=tuple(float(v) for v in rng.uniform(30, 230, 3)),

@@ -44,7 +44,7 @@ class DemoSettings:
     browse: bool = True
 
     def train_config(self, uir_loss: str) -> TrainConfig:
-        return TrainConfig(labeled=LABELED, uir_loss=uir_loss, uir_weight=0.5, backbone="r18", width=0.25,
+        return TrainConfig(labeled=LABELED, uir_loss=uir_loss, backbone="r18", width=0.25,
                            input_size=56, num_features=128, batch_size=64, steps=self.steps, lr=0.1,
                            num_workers=0, seed=self.seed, log_every=10, checkpoint_every=10_000)
 
