@@ -44,7 +44,8 @@ def test_demo_runs_the_loop_and_finds_what_was_planted(demo):
     assert set(arms) == {"baseline (none)", "reference (w=0.1)"}
     assert all(0.5 < arm["AUROC (MSP)"][0] <= 1 for arm in arms.values())
     assert result["browse"]["samples"] == sum(cur["faces_by_source"].values())
-    assert Path(result["comparison"]["report"], "report.html").exists()
+    assert Path(result["comparison"]["report"]).name == "report.html"
+    assert Path(result["comparison"]["report"]).exists()
 
 
 @pytest.mark.slow
