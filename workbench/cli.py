@@ -132,6 +132,77 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+@app.command(rich_help_panel="Start here")
+@handled
+def demo(
+    workspace: Annotated[Path, typer.Option(
+        "--workspace", "-w", help="Demo workspace (created; generated data goes to DIR/demo-data).")
+    ] = Path("wb-demo"),
+    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Open the FiftyOne App at the end.")
+                      ] = True,
+    steps: Annotated[int, typer.Option(help="Training steps of each of the two runs.")] = 150,
+    port: Annotated[int, typer.Option(help="App port.")] = 5151,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole loop on generated faces, in a few minutes on a laptop CPU.
+
+    Generates a labeled set as RecordIO and a web folder with planted overlaps, near-duplicates
+    and junk; runs ingest, labeled add, overlap, dedupe, split, a baseline and a UIR training run,
+    eval, score, compare and browse; prints curation precision and recall against the planted
+    truth and the UIR vs baseline table. Rerunning reuses what is done.
+    """
+    from workbench.browse.app import launch as launch_app
+    from workbench.demo.run import DemoSettings, run_demo
+
+    settings = DemoSettings(steps=steps)
+    result = run_demo(workspace, settings, say=(lambda _: None) if as_json else
+                      (lambda text: err.print(f"[dim]wb demo:[/dim] {text}", highlight=False)))
+    if as_json:
+        print_json(result)
+        return
+    print_demo(result)
+    if launch:
+        import fiftyone as fo
+
+        session = launch_app(fo.load_dataset(result["browse"]["dataset"]), address="127.0.0.1", port=port)
+        out.print(f"App: http://127.0.0.1:{port}/  (saved views: overlaps-to-review, duplicates, "
+                  "hardest-unknowns, low-quality; Ctrl-C to stop)", highlight=False)
+        try:
+            session.wait(-1)
+        except KeyboardInterrupt:
+            out.print("App stopped")
+
+
+def print_demo(result: dict[str, Any]) -> None:
+    cur = result["curation"]
+    timings = [(s["step"], f"{s['seconds']:.1f} s") for s in result["steps"]]
+    out.print(kv_table("what the demo did", [*timings, ("total", f"{result['seconds']:.0f} s")]))
+    out.print(kv_table("collected", [
+        ("faces by source", ", ".join(f"{k} {v}" for k, v in cur["faces_by_source"].items())),
+        ("rejected (planted junk)", f"{cur['junk_rejected']['rejected']} of "
+                                    f"{cur['junk_rejected']['planted']}: "
+                                    + ", ".join(cur["junk_rejected"]["reasons"])),
+        ("scenes with a detected face", f"{cur['scenes_with_face']['faces_found']} of "
+                                        f"{cur['scenes_with_face']['pictures']}"),
+        ("labeled set", f"{result['labeled']['identities']} identities, "
+                        f"{result['labeled']['images']} images"),
+    ]))
+    ov, wide, dup = cur["overlap"], cur["overlap_or_ambiguous"], cur["near_duplicates"]
+    out.print(kv_table("curation against the planted truth", [
+        ("overlap: planted photos of known people", ov["planted"]),
+        ("overlap: flagged overlap / also ambiguous", f"{ov['flagged']} / {wide['flagged']}"),
+        ("overlap precision / recall", f"{ov['precision']:.3f} / {ov['recall']:.3f}"),
+        ("overlap or ambiguous (both excluded): precision / recall",
+         f"{wide['precision']:.3f} / {wide['recall']:.3f}"),
+        ("near-duplicates: planted pairs found", f"{dup['found']} of {dup['planted']}"),
+        ("near-duplicates precision / recall (pairs)", f"{dup['precision']:.3f} / {dup['recall']:.3f}"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in sorted(result["split"]["splits"].items()))),
+    ]))
+    out.print(comparison_table(result["comparison"]))
+    out.print(f"report: {result['comparison']['report']}")
+    out.print(f"workspace: {result['workspace']}  (try: wb status -w {result['workspace']})", highlight=False)
+
+
 @app.command(rich_help_panel="Collect")
 @handled
 def ingest(
@@ -681,95 +752,6 @@ def crawl(
         out.print(kv_table("crawl", [(k, v) for k, v in summary.items() if k != "ingest"]))
 
 
-@app.command(rich_help_panel="Govern")
-@handled
-def export(
-    split_name: Annotated[str, typer.Option("--split", help="Split to export, e.g. train_unlabeled.")],
-    fmt: Annotated[str, typer.Option("--format", help="rec (InsightFace) | folder | hf.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="New, empty output folder.")],
-    labels: Annotated[str, typer.Option(help="none (one label) or clusters (pseudo-identities).")
-                      ] = "none",
-    workspace: WorkspaceOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Write a split of aligned faces with a manifest.csv beside it; recorded in wb_exports."""
-    from workbench.governance.export import run_export
-
-    summary = run_export(Workspace.at(workspace), split_name, fmt, out_dir, labels)
-    report("export", summary, as_json)
-
-
-@app.command(rich_help_panel="Start here")
-@handled
-def demo(
-    workspace: Annotated[Path, typer.Option(
-        "--workspace", "-w", help="Demo workspace (created; generated data goes to DIR/demo-data).")
-    ] = Path("wb-demo"),
-    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Open the FiftyOne App at the end.")
-                      ] = True,
-    steps: Annotated[int, typer.Option(help="Training steps of each of the two runs.")] = 150,
-    port: Annotated[int, typer.Option(help="App port.")] = 5151,
-    as_json: JsonOpt = False,
-) -> None:
-    """The whole loop on generated faces, in a few minutes on a laptop CPU.
-
-    Generates a labeled set as RecordIO and a web folder with planted overlaps, near-duplicates
-    and junk; runs ingest, labeled add, overlap, dedupe, split, a baseline and a UIR training run,
-    eval, score, compare and browse; prints curation precision and recall against the planted
-    truth and the UIR vs baseline table. Rerunning reuses what is done.
-    """
-    from workbench.browse.app import launch as launch_app
-    from workbench.demo.run import DemoSettings, run_demo
-
-    settings = DemoSettings(steps=steps)
-    result = run_demo(workspace, settings, say=(lambda _: None) if as_json else
-                      (lambda text: err.print(f"[dim]wb demo:[/dim] {text}", highlight=False)))
-    if as_json:
-        print_json(result)
-        return
-    print_demo(result)
-    if launch:
-        import fiftyone as fo
-
-        session = launch_app(fo.load_dataset(result["browse"]["dataset"]), address="127.0.0.1", port=port)
-        out.print(f"App: http://127.0.0.1:{port}/  (saved views: overlaps-to-review, duplicates, "
-                  "hardest-unknowns, low-quality; Ctrl-C to stop)", highlight=False)
-        try:
-            session.wait(-1)
-        except KeyboardInterrupt:
-            out.print("App stopped")
-
-
-def print_demo(result: dict[str, Any]) -> None:
-    cur = result["curation"]
-    timings = [(s["step"], f"{s['seconds']:.1f} s") for s in result["steps"]]
-    out.print(kv_table("what the demo did", [*timings, ("total", f"{result['seconds']:.0f} s")]))
-    out.print(kv_table("collected", [
-        ("faces by source", ", ".join(f"{k} {v}" for k, v in cur["faces_by_source"].items())),
-        ("rejected (planted junk)", f"{cur['junk_rejected']['rejected']} of "
-                                    f"{cur['junk_rejected']['planted']}: "
-                                    + ", ".join(cur["junk_rejected"]["reasons"])),
-        ("scenes with a detected face", f"{cur['scenes_with_face']['faces_found']} of "
-                                        f"{cur['scenes_with_face']['pictures']}"),
-        ("labeled set", f"{result['labeled']['identities']} identities, "
-                        f"{result['labeled']['images']} images"),
-    ]))
-    ov, wide, dup = cur["overlap"], cur["overlap_or_ambiguous"], cur["near_duplicates"]
-    out.print(kv_table("curation against the planted truth", [
-        ("overlap: planted photos of known people", ov["planted"]),
-        ("overlap: flagged overlap / also ambiguous", f"{ov['flagged']} / {wide['flagged']}"),
-        ("overlap precision / recall", f"{ov['precision']:.3f} / {ov['recall']:.3f}"),
-        ("overlap or ambiguous (both excluded): precision / recall",
-         f"{wide['precision']:.3f} / {wide['recall']:.3f}"),
-        ("near-duplicates: planted pairs found", f"{dup['found']} of {dup['planted']}"),
-        ("near-duplicates precision / recall (pairs)", f"{dup['precision']:.3f} / {dup['recall']:.3f}"),
-        ("splits", ", ".join(f"{k} {v}" for k, v in sorted(result["split"]["splits"].items()))),
-    ]))
-    out.print(comparison_table(result["comparison"]))
-    out.print(f"report: {result['comparison']['report']}")
-    out.print(f"workspace: {result['workspace']}  (try: wb status -w {result['workspace']})", highlight=False)
-
-
 DatasetOpt = Annotated[str | None, typer.Option(
     "--dataset", help="FiftyOne dataset name.", show_default="wb-<workspace folder>-<path hash>")]
 
@@ -836,6 +818,24 @@ def review_pull(dataset: DatasetOpt = None, workspace: WorkspaceOpt = None, as_j
     from workbench.browse.sync import run_review_pull
 
     report("review pull", run_review_pull(Workspace.at(workspace), dataset_name=dataset), as_json)
+
+
+@app.command(rich_help_panel="Govern")
+@handled
+def export(
+    split_name: Annotated[str, typer.Option("--split", help="Split to export, e.g. train_unlabeled.")],
+    fmt: Annotated[str, typer.Option("--format", help="rec (InsightFace) | folder | hf.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="New, empty output folder.")],
+    labels: Annotated[str, typer.Option(help="none (one label) or clusters (pseudo-identities).")
+                      ] = "none",
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a split of aligned faces with a manifest.csv beside it; recorded in wb_exports."""
+    from workbench.governance.export import run_export
+
+    summary = run_export(Workspace.at(workspace), split_name, fmt, out_dir, labels)
+    report("export", summary, as_json)
 
 
 @app.command(rich_help_panel="Govern")
