@@ -109,6 +109,9 @@ def main() -> None:
     from workbench.workspace import Workspace
 
     fo = load_fiftyone()
+    for name in ("bench", "bench-naive"):  # left by an interrupted run, if its database still runs
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
     root = args.work / "ws"
     start = time.perf_counter()
     build_manifest(root, args.faces)

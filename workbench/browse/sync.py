@@ -2,7 +2,7 @@
 
 The dataset mirrors a selection of faces (all, or `--where`): a sync first
 pulls reviewers' tags into the manifest, then adds new faces, updates only the
-fields whose values changed (bulk `set_values`), and deletes samples whose
+values that changed (one bulk write), and deletes samples whose
 faces left the selection or were erased. Samples keep their ids and tags, so
 a re-sync never duplicates anything and never loses a review.
 """
@@ -10,6 +10,7 @@ a re-sync never duplicates anything and never loses a review.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+from bson import ObjectId
+from pymongo import UpdateOne
 
 from workbench.browse.app import database_label, load_fiftyone
 from workbench.browse.reviews import pull_reviews, review_tags
@@ -59,11 +62,6 @@ class Facts:
     def of(cls, table: pa.Table) -> Facts:
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
         return cls(columns, {f: i for i, f in enumerate(columns["face_id"])})
-
-    def label(self, fo: Any, field: str, i: int) -> Any:
-        label_col, conf_col = LABELS[field]
-        label = self.columns[label_col][i]
-        return None if label is None else fo.Classification(label=label, confidence=self.columns[conf_col][i])
 
 
 def default_dataset_name(workspace: Workspace) -> str:
@@ -110,73 +108,83 @@ def _batches(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
         yield items[start:start + size]
 
 
-def _add_new(fo: Any, dataset: Any, facts: Facts, new: list[int], tags: dict[str, list[str]],
-             progress: Callable[[int, int], None] | None) -> None:
-    """Insert new faces as sample documents, in batches.
+class Documents:
+    """Sample documents in FiftyOne's layout, from templates FiftyOne itself makes.
 
     FiftyOne's `add_samples` rebuilds an ODM document for every sample after
-    inserting it (about 1.3 ms per face here: 130 s for 100k faces), so the
-    documents are built from templates that FiftyOne itself makes (one sample,
-    one Classification) and inserted with the driver. Reading them back through
-    FiftyOne's API is what the tests check.
+    inserting it, and `set_values` writes one field at a time (about 1.3 ms a
+    face to add: 130 s for 100k faces), so the sync writes documents with the
+    driver, shaped by one sample and one Classification that FiftyOne built.
+    The tests read everything back through FiftyOne's API.
     """
-    from bson import ObjectId
 
-    cols = facts.columns
-    if not new:
-        return
-    base = dataset._make_dict(fo.Sample(filepath=cols["crop_path"][new[0]]))
-    base = {k: v for k, v in base.items() if k not in ("filepath", "tags", "_rand")}
-    label_base = {k: v for k, v in fo.Classification(label="x", confidence=0.0).to_dict().items()
-                  if k not in ("_id", "label", "confidence")}
+    def __init__(self, fo: Any, dataset: Any, facts: Facts) -> None:
+        self.facts, self.collection = facts, dataset._sample_collection
+        base = dataset._make_dict(fo.Sample(filepath="/template.jpg"))
+        self.base = {k: v for k, v in base.items() if k not in ("filepath", "tags", "_rand")}
+        self.label_base = {k: v for k, v in fo.Classification(label="x", confidence=0.0).to_dict().items()
+                           if k not in ("_id", "label", "confidence")}
+
+    def label(self, field: str, i: int) -> dict[str, Any] | None:
+        label_col, conf_col = LABELS[field]
+        label = self.facts.columns[label_col][i]
+        if label is None:
+            return None
+        return {"_id": ObjectId(), **self.label_base, "label": label,
+                "confidence": self.facts.columns[conf_col][i]}
+
+    def new(self, i: int, tags: list[str], rand: float, now: datetime) -> dict[str, Any]:
+        cols = self.facts.columns
+        doc = {**self.base, "filepath": cols["crop_path"][i], "tags": tags, "_rand": rand,
+               "created_at": now, "last_modified_at": now}
+        doc |= {field: cols[col][i] for field, col in PLAIN.items() if cols[col][i] is not None}
+        doc |= {field: label for field in LABELS if (label := self.label(field, i)) is not None}
+        return doc
+
+    def changes(self, doc: dict[str, Any], i: int) -> dict[str, Any]:
+        """The fields of stored `doc` whose values differ from the manifest's row `i`."""
+        cols = self.facts.columns
+        sets = {field: cols[col][i] for field, col in PLAIN.items() if doc.get(field) != cols[col][i]}
+        for field, (label_col, conf_col) in LABELS.items():
+            stored = doc.get(field) or {}
+            if (stored.get("label"), stored.get("confidence")) != (cols[label_col][i], cols[conf_col][i]):
+                sets[field] = self.label(field, i)
+        return sets
+
+
+def _add_new(docs: Documents, new: list[int], tags: dict[str, list[str]],
+             progress: Callable[[int, int], None] | None) -> None:
+    face_ids = docs.facts.columns["face_id"]
     rng = np.random.default_rng()
     for done, batch in enumerate(_batches(new), start=1):
         now = datetime.now(UTC).replace(tzinfo=None)
         draws = rng.random(len(batch))
-        docs = []
-        for i, draw in zip(batch, draws, strict=True):
-            doc = {**base, "filepath": cols["crop_path"][i], "tags": tags.get(cols["face_id"][i], []),
-                   "_rand": float(draw), "created_at": now, "last_modified_at": now}
-            for field, col in PLAIN.items():
-                if cols[col][i] is not None:
-                    doc[field] = cols[col][i]
-            for field, (label_col, conf_col) in LABELS.items():
-                if cols[label_col][i] is not None:
-                    doc[field] = {"_id": ObjectId(), **label_base, "label": cols[label_col][i],
-                                  "confidence": cols[conf_col][i]}
-            docs.append(doc)
-        dataset._sample_collection.insert_many(docs, ordered=False)
+        docs.collection.insert_many([docs.new(i, tags.get(face_ids[i], []), float(r), now)
+                                     for i, r in zip(batch, draws, strict=True)], ordered=False)
         if progress:
             progress(min(done * BATCH, len(new)), len(new))
-    dataset.reload()
 
 
-def _update_changed(fo: Any, dataset: Any, facts: Facts) -> dict[str, int]:
-    """Set, field by field, only the values that differ from the manifest's."""
-    sample_ids, face_ids = dataset.values(["id", "face_id"])
-    keep = [(s, facts.position[f]) for s, f in zip(sample_ids, face_ids, strict=True) if f in facts.position]
-    if not keep:
-        return {}
-    ids = [s for s, _ in keep]
-    rows = [i for _, i in keep]
-    changed: dict[str, int] = {}
-    current_plain = dataset.values(list(PLAIN))
-    for (field, col), current in zip(PLAIN.items(), current_plain, strict=True):
-        wanted = [facts.columns[col][i] for i in rows]
-        diff = [k for k, (a, b) in enumerate(zip(current, wanted, strict=True)) if a != b]
-        if diff:
-            dataset.select([ids[k] for k in diff], ordered=True).set_values(
-                field, [wanted[k] for k in diff], progress=False)
-            changed[field] = len(diff)
-    for field, (label_col, conf_col) in LABELS.items():
-        labels, confs = dataset.values([f"{field}.label", f"{field}.confidence"])
-        diff = [k for k, i in enumerate(rows)
-                if (labels[k], confs[k]) != (facts.columns[label_col][i], facts.columns[conf_col][i])]
-        if diff:
-            dataset.select([ids[k] for k in diff], ordered=True).set_values(
-                field, [facts.label(fo, field, rows[k]) for k in diff], progress=False)
-            changed[field] = len(diff)
-    return changed
+def _update_changed(docs: Documents) -> dict[str, int]:
+    """Compare every stored sample with the manifest; one bulk write of what differs."""
+    projection = {"face_id": True, **dict.fromkeys(PLAIN, True), **dict.fromkeys(LABELS, True)}
+    now = datetime.now(UTC).replace(tzinfo=None)
+    changed: Counter[str] = Counter()
+    ops = []
+    for doc in docs.collection.find({}, projection):
+        i = docs.facts.position.get(doc.get("face_id"))
+        if i is None:
+            continue
+        sets = docs.changes(doc, i)
+        if sets:
+            changed.update(sets.keys())
+            ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": {**sets, "last_modified_at": now}}))
+        if len(ops) >= BATCH:
+            docs.collection.bulk_write(ops, ordered=False)
+            ops = []
+    if ops:
+        docs.collection.bulk_write(ops, ordered=False)
+    return dict(changed)
 
 
 def save_views(fo: Any, dataset: Any) -> list[str]:
@@ -242,8 +250,10 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
             dataset.delete_samples(gone)
         present = set(existing_faces)
         new = [i for i, f in enumerate(facts.columns["face_id"]) if f not in present]
-        changed = _update_changed(fo, dataset, facts)
-        _add_new(fo, dataset, facts, new, review_tags(con), progress)
+        docs = Documents(fo, dataset, facts)
+        changed = _update_changed(docs)
+        _add_new(docs, new, review_tags(con), progress)
+        dataset.reload()
         views = save_views(fo, dataset)
         plotted = embeddings_plot(workspace, con, dataset) if plot else 0
         with transaction(con):
