@@ -152,7 +152,7 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
         step(f"eval + score {run_id}",
              lambda r=run_id: (run_eval(ws, r), run_score(ws, r, ["train_unlabeled", "eval_unknown"])))
     comparison = step("compare", lambda: run_compare(ws, runs))
-    browse = step("sync to FiftyOne", lambda: run_browse_sync(ws, dataset_name="wb-demo")) \
+    browse = step("sync to FiftyOne", lambda: run_browse_sync(ws)) \
         if settings.browse else None
     curation = curation_scores(ws.manifest_path, truth, data)
     return {
