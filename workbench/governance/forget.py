@@ -133,6 +133,8 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
         if dry_run:
             run.counts = summary
             return summary
+        # first, so that an unreachable FiftyOne database stops the erasure before anything changed
+        summary["fiftyone_samples"] = forget_samples(con, t.face_ids)
         item_ids = t.face_ids + [f"S:{s}:{i}" for s, i in t.samples]
         summary["embedding_rows"] = _zero_vectors(workspace, con, item_ids)
         sample_sets = sorted({s for s, _ in t.samples})
@@ -174,7 +176,6 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
         for rel in crops:
             (workspace.root / rel).unlink(missing_ok=True)
         summary["reports_removed"] = _drop_reports(workspace, t.face_ids)
-        summary["fiftyone_samples"] = forget_samples(con, t.face_ids)
         run.counts = {k: v for k, v in summary.items() if k != "stale_exports"}
     _compact(workspace)
     return summary
