@@ -127,6 +127,11 @@ def test_tags_flow_back_and_change_the_split(scored, fo):
     wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
     assert sql(ws, "SELECT split, reason FROM wb_splits WHERE face_id = ?", [train_face]) == [
         ("excluded", "not a face (review)")]
+    resynced = wb_json("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
+    assert resynced["updated_fields"]["split"] >= 1 and resynced["added"] == 0
+    sample = fo.load_dataset("wb-test-review").select_by("face_id", [train_face]).first()
+    assert (sample.split, sample.exclusion_reason) == ("excluded", "not a face (review)")
+    assert sorted(sample.tags) == ["looks-odd", "not_face"]
 
     dataset.select_by("face_id", [train_face]).untag_samples("not_face")
     assert wb_json("review", "pull", "--dataset", "wb-test-review", "-w", str(ws))["removed"] == 1

@@ -2,7 +2,7 @@
 
 The dataset mirrors a selection of faces (all, or `--where`): a sync first
 pulls reviewers' tags into the manifest, then adds new faces, updates only the
-values that changed (one bulk write), and deletes samples whose
+values that changed (bulk writes), and deletes samples whose
 faces left the selection or were erased. Samples keep their ids and tags, so
 a re-sync never duplicates anything and never loses a review.
 """
@@ -166,7 +166,7 @@ def _add_new(docs: Documents, new: list[int], tags: dict[str, list[str]],
 
 
 def _update_changed(docs: Documents) -> dict[str, int]:
-    """Compare every stored sample with the manifest; one bulk write of what differs."""
+    """Compare every stored sample with the manifest; write what differs in bulk."""
     projection = {"face_id": True, **dict.fromkeys(PLAIN, True), **dict.fromkeys(LABELS, True)}
     now = datetime.now(UTC).replace(tzinfo=None)
     changed: Counter[str] = Counter()
