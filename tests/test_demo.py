@@ -28,7 +28,8 @@ def test_demo_runs_the_loop_and_finds_what_was_planted(demo):
     root, result = demo
     assert [s["step"].split(" train-")[0] for s in result["steps"]] == [
         "generate faces", "ingest webfaces (aligned)", "ingest scenes (detect + align)",
-        "labeled add (RecordIO)", "train baseline (ArcFace on S)", "overlap with S", "dedupe", "split",
+        "labeled add (RecordIO)", "train a model to curate with (ArcFace on S)", "overlap with S", "dedupe",
+        "split", "train baseline (same batches, unlabeled rows unused)",
         "train --uir (same recipe + UIR loss)", "eval + score", "eval + score", "compare", "sync to FiftyOne"]
     truth = json.loads((root / "demo-data" / "truth.json").read_text())
     kinds = [meta["kind"] for meta in truth["files"].values()]
@@ -40,6 +41,7 @@ def test_demo_runs_the_loop_and_finds_what_was_planted(demo):
     assert cur["overlap_or_ambiguous"]["recall"] >= 0.8
     assert cur["near_duplicates"]["recall"] >= 0.9 and cur["near_duplicates"]["precision"] >= 0.5
     assert result["labeled"]["identities"] == truth["size"]["labeled_identities"]
+    assert len(set(result["runs"].values())) == 3, "the baseline is trained on the curated splits, not reused"
     arms = {arm["arm"]: arm for arm in result["comparison"]["arms"]}
     assert set(arms) == {"baseline (none)", "reference (w=0.1)"}
     assert all(0.5 < arm["AUROC (MSP)"][0] <= 1 for arm in arms.values())

@@ -1,11 +1,12 @@
 """`wb demo`: the whole loop on generated faces, scored against the planted truth.
 
 Steps: generate data -> ingest web faces (aligned) and scenes (detected) ->
-register the labeled RecordIO -> train a baseline on S (it is also the
-curation embedder, as a team's current model would be) -> overlap, dedupe,
-split with that model -> train the same recipe with the UIR loss -> eval,
-score and compare both -> sync to FiftyOne. Sized to finish in a few minutes
-on two CPU cores.
+register the labeled RecordIO -> train a model on S to curate with (as a
+team's current model would be) -> overlap, dedupe, split with it -> train the
+baseline and the UIR run on the curated splits with the same batches (the
+baseline ignores the unlabeled rows, so both see the same labeled faces) ->
+eval, score and compare both -> sync to FiftyOne. Sized to finish in a few
+minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from workbench.index.splits import run_split
 from workbench.ingest.pipeline import ingest
 from workbench.labeled.register import register_labeled
 from workbench.train.loop import TrainConfig
-from workbench.train.run import train
+from workbench.train.run import plan_data, train
 from workbench.workspace import Workspace
 
 LABELED = "demo-s"
@@ -50,14 +51,16 @@ class DemoSettings:
 
 
 def train_once(ws: Workspace, config: TrainConfig) -> dict[str, Any]:
-    """Reuse a finished run of this recipe, resume an interrupted one, or train."""
+    """Reuse a finished run of this recipe on the same data, resume an interrupted one, or train."""
     wanted = {k: v for k, v in asdict(config).items() if v is not None}
     with ws.connect(read_only=True) as con:
-        rows = con.execute("SELECT run_id, status, config, artifacts_dir FROM wb_train_runs "
+        data = plan_data(ws, con, replace(config)).snapshot
+        rows = con.execute("SELECT run_id, status, config, data_snapshot, artifacts_dir FROM wb_train_runs "
                            "ORDER BY created_at DESC").fetchall()
-    for run_id, status, stored, run_dir in rows:
-        stored = json.loads(stored)
-        if any(stored.get(k) != v for k, v in wanted.items()):
+    for run_id, status, stored, snapshot, run_dir in rows:
+        stored, snapshot = json.loads(stored), json.loads(snapshot)
+        if any(stored.get(k) != v for k, v in wanted.items()) or any(
+                snapshot.get(k) != data[k] for k in ("labeled_digest", "unlabeled_digest")):
             continue
         if status == "done":
             return {"run_id": run_id, "run_dir": run_dir, "reused": True}
@@ -139,12 +142,15 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
                   lambda: ingest(ws, data / "scenes", source="scenes").as_dict())
     labeled = step("labeled add (RecordIO)", lambda: register_labeled(
         ws, LABELED, data / "labeled" / "train.rec", fmt="rec", aligned=True))
-    baseline = step("train baseline (ArcFace on S)", lambda: train_once(ws, settings.train_config("none")))
-    embedder = f"ckpt:{Path(baseline['run_dir']) / 'checkpoints' / 'final.pt'}"
+    curator = step("train a model to curate with (ArcFace on S)",
+                   lambda: train_once(ws, settings.train_config("none")))
+    embedder = f"ckpt:{Path(curator['run_dir']) / 'checkpoints' / 'final.pt'}"
     overlap = step("overlap with S", lambda: run_overlap(ws, LABELED, model=embedder))
     dedupe = step("dedupe", lambda: run_dedupe(ws, model=embedder))
     split = step("split", lambda: run_split(ws, eval_unknown=0.3, seed=settings.seed,
                                             min_quality=0.0))
+    baseline = step("train baseline (same batches, unlabeled rows unused)",
+                    lambda: train_once(ws, settings.train_config("none")))
     uir = step("train --uir (same recipe + UIR loss)",
                lambda: train_once(ws, settings.train_config("reference")))
     runs = [baseline["run_id"], uir["run_id"]]
@@ -159,6 +165,7 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
         "workspace": str(ws.root), "data": str(data), "seconds": round(time.perf_counter() - started, 1),
         "steps": steps, "ingest": {"web": web, "scenes": scenes}, "labeled": labeled,
         "overlap": overlap, "dedupe": dedupe, "split": split, "curation": curation,
-        "runs": {"baseline": baseline["run_id"], "uir": uir["run_id"]}, "comparison": comparison,
+        "runs": {"curation": curator["run_id"], "baseline": baseline["run_id"], "uir": uir["run_id"]},
+        "comparison": comparison,
         "browse": browse,
     }
