@@ -44,15 +44,17 @@ class DemoSettings:
     seed: int = 0
     browse: bool = True
 
-    def train_config(self, uir_loss: str) -> TrainConfig:
-        return TrainConfig(labeled=LABELED, uir_loss=uir_loss, backbone="r18", width=0.25,
-                           input_size=56, num_features=128, batch_size=64, steps=self.steps, lr=0.1,
-                           num_workers=0, seed=self.seed, log_every=10, checkpoint_every=10_000)
+    def train_config(self, uir_loss: str, unlabeled_ratio: float = 0.25) -> TrainConfig:
+        return TrainConfig(labeled=LABELED, uir_loss=uir_loss, unlabeled_ratio=unlabeled_ratio,
+                           backbone="r18", width=0.25, input_size=56, num_features=128, batch_size=64,
+                           steps=self.steps, lr=0.1, num_workers=0, seed=self.seed, log_every=10,
+                           checkpoint_every=10_000)
 
 
 def train_once(ws: Workspace, config: TrainConfig) -> dict[str, Any]:
     """Reuse a finished run of this recipe on the same data, resume an interrupted one, or train."""
     wanted = {k: v for k, v in asdict(config).items() if v is not None}
+    digests = ("labeled_digest", "unlabeled_digest") if config.unlabeled_ratio > 0 else ("labeled_digest",)
     with ws.connect(read_only=True) as con:
         data = plan_data(ws, con, replace(config)).snapshot
         rows = con.execute("SELECT run_id, status, config, data_snapshot, artifacts_dir FROM wb_train_runs "
@@ -60,7 +62,7 @@ def train_once(ws: Workspace, config: TrainConfig) -> dict[str, Any]:
     for run_id, status, stored, snapshot, run_dir in rows:
         stored, snapshot = json.loads(stored), json.loads(snapshot)
         if any(stored.get(k) != v for k, v in wanted.items()) or any(
-                snapshot.get(k) != data[k] for k in ("labeled_digest", "unlabeled_digest")):
+                snapshot.get(k) != data[k] for k in digests):
             continue
         if status == "done":
             return {"run_id": run_id, "run_dir": run_dir, "reused": True}
@@ -143,7 +145,7 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     labeled = step("labeled add (RecordIO)", lambda: register_labeled(
         ws, LABELED, data / "labeled" / "train.rec", fmt="rec", aligned=True))
     curator = step("train a model to curate with (ArcFace on S)",
-                   lambda: train_once(ws, settings.train_config("none")))
+                   lambda: train_once(ws, settings.train_config("none", unlabeled_ratio=0.0)))
     embedder = f"ckpt:{Path(curator['run_dir']) / 'checkpoints' / 'final.pt'}"
     overlap = step("overlap with S", lambda: run_overlap(ws, LABELED, model=embedder))
     dedupe = step("dedupe", lambda: run_dedupe(ws, model=embedder))
