@@ -114,19 +114,26 @@ def test_tags_flow_back_and_change_the_split(scored, fo):
     ws, _ = scored
     wb("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
     dataset = fo.load_dataset("wb-test-review")
-    train_face = sql(ws, "SELECT face_id FROM wb_splits "
-                         "WHERE split = 'train_unlabeled' ORDER BY face_id")[0][0]
+    train_face, known_face, copy_face = (r[0] for r in sql(
+        ws, "SELECT face_id FROM wb_splits WHERE split = 'train_unlabeled' ORDER BY face_id LIMIT 3"))
     dataset.select_by("face_id", [train_face]).tag_samples(["not_face", "looks-odd"])
+    dataset.select_by("face_id", [known_face]).tag_samples("overlap")
+    dataset.select_by("face_id", [copy_face]).tag_samples("duplicate")
 
     pulled = wb_json("review", "pull", "--dataset", "wb-test-review", "-w", str(ws))
-    assert (pulled["added"], pulled["reviews_by_tag"]) == (1, {"not_face": 1})
-    reviews = sql(ws, "SELECT face_id, tag, source FROM wb_reviews")
-    assert reviews == [(train_face, "not_face", "fiftyone:wb-test-review")]
-    assert wb_json("status", "-w", str(ws))["reviews"][0]["tag"] == "not_face"
+    assert (pulled["added"], pulled["reviews_by_tag"]) == (3, {"duplicate": 1, "not_face": 1, "overlap": 1})
+    reviews = sql(ws, "SELECT face_id, tag, source FROM wb_reviews ORDER BY face_id")
+    assert reviews == [(train_face, "not_face", "fiftyone:wb-test-review"),
+                       (known_face, "overlap", "fiftyone:wb-test-review"),
+                       (copy_face, "duplicate", "fiftyone:wb-test-review")]
+    status = wb_json("status", "-w", str(ws))
+    assert [r["tag"] for r in status["reviews"]] == ["duplicate", "not_face", "overlap"]
 
     wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
-    assert sql(ws, "SELECT split, reason FROM wb_splits WHERE face_id = ?", [train_face]) == [
-        ("excluded", "not a face (review)")]
+    assert sql(ws, "SELECT face_id, split, reason FROM wb_splits WHERE face_id IN (?, ?, ?) "
+                   "ORDER BY face_id", [train_face, known_face, copy_face]) == [
+        (train_face, "excluded", "not a face (review)"), (known_face, "excluded", "overlap (review)"),
+        (copy_face, "excluded", "duplicate (review)")]
     resynced = wb_json("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
     assert resynced["updated_fields"]["split"] >= 1 and resynced["added"] == 0
     sample = fo.load_dataset("wb-test-review").select_by("face_id", [train_face]).first()
