@@ -272,3 +272,18 @@ def test_a_team_mongodb_through_the_database_uri(scored, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_wrong_identity_lifts_an_automatic_overlap(scored, fo):
+    """Last in the module: it marks every face an overlap (threshold 0) to have something to lift."""
+    ws, _ = scored
+    wb("overlap", "--labeled", "gen", "--threshold", "0", "--per-identity", "4", "-w", str(ws))
+    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
+    face = sql(ws, "SELECT face_id FROM wb_splits WHERE reason = 'overlap' ORDER BY face_id LIMIT 1")[0][0]
+    wb("browse", "--no-launch", "--dataset", "wb-test-wrong", "-w", str(ws))
+    fo.load_dataset("wb-test-wrong").select_by("face_id", [face]).tag_samples("wrong_identity")
+    wb("review", "pull", "--dataset", "wb-test-wrong", "-w", str(ws))
+    wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
+    assert sql(ws, "SELECT coalesce(reason, split) FROM wb_splits WHERE face_id = ?", [face])[0][0] in (
+        "train_unlabeled", "eval_unknown", "duplicate")
+    assert sql(ws, "SELECT count(*) FROM wb_splits WHERE reason = 'overlap'")[0][0] > 0
