@@ -83,13 +83,7 @@ class EmbeddingStore:
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Row numbers of `item_ids` in order; KeyError if any is missing."""
-        self.con.register("wanted", pa.table({
-            "item_id": pa.array(item_ids, pa.string()),
-            "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
-        found = self.con.execute(
-            "SELECT w.pos, e.row FROM wanted w JOIN embeddings e "
-            "ON e.item_id = w.item_id AND e.model_key = ? ORDER BY w.pos", [self.key]).fetchnumpy()
-        self.con.unregister("wanted")
+        found = stored_rows(self.con, self.key, item_ids)
         if len(found["pos"]) != len(item_ids):
             raise KeyError(f"{len(item_ids) - len(found['pos'])} items have no embedding")
         return found["row"]
@@ -98,17 +92,23 @@ class EmbeddingStore:
         return np.asarray(self.matrix()[self.rows(item_ids)])
 
 
+def stored_rows(con: duckdb.DuckDBPyConnection, model_key: str, item_ids: list[str]) -> dict[str, np.ndarray]:
+    """`pos` (index into `item_ids`) and `row` (in the vector file) of the items that have a vector."""
+    con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string()),
+                                     "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
+    hits = con.execute("SELECT w.pos, e.row FROM wanted w JOIN embeddings e ON e.item_id = w.item_id "
+                       "AND e.model_key = ? ORDER BY w.pos", [model_key]).fetchnumpy()
+    con.unregister("wanted")
+    return hits
+
+
 def read_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, model_key: str,
                  item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Stored vectors of `item_ids` under `model_key`: (found mask, vectors of the found, in order)."""
     dim = one(con, "SELECT dim FROM embedding_models WHERE model_key = ?", [model_key])
     if dim is None:
         raise KeyError(f"no embedding model {model_key}")
-    con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string()),
-                                     "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
-    hits = con.execute("SELECT w.pos, e.row FROM wanted w JOIN embeddings e ON e.item_id = w.item_id "
-                       "AND e.model_key = ? ORDER BY w.pos", [model_key]).fetchnumpy()
-    con.unregister("wanted")
+    hits = stored_rows(con, model_key, item_ids)
     found = np.zeros(len(item_ids), bool)
     found[hits["pos"]] = True
     path = workspace.root / "embeddings" / model_key / "vectors.f32"
