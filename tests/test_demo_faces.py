@@ -7,7 +7,7 @@ import pytest
 
 from workbench.demo.faces import Identity, face_landmarks, render_face, render_scene
 from workbench.faces.align import ARCFACE_TEMPLATE
-from workbench.faces.detect import get_detector
+from workbench.faces.detectors import DetectorSpec, get_detector
 
 
 def test_same_arguments_same_pixels_and_different_people_differ():
@@ -56,7 +56,7 @@ def test_posed_landmarks_follow_the_pose():
 
 
 def test_dlib_finds_some_scene_faces_near_their_landmarks():
-    detector = get_detector()
+    detector = get_detector(DetectorSpec.parse("dlib"))
     errors = []
     for k in range(24):
         scene, landmarks = render_scene(0, 500 + k, 0)

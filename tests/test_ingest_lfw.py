@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.helpers import kill_when, manifest_snapshot, wb, wb_json
 from workbench.faces.align import ARCFACE_TEMPLATE
-from workbench.faces.detect import FaceDetector
+from workbench.faces.detect import DlibDetector
 
 pytestmark = [pytest.mark.lfw, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def test_crops_are_112_with_eyes_on_the_template(lfw_workspace):
     con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"), read_only=True)
     paths = [r[0] for r in con.execute(
         "SELECT crop_path FROM wb_faces WHERE is_primary ORDER BY face_id LIMIT 200").fetchall()]
-    detector = FaceDetector(threshold=-0.3)
+    detector = DlibDetector(threshold=-0.3)
     errors = []
     for path in paths:
         crop = np.asarray(Image.open(path).convert("RGB"))

@@ -48,6 +48,16 @@ WorkspaceOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
+ModelOpt = Annotated[str, typer.Option(
+    help="Embedding model: dlib (packaged, 128-d), onnx:PATH (an InsightFace-style 112x112 "
+         "recogniser, e.g. your ArcFace r100 export), insightface:DIR (a model pack's recogniser) "
+         "or ckpt:PATH (a wb train checkpoint).")]
+ModelNormOpt = Annotated[str | None, typer.Option(
+    help="ONNX input scaling MEAN,STD, e.g. 127.5,127.5.",
+    show_default="the model's metadata, else InsightFace's")]
+DetectorOpt = Annotated[str, typer.Option(
+    help="Face detector: dlib (HOG, packaged), yunet[:PATH] (small faces; PATH or $WB_YUNET_MODEL), "
+         "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,7 +120,26 @@ def report(title: str, summary: dict[str, Any], as_json: bool) -> None:
         print_json(summary)
         return
     out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
-                               for k, v in summary.items()]))
+                               for k, v in flatten(summary).items()]))
+
+
+def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summaries (a calibration inside an overlap run) as dotted keys, rounded pairs."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list | tuple) and all(isinstance(v, float) for v in value):
+            flat[prefix + key] = ", ".join(f"{v:.4g}" for v in value)
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def model_spec(model: str, flip: bool, norm: str | None):  # -> ModelSpec
+    from workbench.embed.models import ModelSpec
+
+    return ModelSpec.parse(model, flip=flip, norm=norm)
 
 
 def parse_threshold(text: str) -> float | None:
@@ -214,10 +243,12 @@ def ingest(
     )] = False,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes.", show_default="all cores")] = None,
-    det_threshold: Annotated[float, typer.Option(
-        help="dlib HOG detector threshold; lower finds more faces and more false ones.")] = 0.0,
+    detector: DetectorOpt = "dlib",
+    det_threshold: Annotated[float | None, typer.Option(
+        help="Detector score threshold; lower finds more faces and more false ones.",
+        show_default="dlib 0.0, YuNet 0.7, SCRFD 0.5")] = None,
     upsample: Annotated[int, typer.Option(
-        help="Upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
+        help="dlib only: upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
     chunk_size: Annotated[int, typer.Option(
         help="Images per transaction: a crash redoes at most this many.")] = 512,
     workspace: WorkspaceOpt = None,
@@ -232,7 +263,7 @@ def ingest(
     ws = Workspace.at(workspace)
     with progress_bar("ingest", enabled=not as_json) as update:
         summary = run_ingest(ws, path, source=source, aligned=aligned, workers=workers,
-                             det_threshold=det_threshold, upsample=upsample,
+                             detector=detector, det_threshold=det_threshold, upsample=upsample,
                              chunk_size=chunk_size, progress=update)
     if summary.files_seen == 0:
         raise WorkbenchError(f"no image files under {path}")
@@ -251,6 +282,8 @@ def ingest(
     if summary.skipped_other:
         rows.append(("skipped (not image files)", summary.skipped_other))
     out.print(kv_table(f"ingest {summary.run_id}", rows))
+    for hint in summary.hints:
+        err.print(f"hint: {hint}", highlight=False)
 
 
 @app.command(rich_help_panel="Workspace")
@@ -312,6 +345,7 @@ def labeled_add(
     label_column: Annotated[str, typer.Option(help="HF label column.")] = "label",
     workers: Annotated[int | None, typer.Option(
         help="Worker processes for detection.", show_default="all cores")] = None,
+    detector: DetectorOpt = "dlib",
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -321,7 +355,7 @@ def labeled_add(
     with progress_bar(f"labeled add {name}", enabled=not as_json) as update:
         summary = register_labeled(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
                                    image_column=image_column, label_column=label_column,
-                                   workers=workers, progress=update)
+                                   workers=workers, detector=detector, progress=update)
     if as_json:
         print_json(summary)
     else:
@@ -394,10 +428,10 @@ def labeled_pairs(
 @app.command(rich_help_panel="Curate")
 @handled
 def embed(
-    model: Annotated[str, typer.Option(
-        help="dlib (128-d, offline) or onnx:PATH (InsightFace-style 112x112 model).")] = "dlib",
+    model: ModelOpt = "dlib",
     flip: Annotated[bool, typer.Option(
         help="Average with the mirrored crop (2x the work, a little more accurate).")] = False,
+    model_norm: ModelNormOpt = None,
     set_names: Annotated[list[str] | None, typer.Option(
         "--set", help="'unlabeled' or a labeled set name; repeat for several.",
         show_default="unlabeled")] = None,
@@ -413,15 +447,23 @@ def embed(
     from workbench.embed.compute import embed as run_embed
 
     with progress_bar("embed", enabled=not as_json) as update:
-        counts = run_embed(Workspace.at(workspace), model=model, flip=flip, sets=set_names,
+        counts = run_embed(Workspace.at(workspace), model=model_spec(model, flip, model_norm), sets=set_names,
                            per_identity=per_identity, seed=seed, workers=workers, progress=update)
     report("embed", counts, as_json)
 
 
-ModelOpt = Annotated[str, typer.Option(
-    help="Embedding model: dlib (offline, 128-d) or onnx:PATH.")]
 FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the work).")]
 WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")]
+FpirOpt = Annotated[float, typer.Option(
+    help="Calibrated threshold: the share of unknown people's faces that may be flagged 'overlap' "
+         "(open-set FPIR, per face, valid at any number of identities).")]
+AmbiguousFpirOpt = Annotated[float, typer.Option(
+    help="Looser FPIR: faces between its threshold and the main one are 'ambiguous' "
+         "(also excluded from training).")]
+CopyFpirOpt = Annotated[float, typer.Option(
+    help="Share of unknown faces that may be taken for copies of a labeled photo.")]
+CopiesOpt = Annotated[bool, typer.Option(
+    help="Also search every labeled face for copies of labeled photos (embeds all of S once).")]
 
 
 @app.command(rich_help_panel="Curate")
@@ -429,26 +471,33 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_d
 def overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set S to keep U apart from.")],
     threshold: Annotated[str, typer.Option(
-        help="'auto' (from the labeled set's impostor scores at --far) or a score.")] = "auto",
-    far: Annotated[float, typer.Option(help="Target false-accept rate per comparison for auto.")] = 1e-4,
-    ambiguous_far: Annotated[float, typer.Option(
-        help="Looser FAR: faces between its threshold and the main one are 'ambiguous' "
-             "(also excluded from training).")] = 1e-3,
+        help="'auto' (calibrated for the model at --fpir) or a score.")] = "auto",
+    fpir: FpirOpt = 0.01,
+    ambiguous_fpir: AmbiguousFpirOpt = 0.02,
+    copy_fpir: CopyFpirOpt = 0.001,
+    copies: CopiesOpt = True,
     per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
+    model_norm: ModelNormOpt = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     workers: WorkersOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Flag unlabeled faces whose identity is in the labeled set (embeds what is missing)."""
+    """Flag unlabeled faces whose identity is in the labeled set, or that copy a labeled photo.
+
+    Thresholds are calibrated for the model on the labeled set (see `wb calibrate`);
+    embeddings and calibrations are computed once and reused.
+    """
+    from workbench.index.calibrate import OverlapTargets
     from workbench.index.overlap import OverlapSettings, run_overlap
 
-    settings = OverlapSettings(threshold=parse_threshold(threshold), far=far, ambiguous_far=ambiguous_far,
-                               per_identity=per_identity, seed=seed)
+    targets = OverlapTargets(fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir, copies=copies,
+                             per_identity=per_identity, seed=seed)
+    settings = OverlapSettings(threshold=parse_threshold(threshold), targets=targets)
     with progress_bar("overlap: embeddings", enabled=not as_json) as update:
-        summary = run_overlap(Workspace.at(workspace), labeled, model=model, flip=flip,
+        summary = run_overlap(Workspace.at(workspace), labeled, model=model_spec(model, flip, model_norm),
                               settings=settings, workers=workers, progress=update)
     report(f"overlap with {labeled}", summary, as_json)
 
@@ -456,23 +505,45 @@ def overlap(
 @app.command(rich_help_panel="Curate")
 @handled
 def dedupe(
-    strict: Annotated[float, typer.Option(help="Cosine at which two faces are duplicates.")] = 0.99,
-    loose: Annotated[float, typer.Option(
-        help="Cosine above which a close crop hash also makes a duplicate.")] = 0.90,
-    phash_bits: Annotated[int, typer.Option(help="Max differing bits of the crops' hashes.")] = 6,
+    labeled: Annotated[str | None, typer.Option(
+        help="Labeled set to calibrate the thresholds on.", show_default="the only one")] = None,
+    recall: Annotated[float, typer.Option(help="Share of web copies to find (calibration).")] = 0.99,
+    merge_rate: Annotated[float, typer.Option(
+        help="Share of distinct photos of one person that may be merged (calibration).")] = 0.005,
+    strict: Annotated[float | None, typer.Option(
+        help="Fixed: cosine at which two faces are duplicates.", show_default="calibrated")] = None,
+    loose: Annotated[float | None, typer.Option(
+        help="Fixed: cosine above which a close crop hash also makes a duplicate.",
+        show_default="calibrated")] = None,
+    phash_bits: Annotated[int | None, typer.Option(
+        help="Fixed: max differing bits of the crops' hashes.", show_default="calibrated")] = None,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
+    model_norm: ModelNormOpt = None,
     workers: WorkersOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Group near-duplicate unlabeled faces; the best-quality face represents each group."""
-    from workbench.index.dedupe import DedupeThresholds, run_dedupe
+    """Group near-duplicate unlabeled faces; the best-quality face represents each group.
 
+    Thresholds are calibrated for the model on synthetic web copies of labeled faces
+    (see `wb calibrate`) unless --strict/--loose/--phash-bits fix them.
+    """
+    from workbench.index.calibrate import DedupeTargets
+    from workbench.index.dedupe import run_dedupe
+    from workbench.index.pairs import DedupeThresholds
+
+    fixed = None
+    if (strict, loose, phash_bits) != (None, None, None):
+        base = DedupeThresholds()
+        fixed = DedupeThresholds(base.strict if strict is None else strict,
+                                 base.loose if loose is None else loose,
+                                 base.phash_bits if phash_bits is None else phash_bits)
     with progress_bar("dedupe: embeddings", enabled=not as_json) as update:
-        summary = run_dedupe(Workspace.at(workspace), model=model, flip=flip,
-                             thresholds=DedupeThresholds(strict, loose, phash_bits), workers=workers,
-                             progress=update)
+        summary = run_dedupe(Workspace.at(workspace), model=model_spec(model, flip, model_norm),
+                             thresholds=fixed, labeled_set=labeled,
+                             targets=DedupeTargets(recall=recall, merge_rate=merge_rate),
+                             workers=workers, progress=update)
     report("dedupe", summary, as_json)
 
 
@@ -498,6 +569,47 @@ def split(
     out.print(kv_table("excluded by reason", list(summary["excluded_by_reason"].items())))
 
 
+@app.command(rich_help_panel="Curate")
+@handled
+def calibrate(
+    labeled: Annotated[str | None, typer.Option(
+        "--labeled", help="Labeled set to measure on.", show_default="the only one")] = None,
+    fpir: FpirOpt = 0.01,
+    ambiguous_fpir: AmbiguousFpirOpt = 0.02,
+    copy_fpir: CopyFpirOpt = 0.001,
+    copies: CopiesOpt = True,
+    recall: Annotated[float, typer.Option(help="Dedupe: share of web copies to find.")] = 0.99,
+    merge_rate: Annotated[float, typer.Option(
+        help="Dedupe: share of distinct photos of one person that may be merged.")] = 0.005,
+    per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure again even if stored.")] = False,
+    model: ModelOpt = "dlib",
+    flip: FlipOpt = False,
+    model_norm: ModelNormOpt = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    workers: WorkersOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure overlap and dedupe thresholds for a model on a labeled set, with their error rates.
+
+    Overlap: held-out labeled faces play unknown people (their identity removed from the
+    gallery) and known people; the threshold flags --fpir of the unknown ones. Dedupe:
+    synthetic web copies of labeled faces against distinct photos of the same person.
+    Stored in the manifest (view wb_calibrations); `wb overlap` and `wb dedupe` reuse it.
+    """
+    from workbench.index.calibrate import DedupeTargets, OverlapTargets, run_calibrate
+
+    overlap_targets = OverlapTargets(fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir,
+                                     copies=copies, per_identity=per_identity, seed=seed)
+    with progress_bar("calibrate: embeddings", enabled=not as_json) as update:
+        summary = run_calibrate(Workspace.at(workspace), labeled, model=model_spec(model, flip, model_norm),
+                                overlap=overlap_targets,
+                                dedupe=DedupeTargets(recall=recall, merge_rate=merge_rate, seed=seed),
+                                fresh=fresh, workers=workers, progress=update)
+    report(f"calibration of {summary['model_key']} on {summary['labeled_set']}", summary, as_json)
+
+
 audit_app = typer.Typer(help="Measure the curation steps on your own data.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit", rich_help_panel="Curate")
 
@@ -507,7 +619,7 @@ app.add_typer(audit_app, name="audit", rich_help_panel="Curate")
 def audit_overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set to audit against.")],
     threshold: Annotated[str, typer.Option(help="'auto' or a score, as for `wb overlap`.")] = "auto",
-    far: Annotated[float, typer.Option(help="Target false-accept rate for auto.")] = 1e-4,
+    fpir: FpirOpt = 0.01,
     plant_fraction: Annotated[float, typer.Option(help="Share of identities planted.")] = 0.2,
     hold_out: Annotated[float, typer.Option(help="Share of a planted identity's faces held out.")] = 0.3,
     per_identity: Annotated[int, typer.Option(help="Labeled faces per identity centre.")] = 10,
@@ -520,10 +632,11 @@ def audit_overlap(
 ) -> None:
     """Plant held-out labeled faces among the queries; report recall and false-overlap rate."""
     from workbench.index.audit import run_audit
+    from workbench.index.calibrate import OverlapTargets
     from workbench.index.overlap import OverlapSettings
 
-    settings = OverlapSettings(threshold=parse_threshold(threshold), far=far,
-                               per_identity=per_identity, seed=seed)
+    settings = OverlapSettings(threshold=parse_threshold(threshold),
+                               targets=OverlapTargets(fpir=fpir, per_identity=per_identity, seed=seed))
     with progress_bar("audit: embeddings", enabled=not as_json) as update:
         summary = run_audit(Workspace.at(workspace), labeled, model=model, flip=flip, settings=settings,
                             plant_fraction=plant_fraction, hold_out=hold_out, workers=workers,

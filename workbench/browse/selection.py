@@ -26,7 +26,8 @@ WITH ov AS (
            arg_max(nearest_identity, score) AS overlap_identity,
            arg_max(similarity, score) AS overlap_similarity,
            max(score) AS overlap_score,
-           CASE WHEN bool_or(decision = 'overlap') THEN 'overlap'
+           CASE WHEN bool_or(decision = 'copy') THEN 'copy'
+                WHEN bool_or(decision = 'overlap') THEN 'overlap'
                 WHEN bool_or(decision = 'ambiguous') THEN 'ambiguous'
                 ELSE 'clean' END AS overlap_decision
     FROM wb_overlap GROUP BY face_id

@@ -191,7 +191,7 @@ def save_views(fo: Any, dataset: Any) -> list[str]:
     """The views reviewers start from, saved on the dataset (rewritten each sync)."""
     F = fo.ViewField
     views = {
-        "overlaps-to-review": dataset.match(F("overlap_decision").is_in(["overlap", "ambiguous"]))
+        "overlaps-to-review": dataset.match(F("overlap_decision").is_in(["copy", "overlap", "ambiguous"]))
         .sort_by("overlap_score", reverse=True),
         "duplicates": dataset.match(F("dup_group_size") > 1).sort_by("dup_group"),
         "hardest-unknowns": dataset.match(F("split").is_in(["train_unlabeled", "eval_unknown"])

@@ -145,21 +145,26 @@ def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: in
 
 @contextmanager
 def embedding_run(
-    workspace: Workspace, command: str, params: dict[str, object], *, model: str, flip: bool,
-    workers: int | None, progress: ProgressFn | None,
+    workspace: Workspace, command: str, params: dict[str, object], *, model: str | ModelSpec,
+    flip: bool, workers: int | None, progress: ProgressFn | None,
 ) -> Iterator[tuple[EmbedContext, Run]]:
-    """Worker processes (forked before the manifest opens), the locked manifest and a run record."""
-    spec = ModelSpec.parse(model, flip=flip)
+    """Worker processes (forked before the manifest opens), the locked manifest and a run record.
+
+    `model` is a spec, or its text (`dlib`, `onnx:PATH`, ...) with `flip`.
+    """
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model, flip=flip)
     workers = workers or os.cpu_count() or 1
+    recorded = {"model": model if isinstance(model, str) else f"{spec.kind}:{spec.path}",
+                "flip": spec.flip, "model_key": spec.key}
     with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
-            open_run(workspace, command, {"model": model, "flip": flip, **params}) as (con, run):
+            open_run(workspace, command, {**recorded, **params}) as (con, run):
         yield EmbedContext(workspace, con, spec, mapper, progress), run
 
 
 def embed(
     workspace: Workspace,
     *,
-    model: str = "dlib",
+    model: str | ModelSpec = "dlib",
     flip: bool = False,
     sets: list[str] | None = None,
     per_identity: int = 10,

@@ -4,8 +4,13 @@
   The ArcFace crop is padded and re-landmarked with dlib's 5-point predictor so
   dlib cuts its own chip: resizing the crop to 150x150 instead loses ~9 points of
   verification accuracy on LFW pairs.
-- `onnx:PATH`: InsightFace-style recognition models, 1x3x112x112 RGB,
-  (x - 127.5) / 127.5, any output width, through onnxruntime.
+- `onnx:PATH`: InsightFace-style recognition models, Nx3x112x112 RGB (fixed batch 1
+  too), any output width, through onnxruntime (CUDA when present). Input scaling
+  (x - mean) / std: `--model-norm MEAN,STD` if given, else the model's metadata
+  (`input_mean`, `input_std`), else raw pixels when the graph starts by normalising
+  itself (Sub and Mul among its first nodes, as InsightFace's MXNet exports do),
+  else (x - 127.5) / 127.5.
+- `insightface:DIR`: the recogniser of an InsightFace model pack (e.g. buffalo_l).
 - `ckpt:PATH`: a checkpoint written by `wb train`.
 A model's key is its name plus a hash of its weights file, so embeddings from
 different weights never mix; `+flip` averages with the mirrored crop.
@@ -13,19 +18,19 @@ different weights never mix; `+flip` averages with the mirrored crop.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
+from workbench.faces.onnx_session import onnx_session
+from workbench.weights import file_sha256, insightface_pack, weights_file
 
 KINDS = ("onnx", "ckpt")  # file-backed kinds besides the built-in dlib model
+DEFAULT_NORM = (127.5, 127.5)
 
 
 class Embedder(Protocol):
@@ -41,24 +46,32 @@ class ModelSpec:
     kind: str  # dlib | onnx | ckpt
     path: str
     flip: bool = False
+    norm: tuple[float, float] | None = None  # onnx input (mean, std); None: from the model
 
     @classmethod
-    def parse(cls, text: str, flip: bool = False) -> ModelSpec:
+    def parse(cls, text: str, flip: bool = False, norm: str | None = None) -> ModelSpec:
         kind, _, rest = text.partition(":")
+        mean_std = parse_norm(norm) if norm else None
+        if mean_std and kind not in ("onnx", "insightface"):
+            raise WorkbenchError("--model-norm is for onnx: and insightface: models")
         if kind == "dlib" and not rest:
             return cls("dlib", str(model_path("dlib_face_recognition_resnet_model_v1.dat")), flip)
         if kind in KINDS and rest:
-            path = Path(rest).expanduser().resolve()
-            if not path.is_file():
-                raise WorkbenchError(f"model file not found: {path}")
-            return cls(kind, str(path), flip)
-        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS)])
+            return cls(kind, str(weights_file(rest)), flip, mean_std)
+        if kind == "insightface" and rest:
+            _, recogniser = insightface_pack(rest)
+            if recogniser is None:
+                raise WorkbenchError(f"no recognition model (one Nx3x112x112 input) in the "
+                                     f"InsightFace pack {rest}")
+            return cls("onnx", str(recogniser), flip, mean_std)
+        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS), "insightface:DIR"])
         raise WorkbenchError(f"unknown model {text!r}: use {choices}")
 
     @property
     def key(self) -> str:
-        digest = _file_sha256(self.path)[:12]
-        return f"{self.kind}-{digest}" + ("+flip" if self.flip else "")
+        digest = file_sha256(self.path)[:12]
+        norm = f"+norm{self.norm[0]:g},{self.norm[1]:g}" if self.norm else ""
+        return f"{self.kind}-{digest}{norm}" + ("+flip" if self.flip else "")
 
     @property
     def parallel(self) -> bool:
@@ -66,13 +79,14 @@ class ModelSpec:
         return self.kind == "dlib"
 
 
-@lru_cache(maxsize=16)
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def parse_norm(text: str) -> tuple[float, float]:
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError:
+        raise WorkbenchError(f"--model-norm takes MEAN,STD (e.g. 127.5,127.5), not {text!r}") from None
+    if std <= 0:
+        raise WorkbenchError("--model-norm: STD must be positive")
+    return mean, std
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -103,25 +117,32 @@ class DlibEmbedder:
         return l2_normalise(out)
 
 
-class OnnxEmbedder:
-    def __init__(self, path: str):
-        import onnxruntime as ort
+def input_norm(path: str, session: object) -> tuple[float, float]:
+    """(mean, std) for a recognition model: its metadata, else raw pixels for graphs that
+    normalise their input themselves, else InsightFace's (127.5, 127.5)."""
+    meta = session.get_modelmeta().custom_metadata_map  # type: ignore[attr-defined]
+    if "input_mean" in meta and "input_std" in meta:
+        return parse_norm(f"{meta['input_mean']},{meta['input_std']}")
+    import onnx
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        try:
-            self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise WorkbenchError(f"cannot load ONNX model {path}: {exc}") from None
+    first = {node.op_type for node in onnx.load(path, load_external_data=False).graph.node[:8]}
+    return (0.0, 1.0) if {"Sub", "Mul"} <= first else DEFAULT_NORM
+
+
+class OnnxEmbedder:
+    def __init__(self, path: str, norm: tuple[float, float] | None = None):
+        self._session = onnx_session(path)
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != [3, 112, 112]:
-            raise WorkbenchError(f"{path}: expected one input of shape Nx3x112x112")
+            shape = "x".join(str(s) for s in inputs[0].shape) if len(inputs) == 1 else f"{len(inputs)} inputs"
+            raise WorkbenchError(f"{path}: a recognition model needs one Nx3x112x112 input, not {shape}")
         self._input = inputs[0].name
         self._fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
+        self.mean, self.std = norm or input_norm(path, self._session)
         self.dim = int(self.embed(np.zeros((1, 112, 112, 3), np.uint8)).shape[1])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
+        x = (crops.astype(np.float32).transpose(0, 3, 1, 2) - self.mean) / self.std
         if self._fixed_batch == 1:
             out = np.concatenate([self._session.run(None, {self._input: x[i : i + 1]})[0]
                                   for i in range(len(x))])
@@ -148,7 +169,7 @@ def load_embedder(spec: ModelSpec) -> Embedder:
     if spec.kind == "dlib":
         model: Embedder = DlibEmbedder(spec.path)
     elif spec.kind == "onnx":
-        model = OnnxEmbedder(spec.path)
+        model = OnnxEmbedder(spec.path, spec.norm)
     else:
         from workbench.train.export import CheckpointEmbedder
 

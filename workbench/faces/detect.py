@@ -1,15 +1,15 @@
-"""Face detection with dlib's HOG detector and 68-point shape predictor.
+"""What every detector returns, and dlib's HOG detector with its 68-point shape predictor.
 
-The models come from the PyPI packages `dlib-bin` and `face_recognition_models`;
+dlib's models come from the PyPI packages `dlib-bin` and `face_recognition_models`;
 nothing is downloaded. The 68 points are reduced to the 5 points of the ArcFace
-template: eye centres, nose tip and mouth corners.
+template: eye centres, nose tip and mouth corners. YuNet and SCRFD live beside
+this module; `detectors.py` picks one.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -40,6 +40,11 @@ def model_path(name: str) -> Path:
     return path
 
 
+def primary_first(found: list[Detection]) -> list[Detection]:
+    """Faces sorted primary first: largest box, then highest score."""
+    return sorted(found, key=lambda d: (-(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]), -d.score))
+
+
 def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
     """Eye centres (mean of each eye's 6 points), nose tip (30), mouth corners (48, 54)."""
     return np.stack(
@@ -47,7 +52,7 @@ def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
     )
 
 
-class FaceDetector:
+class DlibDetector:
     """dlib HOG detector; large images are searched at reduced size, landmarks at full size."""
 
     def __init__(self, threshold: float = 0.0, upsample: int = 0, max_side: int = 1280) -> None:
@@ -76,11 +81,4 @@ class FaceDetector:
             shape = self._predictor(rgb, full)
             points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             found.append(Detection(box, float(score), landmarks68_to_5(points)))
-        found.sort(key=lambda d: (-(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]), -d.score))
-        return found
-
-
-@lru_cache(maxsize=4)
-def get_detector(threshold: float = 0.0, upsample: int = 0) -> FaceDetector:
-    """One detector per process and setting: loading the predictor takes ~0.5 s."""
-    return FaceDetector(threshold=threshold, upsample=upsample)
+        return primary_first(found)

@@ -3,9 +3,10 @@
 Held-out faces of randomly chosen labeled identities are planted among the
 queries: centres and impostor statistics are recomputed without them, then
 they are scored like unlabeled faces. Recall of the plant is the share
-flagged (overlap or ambiguous); the false-overlap rate is the share of
-labeled faces whose best match to another identity passes the threshold.
-Cluster evidence is left out, so the recall is a lower bound.
+flagged (overlap or ambiguous), with the thresholds `wb overlap` would use
+(calibrated for the model, or `--threshold`); the calibration's estimated
+rates are reported beside it. Cluster evidence is left out, so the recall is
+a lower bound.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 import numpy as np
 
 from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres
+from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
+from workbench.index.calibrate import overlap_calibration
+from workbench.index.calibration import centres_from
 from workbench.index.overlap import OverlapSettings
-from workbench.index.scoring import Gallery, best_identity, impostor_scores, threshold_at_far
+from workbench.index.scoring import Gallery, best_identity
 from workbench.labeled.access import LabeledSet
 from workbench.workspace import Workspace
 
@@ -40,21 +44,14 @@ def plant_split(labels: np.ndarray, plant_fraction: float, hold_out: float,
     return planted
 
 
-def centres_from(vectors: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    sums = np.zeros((n, vectors.shape[1]), np.float64)
-    np.add.at(sums, labels, vectors)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return (sums / np.maximum(norms, 1e-12)).astype(np.float32), norms[:, 0] > 0
-
-
 def run_audit(
-    workspace: Workspace, labeled_set: str, *, model: str = "dlib", flip: bool = False,
+    workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, plant_fraction: float = 0.2, hold_out: float = 0.3,
     workers: int | None = None, progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
-              "far": settings.far, "threshold": settings.threshold}
+              "fpir": settings.targets.fpir, "threshold": settings.threshold}
     with embedding_run(workspace, "audit overlap", params, model=model, flip=flip, workers=workers,
                        progress=progress) as (ctx, run):
         con = ctx.con
@@ -70,11 +67,9 @@ def run_audit(
         kept = ~planted
         cents, valid = centres_from(vectors[kept], labels[kept], len(labeled.identities))
         gallery = Gallery.build(cents, valid, vectors[kept], labels[kept])
-        impostors = impostor_scores(gallery, vectors[kept], labels[kept], settings.seed)
-        threshold = settings.threshold if settings.threshold is not None else \
-            threshold_at_far(impostors.tail, settings.far, impostors.comparisons)
-        ambiguous_from = min(threshold, threshold_at_far(impostors.tail, settings.ambiguous_far,
-                                                         impostors.comparisons))
+        calibration = overlap_calibration(ctx, labeled, settings.targets, run.run_id)
+        threshold = settings.threshold if settings.threshold is not None else calibration.threshold
+        ambiguous_from = min(threshold, calibration.ambiguous_from)
         z, found, _ = best_identity(vectors[planted], gallery)
         flagged = z >= ambiguous_from
         summary = {
@@ -85,8 +80,8 @@ def run_audit(
             "recall_excluded": float(flagged.mean()),
             "correct_identity": float((found[flagged] == labels[planted][flagged]).mean())
             if flagged.any() else float("nan"),
-            "false_overlap_rate": float((impostors.best >= threshold).mean()),
-            "false_excluded_rate": float((impostors.best >= ambiguous_from).mean()),
+            "calibrated_fpir": calibration.measured_fpir,
+            "calibrated_excluded_fpir": calibration.excluded_fpir,
             "run_id": run.run_id,
         }
         run.counts = summary

@@ -10,7 +10,7 @@ Groups are connected components; the best-quality face represents each.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import cv2
@@ -21,27 +21,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
+from workbench.embed.models import ModelSpec
+from workbench.index.calibrate import DedupeTargets, dedupe_calibration, only_labeled_set
+from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.index.search import nearest
+from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import transaction
 from workbench.workspace import Workspace
-
-
-@dataclass(frozen=True)
-class DedupeThresholds:
-    """Defaults measured on the lfw150 scenario with dlib (benchmarks/overlap_lfw.py): copies
-    (resized, recompressed, cropped, brightened) have cosine >= 0.983 for 99% and crop hashes
-    within 2 bits for half; 0.5% of distinct photos of one person reach cosine 0.989
-    (consecutive press shots), so the strict bar sits above that."""
-
-    strict: float = 0.99
-    loose: float = 0.90
-    phash_bits: int = 6
-    k: int = 8
-
-
-def popcount64(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
 def duplicate_pairs(
@@ -54,8 +40,7 @@ def duplicate_pairs(
     cols, s = idx.ravel(), sims.ravel()
     keep = (cols >= 0) & (cols != rows) & (s >= t.loose)
     rows, cols, s = rows[keep], cols[keep], s[keep]
-    bits = popcount64(phashes[rows] ^ phashes[cols])
-    dup = (s >= t.strict) | (bits <= t.phash_bits)
+    dup = is_duplicate(s, popcount64(phashes[rows] ^ phashes[cols]), t)
     i, j = np.minimum(rows[dup], cols[dup]), np.maximum(rows[dup], cols[dup])
     pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
     pair_sims = np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) if len(pairs) else s[:0]
@@ -88,16 +73,35 @@ def crop_phash_from_file(path: str) -> int:
 
 
 def run_dedupe(
-    workspace: Workspace, *, model: str = "dlib", flip: bool = False,
-    thresholds: DedupeThresholds | None = None, workers: int | None = None,
+    workspace: Workspace, *, model: str | ModelSpec = "dlib", flip: bool = False,
+    thresholds: DedupeThresholds | None = None, labeled_set: str | None = None,
+    targets: DedupeTargets | None = None, workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives."""
-    thresholds = thresholds or DedupeThresholds()
-    with embedding_run(workspace, "dedupe", asdict(thresholds), model=model, flip=flip,
+    """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives.
+
+    Thresholds: `thresholds` if given, else calibrated for the model on `labeled_set`
+    (or the only registered set), else the dlib-measured defaults.
+    """
+    targets = targets or DedupeTargets()
+    params = {"thresholds": asdict(thresholds) if thresholds else None, "labeled": labeled_set,
+              "targets": asdict(targets)}
+    with embedding_run(workspace, "dedupe", params, model=model, flip=flip,
                        workers=workers, progress=progress) as (ctx, run):
         con = ctx.con
         embed_unlabeled(ctx)
+        calibration = None
+        name = labeled_set or only_labeled_set(con)
+        if thresholds is None and name is not None:
+            labeled = LabeledSet(workspace, con, name)
+            try:
+                calibration = dedupe_calibration(ctx, labeled, targets, run.run_id)
+            finally:
+                labeled.close()
+            thresholds = calibration.thresholds()
+        mode = "fixed" if params["thresholds"] else f"calibrated on {name}" if calibration else \
+            "defaults (no labeled set to calibrate on)"
+        thresholds = thresholds or DedupeThresholds()
         _fill_crop_phash(workspace, con)
         rows = con.execute("SELECT face_id, crop_phash, quality FROM faces ORDER BY face_id").fetchnumpy()
         face_ids = list(rows["face_id"])
@@ -125,7 +129,8 @@ def run_dedupe(
         summary = {"faces": len(face_ids), "duplicate_pairs": len(i),
                    "groups_with_duplicates": int((sizes >= 2).sum()),
                    "duplicates": int(len(face_ids) - rep.sum()), "model_key": store.key,
-                   **asdict(thresholds), "run_id": run.run_id}
+                   **asdict(thresholds), "thresholds_mode": mode,
+                   "calibration": calibration.as_dict() if calibration else None, "run_id": run.run_id}
         run.counts = summary
         return summary
 

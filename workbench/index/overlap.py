@@ -6,21 +6,23 @@ see `scoring.py`), that identity, and the raw centre cosine. Unlabeled faces
 are also clustered into pseudo-identities; a cluster whose mean embedding
 matches an identity is excluded whole.
 
-Decisions: `overlap` at or above the threshold (or in a matching cluster);
-`ambiguous` at or above the looser threshold of `ambiguous_far`, also
-excluded from training (a missed overlap teaches the model to push a known
-person away from their own centre); `clean` otherwise.
+Decisions: `copy` when the face is a copy of a labeled photo (its best cosine
+to any single labeled face passes the copy threshold), whatever the identity
+score says; `overlap` at or above the threshold (or in a matching cluster);
+`ambiguous` at or above the looser threshold, also excluded from training (a
+missed overlap teaches the model to push a known person away from their own
+centre); `clean` otherwise.
 
-`auto` threshold: the score that a fraction `far` of impostor comparisons
-reach, where an impostor comparison is a labeled face scored against another
-labeled identity (its own left out, so it plays an unknown person). The share
-of such faces that would be flagged is reported as the false-overlap rate.
+Thresholds are calibrated for the model on the labeled set (`calibrate.py`):
+the scores that a fraction `fpir`, `ambiguous_fpir` and `copy_fpir` of
+held-out labeled faces playing unknown people reach, a per-face rate valid at
+any number of identities. An explicit `threshold` replaces the first.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +31,47 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run, ensure_centres
+from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
+from workbench.index.calibrate import OverlapTargets, labeled_vectors, overlap_calibration
 from workbench.index.clusters import cluster_labels, cluster_means
-from workbench.index.scoring import (
-    Gallery,
-    best_identity,
-    impostor_scores,
-    link_threshold,
-    neighbour_consensus,
-    threshold_at_far,
-)
+from workbench.index.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
+from workbench.index.search import nearest
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import transaction
 from workbench.workspace import Workspace
 
 MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
+DECISIONS = ("copy", "overlap", "ambiguous", "clean")
+
+
+@dataclass(frozen=True)
+class Copies:
+    found: np.ndarray  # per face: a copy of a labeled photo
+    index: np.ndarray  # position of the closest labeled sample
+    similarity: np.ndarray  # cosine to it
+
+
+def find_copies(vectors: np.ndarray, labeled: np.ndarray, threshold: float) -> Copies:
+    """Closest single labeled face of each unlabeled face (FAISS; IVF beyond a size)."""
+    sims, idx = nearest(vectors, labeled, 1)
+    return Copies(sims[:, 0] >= threshold, idx[:, 0], sims[:, 0])
 
 
 @dataclass(frozen=True)
 class OverlapSettings:
-    threshold: float | None = None  # None: auto from `far`
-    far: float = 1e-4
-    ambiguous_far: float = 1e-3  # looser threshold: between the two, a face is 'ambiguous'
+    threshold: float | None = None  # None: calibrated at targets.fpir
+    targets: OverlapTargets = field(default_factory=OverlapTargets)
     link_far: float = 1e-6  # pairwise FAR of 'same person' links between unlabeled faces
-    per_identity: int = 10
-    seed: int = 0
+
+    @property
+    def per_identity(self) -> int:
+        return self.targets.per_identity
+
+    @property
+    def seed(self) -> int:
+        return self.targets.seed
 
 
 @dataclass
@@ -101,7 +118,7 @@ def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
 
 
 def run_overlap(
-    workspace: Workspace, labeled_set: str, *, model: str = "dlib", flip: bool = False,
+    workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
@@ -120,41 +137,48 @@ def run_overlap(
         sample_vecs = store.vectors([labeled_item_id(labeled_set, int(i)) for i in sample_idx])
         sample_labels = labeled.labels[centres.sample_positions]
         gallery = Gallery.build(centres.vectors, centres.valid, sample_vecs, sample_labels)
-        impostors = impostor_scores(gallery, sample_vecs, sample_labels, settings.seed)
-        threshold = settings.threshold if settings.threshold is not None else \
-            threshold_at_far(impostors.tail, settings.far, impostors.comparisons)
-        ambiguous_from = min(threshold, threshold_at_far(impostors.tail, settings.ambiguous_far,
-                                                         impostors.comparisons))
+        calibration = overlap_calibration(ctx, labeled, settings.targets, run.run_id)
+        threshold = settings.threshold if settings.threshold is not None else calibration.threshold
+        ambiguous_from = min(threshold, calibration.ambiguous_from)
         link = link_threshold(sample_vecs, sample_labels, settings.link_far, settings.seed)
         face_ids = [r[0] for r in con.execute("SELECT face_id FROM faces ORDER BY face_id").fetchall()]
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
         scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link)
         decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
+        copies = None
+        if settings.targets.copies and calibration.copy_threshold is not None:
+            copies = find_copies(vectors, labeled_vectors(ctx, labeled, np.arange(len(labeled))),
+                                 calibration.copy_threshold)
+            decision = np.where(copies.found, "copy", decision)
+            label = np.where(copies.found, labeled.labels[np.maximum(copies.index, 0)], label)
         _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
-               model_key=store.key, run_id=run.run_id)
+               model_key=store.key, run_id=run.run_id, copies=copies,
+               sample_idx=labeled.samples.column("sample_idx").to_numpy())
         summary = {
             "labeled_set": labeled_set, "model_key": store.key, "faces": len(face_ids),
-            "overlap": int((decision == "overlap").sum()),
-            "ambiguous": int((decision == "ambiguous").sum()),
-            "clean": int((decision == "clean").sum()),
+            **{d: int((decision == d).sum()) for d in DECISIONS},
             "threshold": threshold, "threshold_mode": "fixed" if settings.threshold is not None
-            else f"auto (FAR {settings.far:g})",
-            "ambiguous_from": ambiguous_from,
-            "false_overlap_rate": float((impostors.best >= threshold).mean()),
-            "false_excluded_rate": float((impostors.best >= ambiguous_from).mean()),
+            else f"calibrated (FPIR {settings.targets.fpir:g})",
+            "ambiguous_from": ambiguous_from, "copy_threshold": calibration.copy_threshold,
+            "calibration": calibration.as_dict(),
             "link_cosine": link,
             "clusters": len(np.unique(scores.cluster)),
             "run_id": run.run_id,
         }
         summary["report"] = str(write_report(workspace, summary, scores, decision, label,
-                                             labeled.identities, impostors.tail, threshold))
+                                             labeled.identities, threshold))
         run.counts = summary
         return summary
 
 
 def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
            cluster_score: np.ndarray, decision: np.ndarray, label: np.ndarray, *, model_key: str,
-           run_id: str) -> None:
+           run_id: str, copies: Copies | None, sample_idx: np.ndarray) -> None:
+    n = len(scores.face_ids)
+    copy_of = [None] * n if copies is None else [
+        labeled_item_id(labeled_set, int(sample_idx[i])) if found else None
+        for found, i in zip(copies.found, copies.index, strict=True)]
+    copy_sim = np.full(n, np.nan, np.float32) if copies is None else copies.similarity
     table = pa.table({
         "face_id": pa.array(scores.face_ids, pa.string()),
         "nearest_label": pa.array(label.astype(np.int32)),
@@ -164,13 +188,17 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
                                   .astype(np.float32), from_pandas=True),
         "decision": pa.array(decision.astype(str)),
         "cluster_id": pa.array([f"c{c}" for c in scores.cluster], pa.string()),
+        "copy_of": pa.array(copy_of, pa.string()),
+        "copy_similarity": pa.array(copy_sim.astype(np.float32), from_pandas=True),
     })
     con.register("overlap_rows", table)
     try:
         with transaction(con):
             con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
-            con.execute("INSERT INTO overlap SELECT face_id, ?, nearest_label, similarity, score, "
-                        "cluster_score, decision, ? FROM overlap_rows", [labeled_set, run_id])
+            con.execute("INSERT INTO overlap (face_id, labeled_set, nearest_label, similarity, score, "
+                        "cluster_score, decision, run_id, copy_of, copy_similarity) "
+                        "SELECT face_id, ?, nearest_label, similarity, score, cluster_score, decision, ?, "
+                        "copy_of, copy_similarity FROM overlap_rows", [labeled_set, run_id])
             con.execute("DELETE FROM clusters")
             con.execute("INSERT INTO clusters SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
                         [model_key, run_id])
@@ -179,9 +207,8 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
 
 
 def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScores, decision: np.ndarray,
-                 label: np.ndarray, identities: list[str], impostor_tail: np.ndarray,
-                 threshold: float) -> Path:
-    """counts.json, top_matches.json and a histogram of scores against the impostor distribution."""
+                 label: np.ndarray, identities: list[str], threshold: float) -> Path:
+    """summary.json, top_matches.json and a histogram of the faces' scores with the thresholds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,10 +224,11 @@ def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScor
     (out / "top_matches.json").write_text(json.dumps(top, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
     finite = scores.score[np.isfinite(scores.score)]
-    bins = np.linspace(min(finite.min(initial=1), impostor_tail.min()), 1.0, 80)
-    ax.hist(impostor_tail, bins=bins, density=True, alpha=0.5, label="labeled impostors (closest)")
-    ax.hist(finite, bins=bins, density=True, alpha=0.5, label="unlabeled faces (best match)")
-    ax.axvline(threshold, color="red", label=f"threshold {threshold:.2f}")
+    bins = np.linspace(min(finite.min(initial=1), summary["ambiguous_from"]) - 0.02, 1.0, 80)
+    ax.hist(finite, bins=bins, alpha=0.7, label="unlabeled faces (best match)")
+    ax.axvline(threshold, color="red", label=f"overlap from {threshold:.3f}")
+    ax.axvline(summary["ambiguous_from"], color="orange", linestyle="--",
+               label=f"ambiguous from {summary['ambiguous_from']:.3f}")
     ax.set_xlabel("identity score of the best-matching labeled identity")
     ax.set_yscale("log")
     ax.legend()

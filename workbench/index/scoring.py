@@ -24,8 +24,6 @@ from workbench.index.search import nearest
 TOP_K = 5
 CENTRE_WEIGHT = 0.8
 NEIGHBOURS = 5
-IMPOSTOR_FACES = 20_000
-IMPOSTOR_CANDIDATES = 64  # the impostor tail lies among a face's most similar identities
 FLOATS_PER_BATCH = 1 << 25  # ~128 MiB of intermediate similarities
 
 
@@ -97,46 +95,6 @@ def neighbour_consensus(vectors: np.ndarray, gallery: Gallery, score: np.ndarray
     return (total / count).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Impostors:
-    tail: np.ndarray  # identity scores of labeled faces against their most similar other identities
-    comparisons: int  # all (face, other identity) comparisons the tail is the top of
-    best: np.ndarray  # per sampled labeled face: its best score against another identity
-
-
-def impostor_scores(gallery: Gallery, vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> Impostors:
-    """Identity scores of labeled faces against other identities.
-
-    A labeled face's own identity is left out, so it stands in for an unknown
-    person. Only each face's `IMPOSTOR_CANDIDATES` closest identities are
-    scored: the far ones cannot reach any useful threshold.
-    """
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(vectors), size=min(IMPOSTOR_FACES, len(vectors)), replace=False)
-    ids = np.flatnonzero(gallery.valid)
-    k = min(IMPOSTOR_CANDIDATES, len(ids))
-    _, idx = nearest(vectors[pick], gallery.centres[ids], k)
-    candidates = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
-    own = candidates == labels[pick][:, None]
-    candidates = np.where(own, -1, candidates)
-    scores = pair_scores(vectors[pick], gallery, candidates)
-    others = len(ids) - np.isin(labels[pick], ids)
-    return Impostors(scores[np.isfinite(scores)], int(others.sum()), scores.max(axis=1))
-
-
-def threshold_at_far(impostor: np.ndarray, far: float, comparisons: int | None = None) -> float:
-    """The score that a fraction `far` of impostor comparisons reach or exceed.
-
-    `impostor` may be just the top of a larger set of `comparisons`.
-    """
-    if len(impostor) == 0:
-        raise ValueError("no impostor comparisons: the labeled set needs at least two identities")
-    total = comparisons or len(impostor)
-    rank = max(1, int(np.ceil(far * total)))
-    ordered = np.sort(impostor)[::-1]
-    return float(ordered[min(rank, len(ordered)) - 1])
-
-
 def link_threshold(vectors: np.ndarray, labels: np.ndarray, far: float, seed: int = 0) -> float:
     """Cosine that a fraction `far` of different-identity labeled pairs reach: 'same person' links."""
     rng = np.random.default_rng(seed)
@@ -144,4 +102,16 @@ def link_threshold(vectors: np.ndarray, labels: np.ndarray, far: float, seed: in
     v, lab = vectors[pick], labels[pick]
     sims = v @ v.T
     different = np.triu(lab[:, None] != lab[None, :], 1)
-    return threshold_at_far(sims[different], far)
+    return threshold_at_rate(sims[different], far)
+
+
+def threshold_at_rate(impostor: np.ndarray, rate: float) -> float:
+    """The lowest score threshold (decision: score >= threshold) that at most a fraction
+    `rate` of `impostor` scores reach."""
+    if len(impostor) == 0:
+        raise ValueError("no impostor scores to calibrate on")
+    ordered = np.sort(np.asarray(impostor, np.float64))[::-1]
+    allowed = int(np.floor(rate * len(ordered) + 1e-9))
+    if allowed >= len(ordered):
+        return float(ordered[-1])
+    return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))

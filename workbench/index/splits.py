@@ -2,8 +2,8 @@
 
 - `excluded` with a reason, first that applies: the image has no usable face
   (`no face`, or the image's rejection reason); a reviewer's `not_face`,
-  `overlap` or `duplicate` tag; `overlap` / `ambiguous overlap` with a labeled
-  set (unless reviewed `wrong_identity`); `duplicate` (not its group's
+  `overlap` or `duplicate` tag; `copy of a labeled photo`, `overlap` or
+  `ambiguous overlap` with a labeled set (unless reviewed `wrong_identity`); `duplicate` (not its group's
   representative) or `low quality` (unless reviewed `keep`). See
   `workbench.browse.reviews` for the tags.
 - `eval_unknown`: whole clusters of clean faces held out for rejection tests, so
@@ -69,6 +69,7 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
                         WHEN list_contains(any_value(r.tags), 'overlap') THEN 'overlap (review)'
                         WHEN list_contains(any_value(r.tags), 'duplicate') THEN 'duplicate (review)'
                         WHEN list_contains(any_value(r.tags), 'wrong_identity') THEN NULL
+                        WHEN bool_or(o.decision = 'copy') THEN 'copy of a labeled photo'
                         WHEN bool_or(o.decision = 'overlap') THEN 'overlap'
                         WHEN bool_or(o.decision = 'ambiguous') THEN 'ambiguous overlap'
                     END AS identity_reason,

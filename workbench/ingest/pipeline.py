@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
+from workbench.faces.detectors import DetectorSpec
 from workbench.ingest.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.query import transaction
@@ -40,6 +41,7 @@ class IngestSummary:
     rejected: Counter[str] = field(default_factory=Counter)
     skipped_other: int = 0
     run_id: str | None = None
+    hints: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -54,7 +56,8 @@ def ingest(
     source: str | None = None,
     aligned: bool = False,
     workers: int | None = None,
-    det_threshold: float = 0.0,
+    detector: str = "dlib",
+    det_threshold: float | None = None,
     upsample: int = 0,
     chunk_size: int = 512,
     progress: ProgressFn | None = None,
@@ -65,16 +68,19 @@ def ingest(
         raise WorkbenchError(f"no such file or directory: {root}")
     source = source or root.resolve().name
     workers = workers or os.cpu_count() or 1
-    options = IngestOptions(root=str(workspace.root), aligned=aligned,
-                            det_threshold=det_threshold, upsample=upsample)
+    spec = None if aligned else DetectorSpec.parse(detector, det_threshold, upsample)
+    options = IngestOptions(root=str(workspace.root), aligned=aligned, detector=spec)
     params = {"path": str(root.resolve()), "source": source, "aligned": aligned,
-              "workers": workers, "det_threshold": det_threshold, "upsample": upsample}
+              "workers": workers, "detector": spec.key if spec else None,
+              "det_threshold": det_threshold, "upsample": upsample}
     summary = IngestSummary(source=source)
     stats = WalkStats()
     work = partial(_process_entry, options=options)
     # Worker processes are forked before the manifest is opened: no DuckDB threads are copied.
     with process_mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
         summary.run_id = run.run_id
+        if spec is not None:
+            check_one_detector(con, spec.key)
         _clear_partial_writes(workspace.root / TMP_DIR)
         total = 0
         in_flight: deque[Iterable[FileResult]] = deque()
@@ -86,7 +92,7 @@ def ingest(
                 summary.processed += 1
                 if progress:
                     progress(summary.processed, total)
-            _commit(con, results, source, run.run_id, summary)
+            _commit(con, results, source, run.run_id, summary, spec.key if spec else None)
             run.counts = summary.as_dict()
 
         # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.
@@ -101,8 +107,29 @@ def ingest(
         while in_flight:
             drain()
         summary.skipped_other = stats.skipped_other
+        summary.hints = detection_hints(summary, spec)
         run.counts = summary.as_dict()
     return summary
+
+
+def detection_hints(summary: IngestSummary, spec: DetectorSpec | None) -> list[str]:
+    """Tell the user when the detector, not the images, is the likely reason for missing faces."""
+    no_face = summary.rejected.get("no face", 0)
+    if spec is None or spec.kind != "dlib" or summary.decoded < 20 or no_face < 0.2 * summary.decoded:
+        return []
+    return [f"{no_face} of {summary.decoded} decoded images had no face: dlib's HOG detector misses "
+            "faces under ~80 px and turned heads; try --detector yunet:PATH or scrfd:PATH, or "
+            "--upsample 1 (about 4x slower), in a new workspace"]
+
+
+def check_one_detector(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    """Refuse to mix detectors in one workspace: faces from two detectors differ in
+    what they find and how they align, so mixing is never silent."""
+    other = con.execute("SELECT detector, count(*) FROM faces WHERE detector IS NOT NULL "
+                        "AND detector <> ? GROUP BY 1 ORDER BY 2 DESC LIMIT 1", [key]).fetchone()
+    if other:
+        raise WorkbenchError(f"this workspace's {other[1]} detected faces came from {other[0]}, not "
+                             f"{key}: use the same --detector, or a new workspace (-w) for another")
 
 
 def _clear_partial_writes(tmp_dir: Path) -> None:
@@ -141,6 +168,7 @@ def _commit(
     source: str,
     run_id: str,
     summary: IngestSummary,
+    detector: str | None,
 ) -> None:
     if not results:
         return
@@ -186,6 +214,7 @@ def _commit(
         "brightness": pa.array([f.brightness for _, f in faces], pa.float32()),
         "quality": pa.array([f.quality for _, f in faces], pa.float32()),
         "crop_phash": pa.array([f.crop_phash for _, f in faces], pa.uint64()),
+        "detector": pa.array([detector for r in new_images.values() for _ in r.faces], pa.string()),
     }))
     con.register("new_files", pa.table({
         "path": [r.path for r in results],
@@ -200,9 +229,11 @@ def _commit(
             "INSERT INTO images SELECT image_id, status, reason, width, height, format, phash, "
             "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
         con.execute(
-            "INSERT INTO faces SELECT face_id, image_id, face_index, crop_rel, det_score, "
+            "INSERT INTO faces (face_id, image_id, face_index, crop_rel, det_score, bbox, landmarks, "
+            "face_size, blur, brightness, quality, run_id, crop_phash, detector) "
+            "SELECT face_id, image_id, face_index, crop_rel, det_score, "
             "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ?, "
-            "crop_phash FROM new_faces ON CONFLICT DO NOTHING", [run_id])
+            "crop_phash, detector FROM new_faces ON CONFLICT DO NOTHING", [run_id])
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
         con.execute(
             "INSERT INTO files SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",

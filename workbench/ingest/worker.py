@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from workbench.faces.align import CROP_SIZE, align_face
-from workbench.faces.detect import get_detector
+from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.faces.quality import face_quality
 from workbench.ingest.decode import Decoded, Rejected, decode_image
 from workbench.ingest.hashing import phash64, sha256_hex
@@ -23,8 +23,7 @@ TMP_DIR = "tmp"  # partial writes of a killed run; emptied when the next ingest 
 class IngestOptions:
     root: str  # workspace root: crops are written under it
     aligned: bool = False
-    det_threshold: float = 0.0
-    upsample: int = 0
+    detector: DetectorSpec | None = None  # None: dlib with its defaults
     max_pixels: int = 50_000_000
 
 
@@ -147,7 +146,7 @@ def _aligned_face(
 
 
 def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> list[FaceResult]:
-    detector = get_detector(options.det_threshold, options.upsample)
+    detector = get_detector(options.detector or DetectorSpec.parse("dlib"))
     faces = []
     for index, det in enumerate(detector.detect(rgb)):
         crop = align_face(rgb, det.landmarks)

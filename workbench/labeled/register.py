@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
+from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import check_encoded
 from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
@@ -42,6 +43,7 @@ def register_labeled(
     image_column: str = "image",
     label_column: str = "label",
     workers: int | None = None,
+    detector: str = "dlib",
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Register `path` as labeled set `name`; re-registering the same path is a no-op."""
@@ -49,8 +51,10 @@ def register_labeled(
     fmt = detect_format(root) if fmt == "auto" else fmt
     aligned = (fmt == "rec") if aligned is None else aligned
     workers = 1 if aligned else (workers or os.cpu_count() or 1)
+    spec = None if aligned else DetectorSpec.parse(detector)
     params = {"name": name, "path": str(root), "format": fmt, "aligned": aligned,
-              "image_column": image_column, "label_column": label_column}
+              "image_column": image_column, "label_column": label_column,
+              "detector": spec.key if spec else None}
     with process_mapper(workers) as mapper, open_run(workspace, "labeled add", params) as (con, run):
         existing = one(con, "SELECT path, format FROM labeled_sets WHERE name = ?", [name])
         if existing:
@@ -62,7 +66,7 @@ def register_labeled(
             )
         source = open_source(root, fmt, image_column=image_column, label_column=label_column,
                              cache_dir=workspace.root / "cache" / "hf")
-        options = IngestOptions(root=str(workspace.root), aligned=False)
+        options = IngestOptions(root=str(workspace.root), aligned=False, detector=spec)
         try:
             with transaction(con):
                 rejected: Counter[str] = Counter()
@@ -86,6 +90,7 @@ def register_labeled(
                     [name, str(root), fmt, aligned,
                      json.dumps({"image_column": image_column, "label_column": label_column,
                                  "rejected": dict(rejected),
+                                 "detector": spec.key if spec else None,
                                  "empty_identities": source.notes.empty_identities[:100],
                                  "n_empty_identities": len(source.notes.empty_identities)}),
                      n_ids, n_ok, sum(rejected.values()), run.run_id])

@@ -278,6 +278,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        9,
+        "detector per face, calibrations per model, copies of labeled photos",
+        [
+            "ALTER TABLE faces ADD COLUMN detector VARCHAR",
+            "ALTER TABLE overlap ADD COLUMN copy_of VARCHAR",
+            "ALTER TABLE overlap ADD COLUMN copy_similarity REAL",
+            """CREATE TABLE calibrations (
+                calibration_id VARCHAR PRIMARY KEY,
+                kind VARCHAR NOT NULL,
+                model_key VARCHAR NOT NULL,
+                labeled_set VARCHAR NOT NULL,
+                settings JSON NOT NULL,
+                result JSON NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                run_id VARCHAR
+            )""",
+        ],
+    ),
 ]
 
 

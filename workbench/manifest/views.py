@@ -28,7 +28,7 @@ VIEWS: list[str] = [
            (SELECT value FROM wb_meta WHERE key = 'root') || '/' || f.crop_rel AS crop_path,
            f.det_score, f.bbox, f.landmarks, f.quality,
            f.face_index, f.face_index = 0 AS is_primary,
-           f.face_size, f.blur, f.brightness
+           f.face_size, f.blur, f.brightness, f.detector
     FROM faces f""",
     """CREATE OR REPLACE VIEW wb_labeled_sets AS
     SELECT name, path, format, aligned, n_identities, n_images, n_rejected, registered_at, run_id
@@ -45,10 +45,13 @@ VIEWS: list[str] = [
     LEFT JOIN labeled_identities i ON i.set_name = s.set_name AND i.label = s.label""",
     """CREATE OR REPLACE VIEW wb_overlap AS
     SELECT o.face_id, o.labeled_set, i.identity AS nearest_identity, o.similarity, o.score,
-           o.decision, c.cluster_id, o.cluster_score
+           o.decision, c.cluster_id, o.cluster_score, o.copy_of, o.copy_similarity
     FROM overlap o
     LEFT JOIN labeled_identities i ON i.set_name = o.labeled_set AND i.label = o.nearest_label
     LEFT JOIN clusters c USING (face_id)""",
+    """CREATE OR REPLACE VIEW wb_calibrations AS
+    SELECT calibration_id, kind, model_key, labeled_set, settings, result, created_at, run_id
+    FROM calibrations""",
     """CREATE OR REPLACE VIEW wb_dups AS
     SELECT face_id, group_id, is_representative FROM dups""",
     """CREATE OR REPLACE VIEW wb_splits AS

@@ -1,0 +1,80 @@
+"""Choose a face detector: `dlib`, `yunet[:PATH]`, `scrfd:PATH` or `insightface:DIR`.
+
+Every detector returns boxes and 5 landmarks in ArcFace template order, so
+alignment is the same whichever found the face. A detector's key (name plus a
+hash of its weights) is recorded with each face it found.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+from workbench.faces.detect import Detection, model_path
+from workbench.weights import file_sha256, insightface_pack, weights_file
+
+YUNET_ENV = "WB_YUNET_MODEL"
+CHOICES = "dlib, yunet[:PATH], scrfd:PATH or insightface:DIR"
+
+
+class Detector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """Picklable description of a detector; worker processes build it from this."""
+
+    kind: str  # dlib | yunet | scrfd
+    path: str  # weights (dlib: its landmark model)
+    threshold: float | None = None  # None: the detector's own default
+    upsample: int = 0  # dlib only: search at 2**upsample size for small faces
+
+    @classmethod
+    def parse(cls, text: str, threshold: float | None = None, upsample: int = 0) -> DetectorSpec:
+        kind, _, rest = text.partition(":")
+        if upsample and kind != "dlib":
+            raise WorkbenchError("--upsample is for dlib; YuNet and SCRFD find small faces as they are")
+        if kind == "dlib" and not rest:
+            return cls("dlib", str(model_path("shape_predictor_68_face_landmarks.dat")), threshold,
+                       upsample)
+        if kind == "yunet":
+            rest = rest or os.environ.get(YUNET_ENV, "")
+            if not rest:
+                raise WorkbenchError(f"yunet needs its model file: --detector yunet:PATH, or set "
+                                     f"{YUNET_ENV} (e.g. yunet_s_640_640.onnx from OpenCV's model zoo)")
+            return cls("yunet", str(weights_file(rest, "YuNet model")), threshold)
+        if kind == "scrfd" and rest:
+            return cls("scrfd", str(weights_file(rest, "SCRFD model")), threshold)
+        if kind == "insightface" and rest:
+            detector, _ = insightface_pack(rest)
+            if detector is None:
+                raise WorkbenchError(f"no det_*.onnx detector in the InsightFace pack {rest}")
+            return cls("scrfd", str(detector), threshold)
+        raise WorkbenchError(f"unknown detector {text!r}: use {CHOICES}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}-{file_sha256(self.path)[:12]}"
+
+
+@lru_cache(maxsize=4)
+def get_detector(spec: DetectorSpec) -> Detector:
+    """One detector per process and spec: loading takes up to a second."""
+    options = {} if spec.threshold is None else {"threshold": spec.threshold}
+    if spec.kind == "dlib":
+        from workbench.faces.detect import DlibDetector
+
+        return DlibDetector(upsample=spec.upsample, **options)
+    if spec.kind == "yunet":
+        from workbench.faces.yunet import YunetDetector
+
+        return YunetDetector(spec.path, **options)
+    from workbench.faces.scrfd import ScrfdDetector
+
+    return ScrfdDetector(spec.path, **options)

@@ -1,0 +1,215 @@
+"""`wb calibrate`: measure overlap and dedupe thresholds for a model on a labeled set, and keep them.
+
+A calibration is stored in the manifest (`calibrations`, view
+`wb_calibrations`) under its kind, model, labeled set (as registered) and
+settings; `wb overlap` and `wb dedupe` reuse it, or compute it when missing.
+The maths is in `calibration.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from workbench.embed.compute import (
+    EmbedContext,
+    ProgressFn,
+    decode_crops,
+    embed_items,
+    embedding_run,
+    sample_per_identity,
+)
+from workbench.embed.models import ModelSpec, load_embedder
+from workbench.embed.store import labeled_item_id
+from workbench.errors import WorkbenchError
+from workbench.faces.copies import web_copy
+from workbench.index.calibration import (
+    MAX_PROBES,
+    DedupeCalibration,
+    OverlapCalibration,
+    PairEvidence,
+    calibrate_dedupe,
+    calibrate_overlap,
+    choose_probes,
+    copy_impostor_scores,
+    open_set_scores,
+)
+from workbench.ingest.hashing import phash64
+from workbench.labeled.access import LabeledSet
+from workbench.manifest.query import one
+from workbench.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class OverlapTargets:
+    fpir: float = 0.01  # share of unknown faces the user accepts losing as 'overlap'
+    ambiguous_fpir: float = 0.02  # looser: faces between the two thresholds are 'ambiguous'
+    copy_fpir: float = 0.001  # share of unknown faces taken for copies of a labeled photo
+    copies: bool = True  # also search every labeled face for copies of labeled photos
+    per_identity: int = 10
+    max_probes: int = MAX_PROBES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("fpir", "ambiguous_fpir", "copy_fpir"):
+            if not 0 < getattr(self, name) < 1:
+                raise WorkbenchError(f"--{name.replace('_', '-')} must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class DedupeTargets:
+    recall: float = 0.99  # share of web copies to find
+    merge_rate: float = 0.005  # share of distinct photos of one person that may be merged
+    copies: int = 400  # synthetic copies made
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.recall < 1 and 0 < self.merge_rate < 1):
+            raise WorkbenchError("dedupe recall and merge rate must be between 0 and 1")
+
+
+def _calibration_id(kind: str, model_key: str, labeled: LabeledSet, registration: str,
+                    settings: dict[str, Any]) -> str:
+    text = json.dumps([kind, model_key, labeled.name, registration, settings], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stored(ctx: EmbedContext, kind: str, labeled: LabeledSet, settings: dict[str, Any],
+            fresh: bool, run_id: str, compute: Any) -> dict[str, Any]:
+    """The stored result for these inputs, or `compute()` stored now."""
+    store = ctx.store()
+    registration = one(ctx.con, "SELECT run_id FROM labeled_sets WHERE name = ?", [labeled.name])
+    cal_id = _calibration_id(kind, store.key, labeled, str(registration[0] if registration else ""),
+                             settings)
+    if not fresh:
+        row = one(ctx.con, "SELECT result FROM calibrations WHERE calibration_id = ?", [cal_id])
+        if row is not None:
+            return {**json.loads(row[0]), "calibration_id": cal_id, "reused": True}
+    result = compute()
+    ctx.con.execute("INSERT OR REPLACE INTO calibrations (calibration_id, kind, model_key, labeled_set, "
+                    "settings, result, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, now(), ?)",
+                    [cal_id, kind, store.key, labeled.name, json.dumps(settings),
+                     json.dumps(result, default=float), run_id])
+    return {**result, "calibration_id": cal_id, "reused": False}
+
+
+def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
+    """Embeddings of the labeled samples at `positions`, computing the missing ones."""
+    sample_idx = labeled.samples.column("sample_idx").to_numpy()[positions]
+    ids = [labeled_item_id(labeled.name, int(i)) for i in sample_idx]
+    by_id = dict(zip(ids, positions.tolist(), strict=True))
+    embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
+    return ctx.store().vectors(ids)
+
+
+def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: OverlapTargets, run_id: str,
+                        fresh: bool = False) -> OverlapCalibration:
+    if len(np.unique(labeled.labels)) < 3:
+        raise WorkbenchError(f"{labeled.name}: calibration needs at least three identities with faces")
+
+    def compute() -> dict[str, Any]:
+        positions = sample_per_identity(labeled.labels, targets.per_identity, targets.seed)
+        vectors, labels = labeled_vectors(ctx, labeled, positions), labeled.labels[positions]
+        probes = choose_probes(labels, targets.max_probes, targets.seed)
+        if probes.sum() < 2:
+            raise WorkbenchError(f"{labeled.name}: calibration needs identities with two or more faces")
+        n_ids = len(labeled.identities)
+        scores = open_set_scores(vectors, labels, n_ids, probes)
+        copy_impostors = None
+        if targets.copies:
+            every = np.arange(len(labeled))
+            everything = labeled_vectors(ctx, labeled, every)
+            probe_positions = positions[probes]
+            rest = np.setdiff1d(every, probe_positions)
+            copy_impostors = copy_impostor_scores(vectors[probes], labels[probes], everything[rest],
+                                                  labeled.labels[rest])
+        return calibrate_overlap(scores, n_ids, targets.fpir, targets.ambiguous_fpir, targets.copy_fpir,
+                                 copy_impostors).as_dict()
+
+    result = _stored(ctx, "overlap", labeled, asdict(targets), fresh, run_id, compute)
+    fields = {k: v for k, v in result.items() if k in OverlapCalibration.__dataclass_fields__}
+    return OverlapCalibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _crops(labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
+    return decode_crops([labeled.crop_bytes(int(p)) for p in positions])
+
+
+def _phashes(crops: np.ndarray) -> np.ndarray:
+    return np.array([phash64(c) for c in crops], np.uint64)
+
+
+def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
+                       fresh: bool = False) -> DedupeCalibration:
+    def compute() -> dict[str, Any]:
+        rng = np.random.default_rng(targets.seed)
+        n = len(labeled)
+        originals = np.sort(rng.choice(n, size=min(targets.copies, n), replace=False))
+        crops = _crops(labeled, originals)
+        edited = np.stack([web_copy(c, rng) for c in crops])
+        model = load_embedder(ctx.spec)
+        copy_vectors = np.concatenate([model.embed(edited[i : i + 64]) for i in range(0, len(edited), 64)])
+        copies = PairEvidence.of(labeled_vectors(ctx, labeled, originals), copy_vectors,
+                                 _phashes(crops), _phashes(edited))
+        a, b = _same_identity_pairs(labeled.labels, targets.copies * 2, rng)
+        if len(a) == 0:
+            raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
+        distinct = PairEvidence.of(labeled_vectors(ctx, labeled, a), labeled_vectors(ctx, labeled, b),
+                                   _phashes(_crops(labeled, a)), _phashes(_crops(labeled, b)))
+        return calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate).as_dict()
+
+    result = _stored(ctx, "dedupe", labeled, asdict(targets), fresh, run_id, compute)
+    fields = {k: v for k, v in result.items() if k in DedupeCalibration.__dataclass_fields__}
+    return DedupeCalibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _same_identity_pairs(labels: np.ndarray, n: int, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `n` random pairs of different samples with the same label."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    ends = np.searchsorted(sorted_labels, sorted_labels, side="right")
+    sizes = ends - starts
+    eligible = np.flatnonzero(sizes >= 2)
+    if len(eligible) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    first = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
+    offset = rng.integers(1, sizes[first])
+    second = starts[first] + (first - starts[first] + offset) % sizes[first]
+    return order[first], order[second]
+
+
+def only_labeled_set(workspace_con: Any) -> str | None:
+    """The labeled set to calibrate on when the user names none: the only one registered."""
+    names = [r[0] for r in workspace_con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
+    return names[0] if len(names) == 1 else None
+
+
+def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str | ModelSpec = "dlib",
+                  flip: bool = False, overlap: OverlapTargets | None = None,
+                  dedupe: DedupeTargets | None = None, fresh: bool = False, workers: int | None = None,
+                  progress: ProgressFn | None = None) -> dict[str, Any]:
+    overlap, dedupe = overlap or OverlapTargets(), dedupe or DedupeTargets()
+    params = {"labeled": labeled_set, "overlap": asdict(overlap), "dedupe": asdict(dedupe), "fresh": fresh}
+    with embedding_run(workspace, "calibrate", params, model=model, flip=flip, workers=workers,
+                       progress=progress) as (ctx, run):
+        name = labeled_set or only_labeled_set(ctx.con)
+        if name is None:
+            raise WorkbenchError("name the labeled set to calibrate on: --labeled NAME")
+        labeled = LabeledSet(workspace, ctx.con, name)
+        try:
+            summary = {
+                "labeled_set": name, "model_key": ctx.store().key,
+                "overlap": overlap_calibration(ctx, labeled, overlap, run.run_id, fresh).as_dict(),
+                "dedupe": dedupe_calibration(ctx, labeled, dedupe, run.run_id, fresh).as_dict(),
+                "run_id": run.run_id,
+            }
+        finally:
+            labeled.close()
+        run.counts = summary
+        return summary
