@@ -28,6 +28,7 @@ from lfw_scenario import DEFAULT_LFW, build
 
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore, labeled_item_id
+from workbench.index.calibrate import OverlapTargets
 from workbench.index.dedupe import run_dedupe
 from workbench.index.overlap import OverlapSettings, run_overlap
 from workbench.ingest.pipeline import ingest
@@ -63,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
     parser.add_argument("--work", type=Path, default=Path("/tmp/overlap_lfw"))
-    parser.add_argument("--far", type=float, default=1e-4)
+    parser.add_argument("--fpir", type=float, default=0.01)
     args = parser.parse_args()
     if not args.lfw.is_dir():
         raise SystemExit(f"lfw150 not found at {args.lfw}")
@@ -71,11 +72,13 @@ def main() -> None:
     ws = Workspace.at(args.work / "ws")
     ingest(ws, scenario.web, source="web")
     register_labeled(ws, SET, scenario.labeled)
-    summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(far=args.far, per_identity=1000))
+    targets = OverlapTargets(fpir=args.fpir, per_identity=1000)
+    summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(targets=targets))
     dedupe = run_dedupe(ws, flip=True)
     print("overlap:", json.dumps({k: summary[k] for k in (
-        "faces", "overlap", "ambiguous", "clean", "threshold", "ambiguous_from", "false_overlap_rate",
-        "false_excluded_rate", "link_cosine", "clusters")}))
+        "faces", "copy", "overlap", "ambiguous", "clean", "threshold", "ambiguous_from", "link_cosine",
+        "clusters")}))
+    print("calibration:", json.dumps(summary["calibration"], default=float))
 
     con = duckdb.connect(str(ws.manifest_path), read_only=True)
     rows = con.execute("""
@@ -93,7 +96,7 @@ def main() -> None:
     print(f"evaluated faces: {len(rows)} ({positive.sum()} of known identities)")
 
     # Effective score: a face's own score or its cluster's, whichever is higher (the decision rule).
-    effective = np.where(decision == "overlap", np.maximum(z, summary["threshold"]), z)
+    effective = np.where(np.isin(decision, ["copy", "overlap"]), np.maximum(z, summary["threshold"]), z)
     sizes = dict(zip(*np.unique(clusters, return_counts=True), strict=True))
     spec = ModelSpec.parse("dlib", flip=True)
     store = EmbeddingStore.open_existing(ws, con, spec)
@@ -119,7 +122,7 @@ def main() -> None:
         print(f"  {name:<40}" + "  ".join(f"R{r:.2f}: P={p:.3f}" for r, (p, _) in cells.items()))
     flagged = decision != "clean"
     p, r = precision_recall(flagged, positive)
-    p_o, r_o = precision_recall(decision == "overlap", positive)
+    p_o, r_o = precision_recall(np.isin(decision, ["copy", "overlap"]), positive)
     print(f"\nworkbench auto point (overlap+ambiguous excluded): precision {p:.3f} recall {r:.3f}")
     print(f"workbench auto point (overlap only):               precision {p_o:.3f} recall {r_o:.3f}")
     print(f"clusters: {len(sizes)}, multi-face: {sum(1 for v in sizes.values() if v > 1)}")

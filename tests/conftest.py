@@ -12,6 +12,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = Path(os.environ.get("WB_LFW150", ROOT.parent / "shared" / "data" / "lfw150"))
+SHARED = ROOT.parent / "shared"
+MODELS = Path(os.environ.get("WB_MODELS", SHARED / "models"))
 # FiftyOne's database for this test session only (inherited by the `wb` processes tests start)
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="wb-test-fiftyone-"))
 
@@ -21,6 +23,14 @@ def lfw_dir() -> Path:
     if not LFW.is_dir():
         pytest.skip(f"real faces not found at {LFW} (set WB_LFW150 or provide ../shared/data/lfw150)")
     return LFW
+
+
+def shared_model(name: str) -> Path:
+    """A pretrained model file from ../shared/models; the test skips with a message without it."""
+    path = MODELS / name
+    if not path.is_file():
+        pytest.skip(f"pretrained model not found at {path} (set WB_MODELS or provide ../shared/models)")
+    return path
 
 
 def noise_image(seed: int, size: tuple[int, int] = (112, 112)) -> Image.Image:

@@ -93,8 +93,8 @@ def curation_scores(manifest: Path, truth: dict[str, Any], data_root: Path) -> d
         con.close()
     kind = {str(data_root / rel): meta for rel, meta in truth["files"].items()}
     overlap_truth = {p for p, *_ in faces if kind.get(p, {}).get("kind") == "overlap"}
-    flagged = {p for p, _, decision, _ in faces if decision == "overlap"}
-    excluded = {p for p, _, decision, _ in faces if decision in ("overlap", "ambiguous")}
+    flagged = {p for p, _, decision, _ in faces if decision in ("copy", "overlap")}
+    excluded = {p for p, _, decision, _ in faces if decision in ("copy", "overlap", "ambiguous")}
     group = {p: g for p, _, _, g in faces}
     pairs = {(str(data_root / meta["original"]), p) for p, meta in kind.items() if "original" in meta}
     found_pairs = {(a, b) for a, b in pairs if group.get(a) is not None and group.get(a) == group.get(b)}

@@ -3,6 +3,13 @@
 OpenCV returns, per face, a box (x, y, w, h), five landmarks named from the
 person's side (right eye first, which is the left of the image) and a score:
 the same order as the ArcFace template (tested on real photos).
+
+Its landmarks shift with the face's size in pixels, so a photo and its
+downscaled copy align differently: images whose longer side is under
+`MIN_SIDE` are enlarged to it first, which puts small web photos on one scale.
+Measured on lfw150 near-duplicate copies with MobileFaceNet (cosine between a
+photo's and its copy's crops, 1st percentile / median): 0.62 / 0.89 at native
+size, 0.82 / 0.95 at 240 px, 0.85 / 0.96 at 320 px at about twice the cost.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import Detection, primary_first
+
+MIN_SIDE = 240
 
 
 class YunetDetector:
@@ -26,11 +35,12 @@ class YunetDetector:
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         height, width = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(height, width))
+        longer = max(height, width)
+        scale = min(self.max_side / longer, max(1.0, MIN_SIDE / longer))
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        if scale < 1.0:
+        if scale != 1.0:
             bgr = cv2.resize(bgr, (round(width * scale), round(height * scale)),
-                             interpolation=cv2.INTER_AREA)
+                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, faces = self._net.detect(bgr)
         found = []

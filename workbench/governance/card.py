@@ -66,14 +66,18 @@ def generated_section(con: duckdb.DuckDBPyConnection) -> str:
     parts.append("### Curation\n")
     if dedupe:
         parts.append(f"Dedupe (model {dedupe.get('model_key')}): {dedupe.get('duplicates')} duplicates in "
-                     f"{dedupe.get('groups_with_duplicates')} groups; thresholds strict cosine "
-                     f"{dedupe.get('strict')}, loose cosine {dedupe.get('loose')} with crop hash within "
-                     f"{dedupe.get('phash_bits')} bits.\n")
+                     f"{dedupe.get('groups_with_duplicates')} groups; thresholds "
+                     f"({dedupe.get('thresholds_mode')}) strict cosine {dedupe.get('strict'):.4f}, loose "
+                     f"cosine {dedupe.get('loose'):.4f} with crop hash within {dedupe.get('phash_bits')} bits.\n")
     if overlap:
-        parts.append(f"Overlap with {overlap.get('labeled_set')}: {overlap.get('overlap')} overlap, "
+        cal = overlap.get("calibration") or {}
+        parts.append(f"Overlap with {overlap.get('labeled_set')} (model {overlap.get('model_key')}): "
+                     f"{overlap.get('copy', 0)} copies of labeled photos, {overlap.get('overlap')} overlap, "
                      f"{overlap.get('ambiguous')} ambiguous, {overlap.get('clean')} clean; threshold "
-                     f"{overlap.get('threshold', 0):.4f} ({overlap.get('threshold_mode')}), estimated "
-                     f"false-overlap rate {overlap.get('false_overlap_rate', 0):.4f}.\n")
+                     f"{overlap.get('threshold', 0):.4f} ({overlap.get('threshold_mode')}); calibrated on "
+                     f"{cal.get('identities')} identities: unknown faces excluded "
+                     f"{cal.get('excluded_fpir', float('nan')):.4f}, known faces flagged "
+                     f"{cal.get('known_recall', float('nan')):.4f}.\n")
     parts.append(_table(con, "SELECT split, coalesce(reason, ''), count(*) FROM wb_splits "
                              "GROUP BY ALL ORDER BY 1, 3 DESC", ["split", "reason", "faces"]))
     parts.append("### Face quality\n")
@@ -85,8 +89,10 @@ def generated_section(con: duckdb.DuckDBPyConnection) -> str:
                              "FROM erasures GROUP BY 1 ORDER BY 1",
                         ["request kind", "requests", "images", "faces", "labeled samples"]))
     parts.append("### Known limits\n")
-    parts.append("- Faces are found by dlib's HOG detector: small (< ~80 px), profile and occluded faces "
-                 "are missed and end as `no face`.\n"
+    detectors = ", ".join(r[0] for r in con.execute(
+        "SELECT DISTINCT detector FROM faces WHERE detector IS NOT NULL ORDER BY 1").fetchall()) or "none"
+    parts.append(f"- Faces were found by: {detectors}. dlib's HOG detector misses small (< ~80 px), "
+                 "profile and occluded faces, which end as `no face`.\n"
                  "- Overlap and duplicate decisions are statistical; the thresholds above trade missed "
                  "overlaps against excluded strangers (see `wb audit overlap`).\n"
                  "- Quality is a heuristic of size, sharpness and exposure, not of identity usefulness.\n"

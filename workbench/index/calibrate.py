@@ -29,19 +29,24 @@ from workbench.errors import WorkbenchError
 from workbench.faces.copies import web_copy
 from workbench.index.calibration import (
     MAX_PROBES,
+    MAX_UNKNOWN,
     DedupeCalibration,
     OverlapCalibration,
     PairEvidence,
     calibrate_dedupe,
     calibrate_overlap,
     choose_probes,
+    choose_unknown,
     copy_impostor_scores,
+    nearest_same_person,
     open_set_scores,
 )
 from workbench.ingest.hashing import phash64
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one
 from workbench.workspace import Workspace
+
+METHOD = 3  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class DedupeTargets:
 
 def _calibration_id(kind: str, model_key: str, labeled: LabeledSet, registration: str,
                     settings: dict[str, Any]) -> str:
-    text = json.dumps([kind, model_key, labeled.name, registration, settings], sort_keys=True)
+    text = json.dumps([METHOD, kind, model_key, labeled.name, registration, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -114,21 +119,21 @@ def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: Overlap
     def compute() -> dict[str, Any]:
         positions = sample_per_identity(labeled.labels, targets.per_identity, targets.seed)
         vectors, labels = labeled_vectors(ctx, labeled, positions), labeled.labels[positions]
-        probes = choose_probes(labels, targets.max_probes, targets.seed)
-        if probes.sum() < 2:
+        known = choose_probes(labels, targets.max_probes, targets.seed)
+        if known.sum() < 2:
             raise WorkbenchError(f"{labeled.name}: calibration needs identities with two or more faces")
+        unknown = choose_unknown(len(labels), MAX_UNKNOWN, targets.seed)
         n_ids = len(labeled.identities)
-        scores = open_set_scores(vectors, labels, n_ids, probes)
-        copy_impostors = None
+        scores = open_set_scores(vectors, labels, n_ids, unknown, known)
+        copy_impostors = same_person = None
         if targets.copies:
-            every = np.arange(len(labeled))
-            everything = labeled_vectors(ctx, labeled, every)
-            probe_positions = positions[probes]
-            rest = np.setdiff1d(every, probe_positions)
-            copy_impostors = copy_impostor_scores(vectors[probes], labels[probes], everything[rest],
-                                                  labeled.labels[rest])
+            everything = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
+            copy_impostors = copy_impostor_scores(vectors[unknown], labels[unknown], everything,
+                                                  labeled.labels)
+            same_person, _ = nearest_same_person(vectors[unknown], labels[unknown], positions[unknown],
+                                                 everything, labeled.labels)
         return calibrate_overlap(scores, n_ids, targets.fpir, targets.ambiguous_fpir, targets.copy_fpir,
-                                 copy_impostors).as_dict()
+                                 copy_impostors, same_person).as_dict()
 
     result = _stored(ctx, "overlap", labeled, asdict(targets), fresh, run_id, compute)
     fields = {k: v for k, v in result.items() if k in OverlapCalibration.__dataclass_fields__}
@@ -155,11 +160,14 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         copy_vectors = np.concatenate([model.embed(edited[i : i + 64]) for i in range(0, len(edited), 64)])
         copies = PairEvidence.of(labeled_vectors(ctx, labeled, originals), copy_vectors,
                                  _phashes(crops), _phashes(edited))
-        a, b = _same_identity_pairs(labeled.labels, targets.copies * 2, rng)
+        everything = labeled_vectors(ctx, labeled, np.arange(n))
+        a = _with_others(labeled.labels, targets.copies * 2, rng)
+        _, b = nearest_same_person(everything[a], labeled.labels[a], a, everything, labeled.labels)
+        a, b = a[b >= 0], b[b >= 0]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        distinct = PairEvidence.of(labeled_vectors(ctx, labeled, a), labeled_vectors(ctx, labeled, b),
-                                   _phashes(_crops(labeled, a)), _phashes(_crops(labeled, b)))
+        distinct = PairEvidence.of(everything[a], everything[b], _phashes(_crops(labeled, a)),
+                                   _phashes(_crops(labeled, b)))
         return calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate).as_dict()
 
     result = _stored(ctx, "dedupe", labeled, asdict(targets), fresh, run_id, compute)
@@ -167,21 +175,11 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
     return DedupeCalibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
-def _same_identity_pairs(labels: np.ndarray, n: int, rng: np.random.Generator
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `n` random pairs of different samples with the same label."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    ends = np.searchsorted(sorted_labels, sorted_labels, side="right")
-    sizes = ends - starts
-    eligible = np.flatnonzero(sizes >= 2)
-    if len(eligible) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    first = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
-    offset = rng.integers(1, sizes[first])
-    second = starts[first] + (first - starts[first] + offset) % sizes[first]
-    return order[first], order[second]
+def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `n` random positions whose identity has another face."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    eligible = np.flatnonzero(counts[inverse] >= 2)
+    return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
 
 
 def only_labeled_set(workspace_con: Any) -> str | None:

@@ -1,19 +1,23 @@
 """Thresholds measured for a model on the user's labeled data, with their estimated error rates.
 
-Overlap (open-set identification). One face of each of a sample of labeled
-identities is held out as a probe; the gallery is rebuilt without it. Scored
-with its identity removed from the gallery, a probe plays an unknown person;
-with it present (its other faces), a known person. The threshold is set where
-a fraction `fpir` of unknown probes would be flagged: the false-positive
-identification rate, a per-face rate. Each probe is compared with every
+Overlap (open-set identification). Labeled faces scored against the gallery
+with their own identity removed play unknown people (up to `MAX_UNKNOWN`
+faces; the rest of the gallery is the real one). One face of each of a sample
+of identities, held out and scored with the gallery rebuilt without it (its
+identity present through its other faces), plays a known person. The
+threshold is set where a fraction `fpir` of unknown faces would be flagged:
+the false-positive identification rate, a per-face rate. Each probe is compared with every
 other identity of the real gallery, so the rate holds at the gallery's size,
 100 identities or 100,000, unlike a per-comparison false-accept rate (which
-at 85k identities flags every face). Copies of labeled photos are judged the
-same way against single labeled faces instead of identities.
+at 85k identities flags every face). Matches to single labeled faces are
+judged the same way (`copy_fpir`); such a match is called a copy of that
+photo only above the cosine that 1% of other photos of the same person reach.
 
 Dedupe. Synthetic web copies of labeled faces (`faces/copies.py`) against
-distinct photos of the same identity; thresholds for a target copy recall and
-false-merge rate, and what the rule then achieves on those pairs.
+distinct photos of the same identity, each face paired with its most similar
+other photo of that person (dedupe compares a face with its nearest
+neighbours, so random pairs would understate merges); thresholds for a target
+copy recall and false-merge rate, and what the rule then achieves on those pairs.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.index.scoring import TOP_K, Gallery, pair_scores, threshold_at_rate
 from workbench.index.search import nearest
 
-MAX_PROBES = 5000
+MAX_PROBES = 5000  # known-person probes: one face each of this many identities
+MAX_UNKNOWN = 20000  # unknown-person probes: labeled faces with their identity left out
+SAME_PHOTO_RATE = 0.01  # share of distinct photos of one person that may be called copies
 COPY_CANDIDATES = 32  # nearest labeled faces searched per probe; its own identity's are skipped
 
 
@@ -38,6 +44,13 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def choose_unknown(n: int, max_unknown: int, seed: int) -> np.ndarray:
+    """Mask of up to `max_unknown` faces, chosen at random, to play unknown people."""
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed).choice(n, size=min(n, max_unknown), replace=False)] = True
+    return mask
 
 
 def choose_probes(labels: np.ndarray, max_probes: int, seed: int) -> np.ndarray:
@@ -68,24 +81,46 @@ class OpenSetScores:
     unknown: np.ndarray  # per probe: best identity score, its own identity left out
     known: np.ndarray  # per probe: best identity score, its identity present
     known_right: np.ndarray  # per probe: the best identity is its own
+    unknown_identities: int  # distinct people among the unknown probes
 
 
-def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, probes: np.ndarray
-                    ) -> OpenSetScores:
-    """Score held-out probes as unknown and as known people, as `wb overlap` scores faces
-    (top-`TOP_K` centres, then centre and nearest-sample evidence)."""
-    kept = ~probes
-    centres, valid = centres_from(vectors[kept], labels[kept], n_ids)
-    gallery = Gallery.build(centres, valid, vectors[kept], labels[kept])
-    queries, own = vectors[probes], labels[probes]
-    ids = np.flatnonzero(valid)
-    _, idx = nearest(queries, centres[ids], min(TOP_K + 1, len(ids)))
+def _candidate_scores(queries: np.ndarray, gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
+    """Identity scores against each query's top-`TOP_K` + 1 centres, as `wb overlap` scores faces
+    (the extra one stands in when the query's own identity is left out)."""
+    ids = np.flatnonzero(gallery.valid)
+    _, idx = nearest(queries, gallery.centres[ids], min(TOP_K + 1, len(ids)))
     candidates = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
-    scores = pair_scores(queries, gallery, candidates)
-    rows = np.arange(len(queries))
+    return pair_scores(queries, gallery, candidates), candidates
+
+
+def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown: np.ndarray,
+                    known: np.ndarray) -> OpenSetScores:
+    """Score the `unknown` faces with their identity left out of the full gallery, and the
+    `known` probes against a gallery rebuilt without them."""
+    centres, valid = centres_from(vectors, labels, n_ids)
+    full = Gallery.build(centres, valid, vectors, labels)
+    scores, candidates = _candidate_scores(vectors[unknown], full)
+    unknown_best = np.where(candidates == labels[unknown][:, None], -np.inf, scores).max(axis=1)
+    kept = ~known
+    centres, valid = centres_from(vectors[kept], labels[kept], n_ids)
+    rebuilt = Gallery.build(centres, valid, vectors[kept], labels[kept])
+    scores, candidates = _candidate_scores(vectors[known], rebuilt)
     best = np.argmax(scores, axis=1)
-    unknown = np.where(candidates == own[:, None], -np.inf, scores).max(axis=1)
-    return OpenSetScores(unknown, scores[rows, best], candidates[rows, best] == own)
+    rows = np.arange(len(best))
+    return OpenSetScores(unknown_best, scores[rows, best], candidates[rows, best] == labels[known],
+                         len(np.unique(labels[unknown])))
+
+
+def nearest_same_person(queries: np.ndarray, own: np.ndarray, own_index: np.ndarray, base: np.ndarray,
+                        base_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, index) of each query's closest other labeled face of its own identity
+    (-inf and -1 when none is among its `COPY_CANDIDATES` nearest faces)."""
+    sims, idx = nearest(queries, base, min(COPY_CANDIDATES, len(base)))
+    same = (idx >= 0) & (base_labels[np.maximum(idx, 0)] == own[:, None]) & (idx != own_index[:, None])
+    sims = np.where(same, sims, -np.inf)
+    best = np.argmax(sims, axis=1)
+    rows = np.arange(len(best))
+    return sims[rows, best], np.where(np.isfinite(sims[rows, best]), idx[rows, best], -1)
 
 
 def copy_impostor_scores(queries: np.ndarray, own: np.ndarray, base: np.ndarray,
@@ -100,11 +135,13 @@ def copy_impostor_scores(queries: np.ndarray, own: np.ndarray, base: np.ndarray,
 class OverlapCalibration:
     threshold: float
     ambiguous_from: float
-    copy_threshold: float | None
+    copy_threshold: float | None  # a single-face match: excluded
+    same_photo_from: float | None  # ... and above this, called a copy of that photo
     fpir: float
     ambiguous_fpir: float
     copy_fpir: float
-    probes: int
+    unknown_probes: int
+    known_probes: int
     identities: int
     measured_fpir: float
     measured_fpir_95ci: tuple[float, float]
@@ -120,22 +157,30 @@ class OverlapCalibration:
 
 
 def calibrate_overlap(scores: OpenSetScores, n_ids: int, fpir: float, ambiguous_fpir: float,
-                      copy_fpir: float, copy_impostors: np.ndarray | None) -> OverlapCalibration:
-    n = len(scores.unknown)
+                      copy_fpir: float, copy_impostors: np.ndarray | None,
+                      same_person: np.ndarray | None = None) -> OverlapCalibration:
+    n, n_known = len(scores.unknown), len(scores.known)
+    # Faces of one person are not independent evidence: the interval counts identities.
+    n_eff = min(n, int(scores.unknown_identities)) if scores.unknown_identities else n
     threshold = threshold_at_rate(scores.unknown, fpir)
     ambiguous_from = min(threshold, threshold_at_rate(scores.unknown, ambiguous_fpir))
     false = int((scores.unknown >= threshold).sum())
     flagged = scores.known >= threshold
-    copy_threshold = copy_measured = None
+    copy_threshold = copy_measured = same_photo = None
     if copy_impostors is not None and len(copy_impostors):
         copy_threshold = threshold_at_rate(copy_impostors, copy_fpir)
         copy_measured = float((copy_impostors >= copy_threshold).mean())
+        others = same_person[np.isfinite(same_person)] if same_person is not None else []
+        same_photo = max(copy_threshold, threshold_at_rate(others, SAME_PHOTO_RATE)) if len(others) \
+            else copy_threshold
     return OverlapCalibration(
         threshold=threshold, ambiguous_from=ambiguous_from, copy_threshold=copy_threshold,
-        fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir, probes=n, identities=n_ids,
-        measured_fpir=false / n, measured_fpir_95ci=wilson(false, n),
+        same_photo_from=same_photo,
+        fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir, unknown_probes=n,
+        known_probes=n_known, identities=n_ids,
+        measured_fpir=false / n, measured_fpir_95ci=wilson(round(false / n * n_eff), n_eff),
         excluded_fpir=float((scores.unknown >= ambiguous_from).mean()),
-        known_recall=float(flagged.mean()), known_recall_95ci=wilson(int(flagged.sum()), n),
+        known_recall=float(flagged.mean()), known_recall_95ci=wilson(int(flagged.sum()), n_known),
         known_excluded=float((scores.known >= ambiguous_from).mean()),
         right_identity=float(scores.known_right[flagged].mean()) if flagged.any() else float("nan"),
         copy_measured_fpir=copy_measured,

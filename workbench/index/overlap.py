@@ -6,9 +6,11 @@ see `scoring.py`), that identity, and the raw centre cosine. Unlabeled faces
 are also clustered into pseudo-identities; a cluster whose mean embedding
 matches an identity is excluded whole.
 
-Decisions: `copy` when the face is a copy of a labeled photo (its best cosine
-to any single labeled face passes the copy threshold), whatever the identity
-score says; `overlap` at or above the threshold (or in a matching cluster);
+Decisions, whatever the identity score says: `copy` when the face is a copy
+of a labeled photo (its best cosine to a single labeled face is above what
+other photos of one person reach), `overlap` when it matches a single labeled
+face (above the copy threshold) without being a copy; then `overlap` at or
+above the identity threshold (or in a matching cluster);
 `ambiguous` at or above the looser threshold, also excluded from training (a
 missed overlap teaches the model to push a known person away from their own
 centre); `clean` otherwise.
@@ -48,15 +50,17 @@ DECISIONS = ("copy", "overlap", "ambiguous", "clean")
 
 @dataclass(frozen=True)
 class Copies:
-    found: np.ndarray  # per face: a copy of a labeled photo
+    found: np.ndarray  # per face: matches a single labeled face
+    copy: np.ndarray  # per face: ... closely enough to be a copy of that photo
     index: np.ndarray  # position of the closest labeled sample
     similarity: np.ndarray  # cosine to it
 
 
-def find_copies(vectors: np.ndarray, labeled: np.ndarray, threshold: float) -> Copies:
+def find_copies(vectors: np.ndarray, labeled: np.ndarray, threshold: float, same_photo: float) -> Copies:
     """Closest single labeled face of each unlabeled face (FAISS; IVF beyond a size)."""
     sims, idx = nearest(vectors, labeled, 1)
-    return Copies(sims[:, 0] >= threshold, idx[:, 0], sims[:, 0])
+    found = sims[:, 0] >= threshold
+    return Copies(found, found & (sims[:, 0] >= same_photo), idx[:, 0], sims[:, 0])
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,8 @@ def run_overlap(
         copies = None
         if settings.targets.copies and calibration.copy_threshold is not None:
             copies = find_copies(vectors, labeled_vectors(ctx, labeled, np.arange(len(labeled))),
-                                 calibration.copy_threshold)
-            decision = np.where(copies.found, "copy", decision)
+                                 calibration.copy_threshold, calibration.same_photo_from)
+            decision = np.where(copies.copy, "copy", np.where(copies.found, "overlap", decision))
             label = np.where(copies.found, labeled.labels[np.maximum(copies.index, 0)], label)
         _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
                model_key=store.key, run_id=run.run_id, copies=copies,
@@ -177,7 +181,7 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
     n = len(scores.face_ids)
     copy_of = [None] * n if copies is None else [
         labeled_item_id(labeled_set, int(sample_idx[i])) if found else None
-        for found, i in zip(copies.found, copies.index, strict=True)]
+        for found, i in zip(copies.copy, copies.index, strict=True)]
     copy_sim = np.full(n, np.nan, np.float32) if copies is None else copies.similarity
     table = pa.table({
         "face_id": pa.array(scores.face_ids, pa.string()),

@@ -106,12 +106,17 @@ def link_threshold(vectors: np.ndarray, labels: np.ndarray, far: float, seed: in
 
 
 def threshold_at_rate(impostor: np.ndarray, rate: float) -> float:
-    """The lowest score threshold (decision: score >= threshold) that at most a fraction
-    `rate` of `impostor` scores reach."""
+    """A score threshold (decision: score >= threshold) that a fraction `rate` of impostors
+    reach, in expectation, on new impostors from the same distribution.
+
+    The threshold sits just above the (k+1)-th highest sample score, which new impostors
+    exceed with probability (k+1)/(n+1) on average: k = floor(rate (n+1)) - 1, so the
+    sample itself shows at most k, slightly fewer than rate * n.
+    """
     if len(impostor) == 0:
         raise ValueError("no impostor scores to calibrate on")
     ordered = np.sort(np.asarray(impostor, np.float64))[::-1]
-    allowed = int(np.floor(rate * len(ordered) + 1e-9))
+    allowed = max(0, int(np.floor(rate * (len(ordered) + 1) + 1e-9)) - 1)
     if allowed >= len(ordered):
         return float(ordered[-1])
     return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))

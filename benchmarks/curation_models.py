@@ -1,0 +1,110 @@
+"""Curation quality with a given detector and model, run as a user would, against planted truth.
+
+    python benchmarks/curation_models.py --scenario lfw|celeba \
+        [--detector yunet:../shared/models/yunet_s_640_640.onnx] \
+        [--model onnx:../shared/models/mobilefacenet_128d.onnx] [--work /tmp/curation]
+
+Scenarios (both read ../shared/data, or the folders given):
+- `lfw`: benchmarks/lfw_scenario.py: identities with >= 4 images are labeled (60% of
+  their photos), the rest of their photos are planted among unknown people's, 10%
+  of web images get near-duplicate copies.
+- `celeba`: S = celeba200 (identity folders), U = celeba10k/images with
+  labels.csv; web faces of S's identities are downscaled copies of S's photos.
+Prints the calibration, then: the share of known people's faces excluded
+(copy, overlap or ambiguous), the share of unknown people's faces excluded,
+and, for lfw, near-duplicate recall and distinct same-person photos merged.
+Evaluation uses each image's primary face; images without a face are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lfw_scenario import DEFAULT_LFW, build
+
+from workbench.embed.models import ModelSpec
+from workbench.index.dedupe import run_dedupe
+from workbench.index.overlap import run_overlap
+from workbench.ingest.pipeline import ingest
+from workbench.labeled.register import register_labeled
+from workbench.workspace import Workspace
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def scenario(name: str, work: Path) -> tuple[Path, Path, dict[str, dict]]:
+    """(labeled folder, web folder, truth: web file name -> {identity, known, dup_of})."""
+    if name == "lfw":
+        built = build(DEFAULT_LFW, work / "scenario")
+        return built.labeled, built.web, built.truth
+    labeled, web = SHARED / "data" / "celeba200", SHARED / "data" / "celeba10k" / "images"
+    known = {p.name for p in labeled.iterdir() if p.is_dir()}
+    with open(SHARED / "data" / "celeba10k" / "labels.csv") as handle:
+        truth = {row["file"]: {"identity": row["identity"], "known": row["identity"] in known,
+                               "dup_of": None} for row in csv.DictReader(handle)}
+    return labeled, web, truth
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["lfw", "celeba"], default="lfw")
+    parser.add_argument("--detector", default=f"yunet:{SHARED / 'models' / 'yunet_s_640_640.onnx'}")
+    parser.add_argument("--model", default=f"onnx:{SHARED / 'models' / 'mobilefacenet_128d.onnx'}")
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/curation_models"))
+    args = parser.parse_args()
+    work = args.work / args.scenario
+    labeled, web, truth = scenario(args.scenario, work)
+    ws = Workspace.at(work / f"ws-{args.detector.split(':')[0]}-{args.model.split(':')[0]}")
+    spec = ModelSpec.parse(args.model, flip=args.flip)
+    start = time.perf_counter()
+    register_labeled(ws, "S", labeled, fmt="folder", aligned=False, detector=args.detector)
+    ingest(ws, web, source="web", detector=args.detector)
+    overlap = run_overlap(ws, "S", model=spec)
+    dedupe = run_dedupe(ws, model=spec, labeled_set="S")
+    print(f"workbench time (register, ingest, overlap, dedupe): {time.perf_counter() - start:.0f} s")
+    print("overlap calibration:", json.dumps(overlap["calibration"], indent=1, default=float))
+    print("dedupe calibration:", json.dumps(dedupe["calibration"], indent=1, default=float))
+
+    con = duckdb.connect(str(ws.manifest_path), read_only=True)
+    rows = con.execute("""
+        SELECT regexp_extract(i.path, '[^/]+$') AS name, o.decision, d.group_id
+        FROM wb_images i LEFT JOIN wb_faces f ON f.image_id = i.image_id AND f.is_primary
+        LEFT JOIN overlap o USING (face_id) LEFT JOIN dups d USING (face_id)
+        WHERE i.source = 'web'""").fetchall()
+    found = [(n, dec, g) for n, dec, g in rows if dec is not None and n in truth]
+    known = np.array([truth[n]["known"] for n, _, _ in found])
+    decision = np.array([dec for _, dec, _ in found])
+    excluded = decision != "clean"
+    print(f"\nweb images: {len(rows)}, with a face: {len(found)} ({known.sum()} of known people)")
+    for label, mask in (("known", known), ("unknown", ~known)):
+        counts = {d: int((decision[mask] == d).sum()) for d in ("copy", "overlap", "ambiguous", "clean")}
+        print(f"{label:>8} people's faces excluded: {excluded[mask].mean():.4f} of {mask.sum()}  {counts}")
+
+    by_name = {n: g for n, _, g in found}
+    copies = [(n, t["dup_of"]) for n, t in truth.items()
+              if t["dup_of"] and n in by_name and t["dup_of"] in by_name]
+    if copies:
+        recall = np.mean([by_name[c] == by_name[o] for c, o in copies])
+        by_person: dict[str, list[str]] = {}
+        for n in by_name:
+            if truth[n]["dup_of"] is None:
+                by_person.setdefault(truth[n]["identity"], []).append(n)
+        groups = [g for g in by_person.values() if len(g) > 1]
+        merged = sum(1 for g in groups for n in g if sum(by_name[m] == by_name[n] for m in g) > 1)
+        eligible = sum(len(g) for g in groups)
+        print(f"near-duplicate recall: {recall:.3f} ({len(copies)} copies); distinct photos of one "
+              f"person merged: {merged / max(eligible, 1):.4f} ({merged} of {eligible})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The curation loop with real pretrained models: YuNet detection, MobileFaceNet embeddings,
+calibrated overlap (copies of labeled photos included) and dedupe, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED, shared_model
+from tests.helpers import wb, wb_json
+
+CELEBA200 = SHARED / "data" / "celeba200"
+CELEBA10K = SHARED / "data" / "celeba10k"
+
+
+@pytest.fixture(scope="module")
+def celeba(tmp_path_factory) -> dict[str, Path]:
+    """12 labeled identities; a web folder of one downscaled copy of a photo of each, and 40
+    small faces of people not in S."""
+    if not CELEBA200.is_dir() or not (CELEBA10K / "labels.csv").is_file():
+        pytest.skip(f"CelebA faces not found under {SHARED / 'data'}")
+    root = tmp_path_factory.mktemp("celeba")
+    labeled, web = root / "labeled", root / "web"
+    web.mkdir()
+    people = sorted(p.name for p in CELEBA200.iterdir())[:12]
+    for person in people:
+        (labeled / person).mkdir(parents=True)
+        photos = sorted((CELEBA200 / person).iterdir())
+        for photo in photos:
+            (labeled / person / photo.name).symlink_to(photo)
+        Image.open(photos[3]).resize((89, 109)).save(web / f"copy_{person}.jpg", quality=85)
+    known = {p.name for p in CELEBA200.iterdir()}
+    with open(CELEBA10K / "labels.csv") as handle:
+        strangers = [r["file"] for r in csv.DictReader(handle) if r["identity"] not in known][:40]
+    for name in strangers:
+        (web / name).symlink_to(CELEBA10K / "images" / name)
+    return {"root": root, "labeled": labeled, "web": web,
+            "yunet": shared_model("yunet_s_640_640.onnx"), "mbf": shared_model("mobilefacenet_128d.onnx")}
+
+
+def rows(ws: str, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(Path(ws) / "manifests" / "wb.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_calibrated_curation_with_real_models(celeba):
+    ws = str(celeba["root"] / "ws")
+    detector, model = f"yunet:{celeba['yunet']}", f"onnx:{celeba['mbf']}"
+    wb("labeled", "add", "S", str(celeba["labeled"]), "--detector", detector, "-w", ws)
+    ingested = wb_json("ingest", str(celeba["web"]), "--detector", detector, "-w", ws)
+    assert ingested["new_images"] == 52 and ingested["faces"] >= 52 and ingested["hints"] == []
+    detectors = rows(ws, "SELECT DISTINCT detector FROM wb_faces")
+    assert len(detectors) == 1 and detectors[0][0].startswith("yunet-")
+
+    # Another detector in the same workspace is refused in one line, and nothing is added.
+    other = celeba["root"] / "more"
+    other.mkdir()
+    Image.open(next(celeba["labeled"].glob("*/*.jpg"))).save(other / "x.jpg")
+    refused = wb("ingest", str(other), "-w", ws, check=False)
+    assert refused.returncode == 1 and "detector" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert rows(ws, "SELECT count(*) FROM wb_faces")[0][0] == ingested["faces"]
+
+    calibration = wb_json("calibrate", "--model", model, "-w", ws)
+    overlap_cal, dedupe_cal = calibration["overlap"], calibration["dedupe"]
+    assert overlap_cal["identities"] == 12 and overlap_cal["unknown_probes"] == 120  # 10 sampled per identity
+    assert overlap_cal["ambiguous_from"] <= overlap_cal["threshold"] <= overlap_cal["same_photo_from"]
+    assert overlap_cal["known_recall"] > 0.9 and overlap_cal["measured_fpir"] <= 0.01
+    assert dedupe_cal["loose"] <= dedupe_cal["strict"] and dedupe_cal["merge_rate"] <= 0.02
+    assert rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
+
+    summary = wb_json("overlap", "--labeled", "S", "--model", model, "-w", ws)
+    assert summary["calibration"]["threshold"] == overlap_cal["threshold"]  # reused, not redone
+    assert rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
+    decided = rows(ws, """
+        SELECT regexp_extract(i.path, '[^/]+$'), o.decision, o.nearest_identity, o.copy_of,
+               s.identity
+        FROM wb_overlap o JOIN wb_faces f USING (face_id) JOIN wb_images i USING (image_id)
+        LEFT JOIN wb_labeled_samples s ON o.copy_of = 'S:S:' || s.sample_idx
+        WHERE f.is_primary""")
+    copies = [r for r in decided if r[0].startswith("copy_")]
+    strangers = [r for r in decided if not r[0].startswith("copy_")]
+    assert len(copies) == 12
+    # Every copy is excluded under its own identity; those close enough to their photo to be
+    # told apart from other photos of the person name the labeled sample they copy.
+    for name, decision, identity, copy_of, copied_identity in copies:
+        assert decision in ("copy", "overlap") and identity == name[len("copy_"):-4]
+        assert (copy_of is not None) == (decision == "copy")
+        assert copy_of is None or copied_identity == identity
+    assert sum(r[1] == "copy" for r in copies) >= 6
+    assert sum(r[1] != "clean" for r in strangers) <= 2
+
+    dedupe = wb_json("dedupe", "--model", model, "-w", ws)
+    assert dedupe["thresholds_mode"] == "calibrated on S" and dedupe["strict"] == dedupe_cal["strict"]
+    split = wb_json("split", "-w", ws)
+    reasons = split["excluded_by_reason"]
+    assert reasons.get("copy of a labeled photo", 0) + reasons.get("overlap", 0) >= 12
+
+
+def test_dlib_missing_small_faces_tells_the_user_what_to_try(tmp_path):
+    if not (CELEBA10K / "images").is_dir():
+        pytest.skip(f"small faces not found at {CELEBA10K}")
+    web = tmp_path / "web"
+    web.mkdir()
+    for path in sorted((CELEBA10K / "images").iterdir())[:25]:
+        (web / path.name).symlink_to(path)
+    proc = wb("ingest", str(web), "-w", str(tmp_path / "ws"), "--json")
+    hints = json.loads(proc.stdout)["hints"]
+    assert len(hints) == 1 and "--detector yunet" in hints[0] and "--upsample 1" in hints[0]
