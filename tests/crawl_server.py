@@ -112,6 +112,17 @@ class FaultServer:
             self.send(h, 200, b"<html>not really a picture</html>", "image/jpeg")
         elif path == "/loop.jpg":
             self.send(h, 302, b"", "text/plain", {"Location": "/loop.jpg"})
+        elif path.startswith("/to/"):  # /to/<url>: a redirect anywhere, as a hostile page would
+            self.send(h, 302, b"", "text/plain", {"Location": path[len("/to/"):]})
+        elif path == "/bad-links.html":
+            body = '<img src="http://[bad"><img src="http://x:99999/a.jpg"><a href="/img/b.jpg">ok</a>'
+            self.send(h, 200, body.encode(), "text/html")
+        elif path == "/bad-retry.jpg":
+            if hits == 1:
+                self.send(h, 503, b"later", "text/plain",
+                          {"Retry-After": "Sun, 29 Nov 2026 07:00:00 -0000"})
+            else:
+                self.send(h, 200, self.faces[1], "image/jpeg")
         else:
             self.send(h, 404, b"not found", "text/plain")
 

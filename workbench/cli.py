@@ -822,6 +822,9 @@ def crawl(
     out_dir: Annotated[Path, typer.Option("--out", help="Where images are stored as <sha256>.<ext>.")
                        ] = Path("webfaces"),
     allow_host: Annotated[list[str] | None, typer.Option(help="Also follow links to this host.")] = None,
+    allow_private: Annotated[bool, typer.Option(
+        "--allow-private", help="Allow loopback and private addresses (a local test server); "
+                                "refused by default, redirects included.")] = False,
     rate: Annotated[float, typer.Option(help="Requests per second per host.")] = 1.0,
     per_host: Annotated[int, typer.Option(help="Requests in flight per host.")] = 2,
     max_bytes: Annotated[int, typer.Option(help="Byte cap per file, enforced while streaming.")
@@ -844,6 +847,7 @@ def crawl(
     ws = Workspace.at(workspace)
     out_path = out_dir if out_dir.is_absolute() else Path.cwd() / out_dir
     settings = CrawlSettings(out=out_path, depth=depth, allow_hosts=tuple(allow_host or ()), rate=rate,
+                             allow_private=allow_private,
                              per_host=per_host, max_bytes=max_bytes, retries=retries,
                              read_timeout=timeout, max_pages=max_pages, max_images=max_images,
                              time_limit=time_limit, contact=contact)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from workbench.browse.condition import check_condition
 from workbench.errors import WorkbenchError
 from workbench.manifest.query import one
 
@@ -67,7 +68,8 @@ def face_facts(con: duckdb.DuckDBPyConnection, *, where: str | None, score_run: 
         raise WorkbenchError(f"run {score_run!r} has no scores: run `wb score --run {score_run}` first")
     sql = f"SELECT * FROM ({FACTS_SQL}) AS face_facts"
     if where:
-        sql += f" WHERE ({where})"
+        check_condition(where, frozenset(c.strip() for c in COLUMNS.split(",")))
+        sql += f" WHERE ({where}\n)"
     try:
         return con.sql(sql + " ORDER BY face_id", params={"score_run": score_run}).to_arrow_table()
     except duckdb.Error as exc:

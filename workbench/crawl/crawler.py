@@ -9,6 +9,12 @@ that cannot be fetched for a server error disallows the host, a missing one
 (4xx) allows it. Retries with exponential backoff on 429, 5xx and timeouts,
 honouring Retry-After. Images are kept only when both the content type and
 the magic bytes say image, and are stored once as `<sha256>.<ext>`.
+
+Redirects are followed here, hop by hop, never by the HTTP client: each hop
+must be http(s), on an allowed host, allowed by that host's robots.txt, and
+(checked when connecting, `guard.py`) resolve to public addresses. The hop
+chain is recorded. A malformed URL or header is a reason on that URL's row,
+never a crash that would stop every re-run at the same place.
 """
 
 from __future__ import annotations
@@ -21,15 +27,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import duckdb
 import httpx
 from protego import Protego
 
 from workbench import __version__
+from workbench.crawl.guard import (
+    REFUSED,
+    GuardedBackend,
+    Policy,
+    Resolver,
+    address_problem,
+    system_resolver,
+)
 from workbench.crawl.html import parse_page
 from workbench.formats.images import sniff_format
 from workbench.manifest.query import one
@@ -56,6 +71,7 @@ class CrawlSettings:
     max_images: int | None = None
     time_limit: float | None = None
     contact: str = "https://github.com/uir-workbench"
+    allow_private: bool = False  # loopback and private addresses (a local test server)
 
     @property
     def user_agent(self) -> str:
@@ -74,6 +90,7 @@ class Outcome:
     license: str | None = None
     reason: str | None = None
     attempts: int = 0
+    redirects: list[str] = field(default_factory=list)  # hops after the first URL, in order
     links: list[tuple[str, str]] = field(default_factory=list)  # (url, kind) found on a page
     body: bytes = field(default=b"", repr=False)
 
@@ -98,11 +115,15 @@ class HostGate:
 
 class Crawler:
     def __init__(self, con: duckdb.DuckDBPyConnection, settings: CrawlSettings, run_id: str,
-                 progress: Callable[[dict[str, int]], None] | None = None):
+                 progress: Callable[[dict[str, int]], None] | None = None,
+                 resolver: Resolver = system_resolver, policy: Policy | None = None):
         self.con, self.s, self.run_id, self.progress = con, settings, run_id, progress
+        self.resolver = resolver
+        self.policy = policy or partial(address_problem, allow_private=settings.allow_private)
         self.gates: dict[str, HostGate] = {}
         self.robots: dict[str, Protego | None] = {}
         self.robots_locks: dict[str, asyncio.Lock] = {}
+        self.refused: dict[str, str] = {}  # origin -> why connecting to it was refused
         self.requested: list[str] = []  # every URL this process sent a request for
         self.counts = {"pages": 0, "images": 0, "failed": 0, "disallowed": 0, "skipped": 0}
         self.started = time.monotonic()
@@ -124,9 +145,10 @@ class Crawler:
         self.con.execute(
             "UPDATE crawl_urls SET status = ?, http_status = ?, final_url = ?, fetched_at = ?, "
             "bytes = ?, sha256 = ?, content_type = ?, robots = ?, license = ?, reason = ?, "
-            "attempts = attempts + ?, run_id = ? WHERE url = ?",
+            "attempts = attempts + ?, run_id = ?, redirects = ? WHERE url = ?",
             [o.status, o.http_status, o.final_url, datetime.now(UTC).replace(tzinfo=None), o.bytes,
-             o.sha256, o.content_type, o.robots, o.license, o.reason, o.attempts, self.run_id, url])
+             o.sha256, o.content_type, o.robots, o.license, o.reason, o.attempts, self.run_id,
+             o.redirects or None, url])
 
     # ---- politeness -----------------------------------------------------------------------
     def _gate(self, host: str, delay: float = 0.0) -> HostGate:
@@ -143,83 +165,144 @@ class Crawler:
             if origin not in self.robots:
                 text, ok = "", True
                 try:
-                    gate = self._gate(parts.netloc)
-                    async with gate.semaphore:
-                        response = await client.get(origin + "/robots.txt")
-                    if response.status_code >= 500:
+                    response = await self._robots_file(client, origin + "/robots.txt")
+                    if response is None or response.status_code >= 500:
                         ok = False
-                    elif response.status_code < 400:
+                    elif response.status_code < 300:
                         text = response.text
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     ok = False
+                    if str(exc).startswith(REFUSED):
+                        self.refused[origin] = str(exc)
                 parsed = Protego.parse(text) if ok else None
                 self.robots[origin] = parsed
                 if parsed is not None and (delay := parsed.crawl_delay(self.s.user_agent)):
                     self.gates[parts.netloc] = HostGate(self.s.per_host, max(1.0 / self.s.rate, delay))
             return self.robots[origin]
 
+    async def _robots_file(self, client: httpx.AsyncClient, url: str) -> httpx.Response | None:
+        """robots.txt, following redirects within the policy; None if a hop is not allowed."""
+        for _ in range(self.s.max_redirects + 1):
+            async with self._gate(urlsplit(url).netloc).semaphore:
+                response = await client.get(url)
+            if not response.is_redirect:
+                return response
+            url = _join(url, response.headers.get("location", ""))
+            if url is None or self._hop_problem(url):
+                return None
+        return None
+
     def _allowed_host(self, url: str) -> bool:
-        host = urlsplit(url).hostname or ""
+        host = _hostname(url)
         return host in self.seed_hosts or host in self.s.allow_hosts
+
+    def _hop_problem(self, url: str) -> str | None:
+        """Why a redirect target may not be fetched (scheme and host; robots is asked after)."""
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            return f"redirect to scheme {scheme or 'missing'}"
+        if not self._allowed_host(url):
+            return f"redirect to another host {_hostname(url)!r} (use --allow-host)"
+        return None
 
     # ---- fetching -----------------------------------------------------------------------
     async def _get(self, client: httpx.AsyncClient, url: str) -> Outcome:
-        """GET with retries; the body is streamed and capped."""
-        host = urlsplit(url).netloc
+        """GET with retries, redirects checked hop by hop; the body is streamed and capped."""
+        hops: list[str] = []
+        outcome = await self._get_one(client, url, hops)
+        outcome.redirects = hops
+        return outcome
+
+    async def _get_one(self, client: httpx.AsyncClient, url: str, hops: list[str]) -> Outcome:
         attempts = 0
         while True:
             attempts += 1
-            gate = self._gate(host)
-            try:
-                async with gate.semaphore, client.stream("GET", url) as response:
-                    retry_after = _retry_after(response.headers.get("retry-after"))
-                    if response.status_code == 429 or response.status_code >= 500:
-                        await response.aclose()
-                        if attempts <= self.s.retries:
-                            await asyncio.sleep(retry_after if retry_after is not None
-                                                else self.s.backoff * 2 ** (attempts - 1))
-                            continue
+            outcome = await self._attempt(client, url, attempts)
+            if outcome == "retry":
+                continue
+            if not isinstance(outcome, tuple):
+                return outcome
+            status, target = outcome  # a redirect: the connection is closed, the host's slot free
+            problem = "redirect without a valid Location" if target is None else \
+                "too many redirects" if len(hops) >= self.s.max_redirects else self._hop_problem(target)
+            if target is not None:
+                hops.append(target)
+            if problem:
+                return Outcome("failed", status, target, reason=problem, attempts=attempts)
+            robots = await self._robots(client, target)
+            target_parts = urlsplit(target)
+            if refused := self.refused.get(f"{target_parts.scheme}://{target_parts.netloc}"):
+                return Outcome("failed", status, target, reason=refused[:300], attempts=attempts)
+            if robots is None or not robots.can_fetch(target, self.s.user_agent):
+                return Outcome("disallowed", status, target, robots="disallowed",
+                               reason="robots.txt of the redirect target disallows", attempts=attempts)
+            url, attempts = target, 0
+
+    async def _attempt(self, client: httpx.AsyncClient, url: str, attempts: int
+                       ) -> Outcome | tuple[int, str | None] | str:
+        """One request: an outcome, a redirect (status, target) or "retry"."""
+        gate = self._gate(urlsplit(url).netloc)
+        try:
+            async with gate.semaphore, client.stream("GET", url) as response:
+                if response.is_redirect:
+                    return response.status_code, _join(url, response.headers.get("location", ""))
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                if response.status_code == 429 or response.status_code >= 500:
+                    await response.aclose()
+                    if attempts <= self.s.retries:
+                        await asyncio.sleep(retry_after if retry_after is not None
+                                            else self.s.backoff * 2 ** (attempts - 1))
+                        return "retry"
+                    return Outcome("failed", response.status_code, str(response.url),
+                                   reason=f"HTTP {response.status_code} after {attempts} tries",
+                                   attempts=attempts)
+                if response.status_code >= 400:
+                    return Outcome("failed", response.status_code, str(response.url),
+                                   reason=f"HTTP {response.status_code}", attempts=attempts)
+                declared = _content_length(response.headers.get("content-length"))
+                if declared > self.s.max_bytes:
+                    return Outcome("failed", response.status_code, str(response.url), declared,
+                                   reason="over the byte cap", attempts=attempts)
+                body = bytearray()
+                async for block in response.aiter_bytes():
+                    body += block
+                    if len(body) > self.s.max_bytes:
                         return Outcome("failed", response.status_code, str(response.url),
-                                       reason=f"HTTP {response.status_code} after {attempts} tries",
-                                       attempts=attempts)
-                    if response.status_code >= 400:
-                        return Outcome("failed", response.status_code, str(response.url),
-                                       reason=f"HTTP {response.status_code}", attempts=attempts)
-                    declared = int(response.headers.get("content-length") or 0)
-                    if declared > self.s.max_bytes:
-                        return Outcome("failed", response.status_code, str(response.url), declared,
-                                       reason="over the byte cap", attempts=attempts)
-                    body = bytearray()
-                    async for block in response.aiter_bytes():
-                        body += block
-                        if len(body) > self.s.max_bytes:
-                            return Outcome("failed", response.status_code, str(response.url),
-                                           len(body), reason="over the byte cap", attempts=attempts)
-                    return Outcome("done", response.status_code, str(response.url), len(body),
-                                   content_type=response.headers.get("content-type", ""),
-                                   attempts=attempts, body=bytes(body))
-            except httpx.TooManyRedirects:
-                return Outcome("failed", reason="redirect loop or too many redirects", attempts=attempts)
-            except httpx.TimeoutException:
-                if attempts <= self.s.retries:
-                    await asyncio.sleep(self.s.backoff * 2 ** (attempts - 1))
-                    continue
-                return Outcome("failed", reason=f"timed out after {attempts} tries", attempts=attempts)
-            except httpx.HTTPError as exc:
-                return Outcome("failed", reason=f"{type(exc).__name__}: {exc}"[:200], attempts=attempts)
+                                       len(body), reason="over the byte cap", attempts=attempts)
+                return Outcome("done", response.status_code, str(response.url), len(body),
+                               content_type=response.headers.get("content-type", ""),
+                               attempts=attempts, body=bytes(body))
+        except httpx.TimeoutException:
+            if attempts <= self.s.retries:
+                await asyncio.sleep(self.s.backoff * 2 ** (attempts - 1))
+                return "retry"
+            return Outcome("failed", reason=f"timed out after {attempts} tries", attempts=attempts)
+        except httpx.ConnectError as exc:
+            reason = str(exc) if str(exc).startswith(REFUSED) else f"ConnectError: {exc}"
+            return Outcome("failed", final_url=url, reason=reason[:300], attempts=attempts)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            return Outcome("failed", reason=f"{type(exc).__name__}: {exc}"[:200], attempts=attempts)
 
     async def _visit(self, client: httpx.AsyncClient, url: str, kind: str, depth: int) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError for a malformed port)
+        except ValueError as exc:
+            self._finish(url, Outcome("failed", reason=f"malformed URL: {exc}"))
+            return
         if parts.scheme not in ("http", "https"):
             self._finish(url, Outcome("skipped", reason=f"scheme {parts.scheme or 'missing'} not fetched"))
             return
         robots = await self._robots(client, url)
+        if refused := self.refused.get(f"{parts.scheme}://{parts.netloc}"):
+            self._finish(url, Outcome("failed", reason=refused[:300]))
+            return
         if robots is None or not robots.can_fetch(url, self.s.user_agent):
             reason = "robots.txt unavailable (server error)" if robots is None else "robots.txt disallows"
             self._finish(url, Outcome("disallowed", robots="disallowed", reason=reason))
             return
         outcome = await self._get(client, url)
-        outcome.robots = "allowed"
+        outcome.robots = outcome.robots or "allowed"
         body, outcome.body = outcome.body, b""
         if outcome.status == "done":
             ctype = (outcome.content_type or "").split(";")[0].strip().lower()
@@ -239,7 +322,10 @@ class Crawler:
                 outcome.status, outcome.reason = "failed", f"not an image ({what})"
         self._finish(url, outcome)
         for link, link_kind in outcome.links:
-            scheme = urlsplit(link).scheme
+            try:
+                scheme = urlsplit(link).scheme
+            except ValueError:
+                continue
             if scheme not in ("http", "https"):
                 self.add(link, link_kind, url, depth + 1)
                 self._finish(link, Outcome("skipped", reason=f"scheme {scheme or 'missing'} not fetched"))
@@ -281,16 +367,18 @@ class Crawler:
     async def run(self) -> dict[str, Any]:
         self.s.out.mkdir(parents=True, exist_ok=True)
         for (url,) in self.con.execute("SELECT url FROM crawl_urls WHERE depth = 0").fetchall():
-            self.seed_hosts.add(urlsplit(url).hostname or "")
+            self.seed_hosts.add(_hostname(url))
         timeout = httpx.Timeout(self.s.read_timeout, connect=self.s.connect_timeout)
+        transport = httpx.AsyncHTTPTransport()
+        # Every connection goes through the address policy (the pool's backend is not a public option).
+        transport._pool._network_backend = GuardedBackend(self.policy, self.resolver)
         async def pace_and_log(request: httpx.Request) -> None:
             # Spacing is applied to every request actually sent, redirect hops included.
             url = str(request.url)
             await self._gate(urlsplit(url).netloc).wait_turn()
             self.requested.append(url)
 
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
-                                     max_redirects=self.s.max_redirects,
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, transport=transport,
                                      headers={"User-Agent": self.s.user_agent},
                                      event_hooks={"request": [pace_and_log]}) as client:
             in_flight: set[str] = set()
@@ -316,7 +404,8 @@ class Crawler:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped; None if
+    absent or unreadable."""
     if not value:
         return None
     try:
@@ -324,15 +413,44 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
+        if when.tzinfo is None:  # '-0000' means UTC with no claim about local time
+            when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _hostname(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _content_length(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+def _join(base: str, location: str) -> str | None:
+    """The absolute URL of a Location header, or None when it is malformed."""
+    try:
+        target = urljoin(base, location.strip())
+        urlsplit(target).port  # noqa: B018 (raises ValueError for a malformed port or host)
+    except ValueError:
+        return None
+    return target if location.strip() else None
 
 
 def run_crawl(
     workspace: Any, *, urls_file: Path | None, seeds: list[str], settings: CrawlSettings,
-    progress: Callable[[dict[str, int]], None] | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None, resolver: Resolver = system_resolver,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     """`wb crawl`: add the inputs to the frontier, crawl until done or a bound is reached."""
     from workbench.errors import WorkbenchError
@@ -348,7 +466,8 @@ def run_crawl(
     params = {"urls_file": str(urls_file) if urls_file else None, "seeds": seeds,
               "out": str(settings.out), "depth": settings.depth, "allow_hosts": settings.allow_hosts,
               "rate": settings.rate, "per_host": settings.per_host, "max_pages": settings.max_pages,
-              "max_images": settings.max_images, "time_limit": settings.time_limit}
+              "max_images": settings.max_images, "time_limit": settings.time_limit,
+              "allow_private": settings.allow_private}
     with open_run(workspace, "crawl", params) as (con, run):
         for url in inputs:
             con.execute("INSERT INTO crawl_urls (url, kind, referrer, depth, status, run_id) "
@@ -356,7 +475,7 @@ def run_crawl(
                         [url, run.run_id])
         if one(con, "SELECT count(*) FROM crawl_urls")[0] == 0:
             raise WorkbenchError("nothing to crawl: give a URLS_FILE or --seed URL")
-        crawler = Crawler(con, settings, run.run_id, progress)
+        crawler = Crawler(con, settings, run.run_id, progress, resolver, policy)
         summary = asyncio.run(crawler.run())
         summary["stored_files"] = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
         run.counts = summary

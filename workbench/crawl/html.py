@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from workbench.ingest.walk import IMAGE_EXTENSIONS
 
@@ -26,14 +26,20 @@ class _Parser(HTMLParser):
         self._licenses: list[str] = []
 
     def _url(self, value: str | None) -> str | None:
+        """The absolute URL, or None when it is empty or malformed (`http://[bad`)."""
         if not value or not value.strip():
             return None
-        return urldefrag(urljoin(self.base, value.strip()))[0]
+        try:
+            url = urldefrag(urljoin(self.base, value.strip()))[0]
+            urlsplit(url).port  # noqa: B018 (raises ValueError for a malformed host or port)
+        except ValueError:
+            return None
+        return url
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): v for k, v in attrs}
-        if tag == "base" and a.get("href"):
-            self.base = urljoin(self.base, a["href"])
+        if tag == "base" and (base := self._url(a.get("href"))):
+            self.base = base
         elif tag == "img":
             for candidate in [a.get("src"), *(part.strip().split(" ")[0]
                                                 for part in (a.get("srcset") or "").split(","))]:

@@ -68,7 +68,8 @@ def generated_section(con: duckdb.DuckDBPyConnection) -> str:
         parts.append(f"Dedupe (model {dedupe.get('model_key')}): {dedupe.get('duplicates')} duplicates in "
                      f"{dedupe.get('groups_with_duplicates')} groups; thresholds "
                      f"({dedupe.get('thresholds_mode')}) strict cosine {dedupe.get('strict'):.4f}, loose "
-                     f"cosine {dedupe.get('loose'):.4f} with crop hash within {dedupe.get('phash_bits')} bits.\n")
+                     f"cosine {dedupe.get('loose'):.4f} with crop hash within "
+                     f"{dedupe.get('phash_bits')} bits.\n")
     if overlap:
         cal = overlap.get("calibration") or {}
         parts.append(f"Overlap with {overlap.get('labeled_set')} (model {overlap.get('model_key')}): "

@@ -55,7 +55,8 @@ def find_targets(con: duckdb.DuckDBPyConnection, *, identity: str | None, source
             "SELECT DISTINCT image_id FROM files WHERE source = ? AND image_id IS NOT NULL",
             [source]).fetchall()]
     elif image:
-        t.image_ids = [image.lower()]
+        t.image_ids = [r[0] for r in con.execute("SELECT image_id FROM images WHERE image_id = ?",
+                                                 [image.lower()]).fetchall()]
     elif url:
         row = one(con, "SELECT sha256 FROM crawl_urls WHERE url = ? OR final_url = ?", [url, url])
         if row is None:
@@ -90,32 +91,61 @@ def _zero_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, item_ids
     return len(rows)
 
 
-def _compact(workspace: Workspace) -> None:
-    """Rewrite the manifest into a new file: deleted rows leave no trace in free pages."""
-    path = workspace.manifest_path
-    fresh = path.with_name("wb.compact.duckdb")
+def sql_string(text: str) -> str:
+    """A SQL string literal (for statements that take no parameters, such as ATTACH)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _copy_to_fresh(con: duckdb.DuckDBPyConnection, fresh: Path) -> None:
+    """Copy the open manifest into a new file: deleted rows leave no trace in free pages."""
     fresh.unlink(missing_ok=True)
-    con = duckdb.connect(str(path))
+    database = one(con, "SELECT current_database()")[0]
+    con.execute("CHECKPOINT")
+    con.execute(f"ATTACH {sql_string(str(fresh))} AS wb_fresh")
     try:
-        con.execute("CHECKPOINT")
-        con.execute(f"ATTACH '{fresh}' AS fresh")
-        con.execute("COPY FROM DATABASE wb TO fresh")
-        con.execute("DETACH fresh")
+        con.execute(f'COPY FROM DATABASE "{database}" TO wb_fresh')
     finally:
-        con.close()
-    os.replace(fresh, path)
-    Path(str(path) + ".wal").unlink(missing_ok=True)
+        con.execute("DETACH wb_fresh")
 
 
 def run_forget(workspace: Workspace, *, identity: str | None = None, source: str | None = None,
                image: str | None = None, url: str | None = None, reason: str | None = None,
                dry_run: bool = False) -> dict[str, Any]:
-    from workbench.manifest.runs import open_run
+    """Erase, then compact the manifest into a fresh file, all under the writer lock: no
+    writer can start in between, and "erased" is only reported once compaction is done."""
+    path = workspace.manifest_path
+    fresh = path.with_name("wb.compact.duckdb")
+    with workspace.lock("forget"):
+        with workspace.connect() as con:
+            summary = _erase(workspace, con, identity=identity, source=source, image=image, url=url,
+                             reason=reason, dry_run=dry_run)
+            if not dry_run:
+                try:
+                    _copy_to_fresh(con, fresh)
+                except Exception as exc:
+                    con.execute("UPDATE runs SET status = 'failed', error = ? WHERE run_id = ?",
+                                [f"compaction: {exc}", summary["run_id"]])
+                    raise WorkbenchError(f"erased from the manifest, but rewriting it failed ({exc}): "
+                                         "the old file's free pages may still hold the rows; run "
+                                         "`wb forget` again to retry") from None
+        if not dry_run:
+            os.replace(fresh, path)
+            Path(str(path) + ".wal").unlink(missing_ok=True)
+    return summary
+
+
+def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: str | None,
+           source: str | None, image: str | None, url: str | None, reason: str | None,
+           dry_run: bool) -> dict[str, Any]:
+    from workbench.manifest.runs import recorded_run
 
     request = next(k for k, v in (("identity", identity), ("source", source), ("image", image),
                                   ("url", url), ("none", "x")) if v)
-    with open_run(workspace, "forget", {"request": request, "dry_run": dry_run}) as (con, run):
+    with recorded_run(con, "forget", {"request": request, "dry_run": dry_run}) as run:
         t = find_targets(con, identity=identity, source=source, image=image, url=url)
+        if not (t.image_ids or t.face_ids or t.samples or t.urls):
+            raise WorkbenchError(f"nothing in this workspace matches {request} "
+                                 f"{identity or source or image or url!r}: nothing erased")
         exports = [r[0] for r in con.execute(
             "SELECT DISTINCT x.export_id FROM export_items x WHERE x.face_id IN "
             "(SELECT unnest(?::VARCHAR[]))", [t.face_ids]).fetchall()]
@@ -127,7 +157,8 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
             "SELECT crop_rel FROM labeled_samples WHERE crop_rel IS NOT NULL AND "
             "(set_name, sample_idx) IN (SELECT (s, i) FROM (SELECT unnest(?::VARCHAR[]) s, "
             "unnest(?::BIGINT[]) i))", [[s for s, _ in t.samples], [i for _, i in t.samples]]).fetchall()]
-        summary = {"request": request, "images": len(t.image_ids), "faces": len(t.face_ids),
+        summary = {"run_id": run.run_id, "request": request, "images": len(t.image_ids),
+                   "faces": len(t.face_ids),
                    "labeled_samples": len(t.samples), "urls": len(t.urls), "crop_files": len(crops),
                    "stale_exports": [{"export_id": e, "out": o} for e, o in stale], "dry_run": dry_run}
         if dry_run:
@@ -177,7 +208,6 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
             (workspace.root / rel).unlink(missing_ok=True)
         summary["reports_removed"] = _drop_reports(workspace, t.face_ids)
         run.counts = {k: v for k, v in summary.items() if k != "stale_exports"}
-    _compact(workspace)
     return summary
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
+from workbench.formats.files import display_path
 from workbench.ingest.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.query import transaction
@@ -40,6 +41,7 @@ class IngestSummary:
     faces: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     skipped_other: int = 0
+    odd_names: int = 0  # file names that are not valid UTF-8, stored with \x.. escapes
     run_id: str | None = None
     hints: list[str] = field(default_factory=list)
 
@@ -98,6 +100,7 @@ def ingest(
         # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.
         for chunk in chunked(walk_images(root, stats), chunk_size):
             summary.files_seen += len(chunk)
+            summary.odd_names += sum(display_path(e.path) != e.path for e in chunk)
             todo = _not_yet_ingested(con, chunk)
             summary.already_ingested += len(chunk) - len(todo)
             total += len(todo)
@@ -146,7 +149,7 @@ def _process_entry(entry: FileEntry, options: IngestOptions) -> FileResult:
 def _not_yet_ingested(con: duckdb.DuckDBPyConnection, chunk: list[FileEntry]) -> list[FileEntry]:
     """Entries whose path is new or whose size/mtime changed since it was recorded."""
     walked = pa.table({
-        "path": [e.path for e in chunk],
+        "path": [display_path(e.path) for e in chunk],
         "size": pa.array([e.size for e in chunk], pa.int64()),
         "mtime_ns": pa.array([e.mtime_ns for e in chunk], pa.int64()),
     })
@@ -159,7 +162,7 @@ def _not_yet_ingested(con: duckdb.DuckDBPyConnection, chunk: list[FileEntry]) ->
         ).fetchall()
     }
     con.unregister("walked")
-    return [e for e in chunk if e.path not in known]
+    return [e for e in chunk if display_path(e.path) not in known]
 
 
 def _commit(
@@ -217,7 +220,7 @@ def _commit(
         "detector": pa.array([detector for r in new_images.values() for _ in r.faces], pa.string()),
     }))
     con.register("new_files", pa.table({
-        "path": [r.path for r in results],
+        "path": [display_path(r.path) for r in results],
         "image_id": pa.array([r.image_id for r in results], pa.string()),
         "size": pa.array([r.size for r in results], pa.int64()),
         "mtime_ns": pa.array([r.mtime_ns for r in results], pa.int64()),

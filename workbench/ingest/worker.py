@@ -12,6 +12,7 @@ import numpy as np
 from workbench.faces.align import CROP_SIZE, align_face
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.faces.quality import face_quality
+from workbench.formats.files import read_regular_file
 from workbench.ingest.decode import Decoded, Rejected, decode_image
 from workbench.ingest.hashing import phash64, sha256_hex
 
@@ -25,6 +26,7 @@ class IngestOptions:
     aligned: bool = False
     detector: DetectorSpec | None = None  # None: dlib with its defaults
     max_pixels: int = 50_000_000
+    max_file_bytes: int = 256 << 20
 
 
 @dataclass
@@ -94,10 +96,12 @@ def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) ->
     """Read, hash, decode, find faces, write crops; never raises for bad input."""
     result = FileResult(path=path, size=size, mtime_ns=mtime_ns)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_regular_file(path, options.max_file_bytes)
     except OSError as exc:
         result.reason = f"unreadable: {exc.strerror or exc}"
+        return result
+    except ValueError as exc:
+        result.reason = str(exc)
         return result
     return process_bytes(data, result, options)
 

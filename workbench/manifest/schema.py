@@ -280,11 +280,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ),
     (
         9,
-        "detector per face, calibrations per model, copies of labeled photos",
+        "detector per face, calibrations per model, copies of labeled photos, redirect hops",
         [
             "ALTER TABLE faces ADD COLUMN detector VARCHAR",
             "ALTER TABLE overlap ADD COLUMN copy_of VARCHAR",
             "ALTER TABLE overlap ADD COLUMN copy_similarity REAL",
+            "ALTER TABLE crawl_urls ADD COLUMN redirects VARCHAR[]",
             """CREATE TABLE calibrations (
                 calibration_id VARCHAR PRIMARY KEY,
                 kind VARCHAR NOT NULL,

@@ -69,7 +69,7 @@ VIEWS: list[str] = [
         ON i.set_name = json_extract_string(r.config, '$.labeled') AND i.label = s.pred_label""",
     """CREATE OR REPLACE VIEW wb_crawl AS
     SELECT url, kind, referrer, depth, status, http_status, final_url, fetched_at, bytes, sha256,
-           content_type, robots, license, reason, attempts
+           content_type, robots, license, reason, attempts, redirects
     FROM crawl_urls""",
     """CREATE OR REPLACE VIEW wb_provenance AS
     SELECT c.sha256 AS image_id, c.url, c.final_url, c.referrer, c.http_status, c.fetched_at, c.bytes,
