@@ -212,12 +212,15 @@ def test_app_shows_the_samples_in_headless_chromium(scored, tmp_path):
                 browser.close()
         assert (tmp_path / "app.png").stat().st_size > 10_000
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        # Ctrl-C to the `wb` process alone (kill -INT PID) stops it and its App server promptly.
+        os.kill(proc.pid, signal.SIGINT)
+        started = time.monotonic()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert time.monotonic() - started < 10, "SIGINT took too long to stop wb browse"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the App server is still listening"
 

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.helpers import curated_workspace, wb_json
+from tests.helpers import curated_workspace, wb, wb_json
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,57 @@ def test_card_is_idempotent_and_keeps_hand_written_text(ws):
     assert "webA" in first and "Overlap with gen" in first and "train_unlabeled" in first
     assert wb_json("card", "-w", str(ws))["changed"] is False
     assert card.read_text() == first
+
+
+def test_forget_under_a_path_with_an_apostrophe_compacts_the_manifest(base_ws, tmp_path):
+    ws = tmp_path / "it's a workspace"
+    shutil.copytree(base_ws, ws)
+    (image_id,) = query(ws, "SELECT image_id FROM wb_images WHERE status = 'ok' ORDER BY 1 LIMIT 1")[0]
+    result = wb_json("forget", "--image", image_id, "-w", str(ws))
+    assert result["images"] == 1
+    for path in (ws / "manifests").iterdir():
+        assert image_id.encode() not in path.read_bytes(), path
+    assert not (ws / "manifests" / "wb.compact.duckdb").exists()
+    (status,) = query(ws, "SELECT status FROM runs WHERE command = 'forget'")[0]
+    assert status == "ok"
+
+
+@pytest.mark.parametrize("option, value", [("--identity", "nobody"), ("--source", "nowhere"),
+                                           ("--image", "notahash")])
+def test_forget_of_nothing_says_so_and_writes_no_tombstone(ws, option, value):
+    proc = wb("forget", option, value, "-w", str(ws), check=False)
+    assert proc.returncode == 1 and "nothing erased" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert query(ws, "SELECT count(*) FROM wb_erasures")[0][0] == 0
+
+
+def test_export_onto_an_existing_file_is_a_one_line_error(ws, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    proc = wb("export", "--split", "train_unlabeled", "--format", "folder", "--out", str(target), "-w",
+              str(ws), check=False)
+    assert proc.returncode == 1 and "not an empty folder" in proc.stderr
+    assert "Traceback" not in proc.stderr and target.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("where", [
+    "1=0) UNION ALL SELECT face_id, image_id, content, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM read_text('/etc/passwd'), "
+    "wb_faces WHERE (1=1",
+    "1=0 UNION ALL SELECT * FROM face_facts",
+    "face_id IN (SELECT face_id FROM faces)",
+    "getenv('HOME') IS NOT NULL",
+    "quality > 0.5; DROP TABLE faces",
+])
+def test_browse_where_is_one_condition_over_the_face_columns(ws, where):
+    from workbench.browse.selection import face_facts
+    from workbench.errors import WorkbenchError
+    from workbench.workspace import Workspace
+
+    with Workspace.at(ws).connect(read_only=True) as con:
+        allowed = face_facts(con, where="split = 'excluded' AND quality >= 0", score_run=None)
+        assert 0 < allowed.num_rows < query(ws, "SELECT count(*) FROM wb_faces")[0][0]
+        with pytest.raises(WorkbenchError) as info:
+            face_facts(con, where=where, score_run=None)
+    assert "\n" not in str(info.value)
+    assert query(ws, "SELECT count(*) FROM faces")[0][0] > 0

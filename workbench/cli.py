@@ -180,7 +180,7 @@ def demo(
     eval, score, compare and browse; prints curation precision and recall against the planted
     truth and the UIR vs baseline table. Rerunning reuses what is done.
     """
-    from workbench.browse.app import launch as launch_app
+    from workbench.browse.app import serve
     from workbench.demo.run import DemoSettings, run_demo
 
     settings = DemoSettings(steps=steps)
@@ -193,13 +193,11 @@ def demo(
     if launch:
         import fiftyone as fo
 
-        session = launch_app(fo.load_dataset(result["browse"]["dataset"]), address="127.0.0.1", port=port)
-        out.print(f"App: http://127.0.0.1:{port}/  (saved views: overlaps-to-review, duplicates, "
-                  "hardest-unknowns, low-quality; Ctrl-C to stop)", highlight=False)
-        try:
-            session.wait(-1)
-        except KeyboardInterrupt:
-            out.print("App stopped")
+        serve(fo.load_dataset(result["browse"]["dataset"]), address="127.0.0.1", port=port,
+              announce=lambda url: out.print(
+                  f"App: {url}  (saved views: overlaps-to-review, duplicates, hardest-unknowns, "
+                  "low-quality; Ctrl-C to stop)", highlight=False))
+        out.print("App stopped")
 
 
 def print_demo(result: dict[str, Any]) -> None:
@@ -905,7 +903,7 @@ def browse(
     never duplicate samples. Tags `not_face`, `wrong_identity`, `overlap`, `duplicate`, `keep`
     come back with `wb review pull` and change `wb split`.
     """
-    from workbench.browse.app import launch as launch_app
+    from workbench.browse.app import serve
     from workbench.browse.sync import run_browse_sync
 
     with progress_bar("browse: new samples", enabled=not as_json) as update:
@@ -916,12 +914,9 @@ def browse(
         return
     import fiftyone as fo
 
-    session = launch_app(fo.load_dataset(summary["dataset"]), address=address, port=port)
-    out.print(f"App: http://{address}:{port}/  (Ctrl-C to stop)", highlight=False)
-    try:
-        session.wait(-1)
-    except KeyboardInterrupt:
-        out.print("App stopped")
+    serve(fo.load_dataset(summary["dataset"]), address=address, port=port,
+          announce=lambda url: out.print(f"App: {url}  (Ctrl-C to stop)", highlight=False))
+    out.print("App stopped")
 
 
 review_app = typer.Typer(help="Reviewers' tags from the FiftyOne App.", no_args_is_help=True)

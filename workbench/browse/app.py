@@ -11,8 +11,12 @@ is slow to import and starts the database.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -69,3 +73,45 @@ def launch(dataset: Any, *, address: str, port: int) -> Any:
     """Start the App server for `dataset` without opening a browser; returns the session."""
     fo = load_fiftyone()
     return fo.launch_app(dataset, address=address, port=port, remote=True, auto=False)
+
+
+def serve(dataset: Any, *, address: str, port: int, announce: Callable[[str], None]) -> None:
+    """Run the App until Ctrl-C (SIGINT) or SIGTERM, then stop its server before returning.
+
+    FiftyOne's own wait sleeps in 10 s steps and leaves its server process to exit
+    handlers; here both signals end the wait at once and the server is stopped here.
+    """
+    session = launch(dataset, address=address, port=port)
+    announce(f"http://{address}:{port}/")
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        session.close()
+        _stop_server(port)
+
+
+def _stop_server(port: int, grace: float = 5.0) -> None:
+    """Stop FiftyOne's App server process for `port`: its stdin closed (how FiftyOne asks it
+    to exit), then terminated if it has not exited within `grace` seconds."""
+    import fiftyone.core.session.session as fos_session
+
+    service = fos_session._server_services.pop(port, None)
+    child = getattr(service, "child", None)
+    if child is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        child.stdin.close()
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -23,6 +23,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def jpeg_complete(data: bytes) -> bool:
+    """An end-of-image marker after the start of scan. Entropy-coded data stuffs every 0xFF
+    byte, so 0xFFD9 there is the marker; bytes after it (phones append data) are allowed."""
+    scan = data.find(b"\xff\xda")
+    return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
+
+
 def check_encoded(data: bytes) -> str | None:
     """None if the bytes look like a complete image, else the reason they do not."""
     if not data:
@@ -30,7 +37,7 @@ def check_encoded(data: bytes) -> str | None:
     fmt = sniff_format(data)
     if fmt is None:
         return "corrupt image (unknown signature)"
-    if fmt == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if fmt == "JPEG" and not jpeg_complete(data):
         return "corrupt image (truncated JPEG)"
     if fmt == "PNG" and b"IEND" not in data[-16:]:
         return "corrupt image (truncated PNG)"

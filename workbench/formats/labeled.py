@@ -16,10 +16,13 @@ from typing import Protocol
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.formats.files import read_regular_file
 from workbench.formats.recordio import RecordIOError, RecordIOReader, rec_layout, unpack
 from workbench.ingest.walk import walk_images
 
 FORMATS = ("rec", "folder", "hf")
+MAX_IMAGE_BYTES = 64 << 20  # one labeled face photo
+MIN_LABEL_LIMIT = 1 << 20  # labels up to this are always plausible
 
 
 @dataclass
@@ -91,8 +94,11 @@ class RecSource:
     def __init__(self, path: Path):
         rec = path if path.is_file() else _single(path, "*.rec")
         self.reader = RecordIOReader(rec)
-        self.num_classes = _read_property(rec.parent / "property")
         self.layout = rec_layout(self.reader)
+        # Identities are a list in memory: a class count or label far beyond what the file can
+        # hold is an error, not a 2-billion-entry allocation.
+        self.max_scanned_label = max(MIN_LABEL_LIMIT, 2 * len(self.reader))
+        self.num_classes = _read_property(rec.parent / "property", self.max_scanned_label)
         n_ids = self.num_classes
         if n_ids is None and self.layout.identity_spans is not None:
             n_ids = len(self.layout.identity_spans)
@@ -133,10 +139,10 @@ class RecSource:
     def _sample(self, key: int, value: float | str, image: bytes | None) -> Sample:
         if isinstance(value, str):
             return Sample(None, str(key), None, value)
-        label = int(value)
-        if label != value or label < 0 or (not self._labels_from_scan and label >= len(self.identities)):
+        limit = self.max_scanned_label if self._labels_from_scan else len(self.identities)
+        if not np.isfinite(value) or value != int(value) or not 0 <= value < limit:
             return Sample(None, str(key), image, f"label out of range ({value:g})")
-        return Sample(label, str(key), image)
+        return Sample(int(value), str(key), image)
 
     def read(self, locator: str) -> bytes:
         return unpack(self.reader.read_key(int(locator)))[1]
@@ -165,9 +171,12 @@ class FolderSource:
             for entry in walk_images(self.root / identity):
                 locator = os.path.relpath(entry.path, self.root)
                 try:
-                    data = Path(entry.path).read_bytes()
+                    data = read_regular_file(entry.path, MAX_IMAGE_BYTES)
                 except OSError as exc:
                     yield Sample(label, locator, None, f"unreadable: {exc.strerror or exc}")
+                    continue
+                except ValueError as exc:
+                    yield Sample(label, locator, None, str(exc))
                     continue
                 count += 1
                 yield Sample(label, locator, data)
@@ -175,7 +184,7 @@ class FolderSource:
                 self.notes.empty_identities.append(identity)
 
     def read(self, locator: str) -> bytes:
-        return (self.root / locator).read_bytes()
+        return read_regular_file(self.root / locator, MAX_IMAGE_BYTES)
 
     def close(self) -> None:
         return None
@@ -227,7 +236,7 @@ class HFSource:
             if value.get("bytes"):
                 return value["bytes"]
             if value.get("path"):
-                return Path(value["path"]).read_bytes()
+                return read_regular_file(value["path"], MAX_IMAGE_BYTES)
         if isinstance(value, bytes | bytearray):
             return bytes(value)
         raise ValueError("no image bytes")
@@ -239,6 +248,9 @@ class HFSource:
             for offset, value in enumerate(batch):
                 row = start + offset
                 label = int(self.labels[row])
+                if not 0 <= label < len(self.identities):
+                    yield Sample(None, str(row), None, f"label out of range ({label})")
+                    continue
                 try:
                     yield Sample(label, str(row), self._bytes(value))
                 except (ValueError, OSError) as exc:
@@ -261,11 +273,16 @@ def _single(folder: Path, pattern: str) -> Path:
     return (preferred or found)[0]
 
 
-def _read_property(path: Path) -> int | None:
+def _read_property(path: Path, limit: int) -> int | None:
     """`property` holds 'num_classes,height,width'; absent for plain im2rec files."""
     if not path.exists():
         return None
     try:
-        return int(path.read_text().strip().split(",")[0])
-    except ValueError:
+        text = read_regular_file(path, 4096).decode("ascii")
+        num_classes = int(text.strip().split(",")[0])
+    except (ValueError, OSError, UnicodeDecodeError):
         raise WorkbenchError(f"malformed property file {path}: expected 'num_classes,h,w'") from None
+    if not 0 < num_classes <= limit:
+        raise WorkbenchError(f"property file {path} says {num_classes} classes: not plausible for "
+                             f"a file of at most {limit // 2} records")
+    return num_classes

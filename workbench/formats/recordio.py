@@ -225,11 +225,14 @@ def read_index(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = path.read_bytes()
     try:
         values = np.array(raw.split(), dtype=np.int64)
-    except ValueError:
-        raise RecordIOError(f"malformed index file {path}: expected 'key<TAB>offset' lines") from None
+    except (ValueError, OverflowError):
+        raise RecordIOError(f"malformed index file {path}: expected 'key<TAB>offset' lines of "
+                            "non-negative 64-bit integers") from None
     if len(values) % 2:
         raise RecordIOError(f"malformed index file {path}: odd number of fields")
     pairs = values.reshape(-1, 2)
+    if len(pairs) and int(pairs.min()) < 0:
+        raise RecordIOError(f"malformed index file {path}: negative key or offset")
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
@@ -332,6 +335,17 @@ def _header0(id_start: int, id_end: int) -> bytes:
     return pack(IRHeader(2, np.array([id_start, id_end], "<f4"), 0, 0), b"")
 
 
+def _key_range(label: np.ndarray, n_records: int, what: str) -> tuple[int, int]:
+    """[start, end) from a header's two float labels, checked before anything is allocated:
+    whole, finite, ordered and within the file's record count."""
+    first, second = (float(v) for v in label[:2])
+    if not all(np.isfinite(v) and v == int(v) for v in (first, second)) \
+            or not 0 <= first <= second <= n_records:
+        raise RecordIOError(f"bad InsightFace header: {what} [{first:g}, {second:g}) for a file of "
+                            f"{n_records} records")
+    return int(first), int(second)
+
+
 @dataclass(frozen=True)
 class RecLayout:
     """Which keys are images, and the identity records if the file has them."""
@@ -346,8 +360,8 @@ def rec_layout(reader: RecordIOReader) -> RecLayout:
         raise RecordIOError(f"no records in {reader.rec_path}")
     header0, image0 = unpack(reader.read_key(int(reader.keys.min())))
     if header0.flag == 2 and not image0:
-        id_start, id_end = (int(v) for v in header0.label)
-        if not 0 < id_start <= id_end:
+        id_start, id_end = _key_range(header0.label, len(reader), "identities")
+        if id_start == 0:
             raise RecordIOError(f"bad InsightFace header: identities [{id_start}, {id_end})")
         spans = np.empty((id_end - id_start, 2), dtype=np.int64)
         for i, key in enumerate(range(id_start, id_end)):
@@ -355,6 +369,7 @@ def rec_layout(reader: RecordIOReader) -> RecLayout:
                 header = reader.header(key)
             except KeyError:
                 raise RecordIOError(f"identity record {key} missing from the index") from None
-            spans[i] = header.label[:2] if header.flag >= 2 else (0, 0)
+            spans[i] = _key_range(header.label, len(reader), f"identity record {key}") \
+                if header.flag >= 2 else (0, 0)
         return RecLayout(np.arange(1, id_start, dtype=np.int64), spans)
     return RecLayout(np.sort(reader.keys), None)

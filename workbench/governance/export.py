@@ -31,8 +31,8 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
         raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
     if labels not in ("none", "clusters"):
         raise WorkbenchError("--labels must be none or clusters")
-    if out.exists() and any(out.iterdir()):
-        raise WorkbenchError(f"{out} exists and is not empty; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WorkbenchError(f"{out} exists and is not an empty folder; choose a new folder")
     params = {"split": split, "format": fmt, "out": str(out), "labels": labels}
     with open_run(workspace, "export", params) as (con, run):
         rows = con.execute(

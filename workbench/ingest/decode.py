@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from workbench.formats.images import jpeg_complete
+
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
@@ -90,10 +92,10 @@ def _orientation(image: Image.Image) -> int:
 def _fast_jpeg(data: bytes) -> np.ndarray | None:
     """libjpeg-turbo through OpenCV, ~3x faster than PIL for small crops.
 
-    Only for streams that end with the EOI marker: a truncated file goes to
-    PIL, which reports it instead of returning a half-grey image.
+    Only for streams with an end-of-image marker (trailing bytes allowed): a
+    truncated file goes to PIL, which reports it instead of returning a half-grey image.
     """
-    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if not jpeg_complete(data):
         return None
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -102,6 +104,12 @@ def _fast_jpeg(data: bytes) -> np.ndarray | None:
 def to_rgb(image: Image.Image) -> np.ndarray:
     """8-bit RGB from any PIL mode: 16-bit scaled down, alpha composited on white."""
     mode = image.mode
+    if mode == "F":  # float samples: 0..1 as most tools write them, else scaled to their maximum
+        values = np.nan_to_num(np.asarray(image, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = values.max(initial=0.0)
+        scale = 255.0 if top <= 1.0 else 255.0 / top
+        gray = np.clip(values * scale, 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
     if mode.startswith("I"):
         values = np.asarray(image).astype(np.int64)
         gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
