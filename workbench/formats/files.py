@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 
 def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
@@ -42,6 +41,6 @@ def _kind(mode: int) -> str:
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """A file name as text that round-trips: undecodable bytes stay surrogate-escaped in the
-    manifest (`os.fsencode` gives the original bytes back) and are shown as \\x.. escapes."""
-    return os.fsdecode(Path(path)).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name as valid UTF-8 text for the manifest: bytes that are not UTF-8 are written
+    as \\xNN escapes (`caf\\xe9.jpg`); every other name is unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
