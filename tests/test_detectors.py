@@ -174,3 +174,45 @@ def test_mobilefacenet_tells_people_apart_and_norm_changes_the_key(lfw_dir):
     assert np.median(sims[same]) > 0.5 > np.percentile(sims[different], 99)
     other = ModelSpec.parse(spec.kind + ":" + spec.path, norm="127,128")
     assert other.key != spec.key and other.key.endswith("+norm127,128")
+
+
+class TinyRecogniser(torch.nn.Module):
+    """A stand-in recogniser: optionally normalises its input itself, as MXNet exports do."""
+
+    def __init__(self, normalise_inside: bool) -> None:
+        super().__init__()
+        self.normalise_inside = normalise_inside
+        self.conv = torch.nn.Conv2d(3, 4, 8, stride=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalise_inside:
+            x = (x - 127.5) * 0.0078125
+        return self.conv(x).flatten(1)
+
+
+def export_tiny(path: Path, normalise_inside: bool, batch: int | None) -> Path:
+    torch.manual_seed(0)
+    dynamic = None if batch else {"input": {0: "batch"}}
+    torch.onnx.export(TinyRecogniser(normalise_inside), (torch.zeros(batch or 2, 3, 112, 112),), str(path),
+                      opset_version=17, input_names=["input"], dynamic_axes=dynamic, dynamo=False)
+    return path
+
+
+def test_fixed_batch_models_and_input_scaling(tmp_path):
+    import onnx
+
+    crops = np.random.default_rng(0).integers(0, 255, size=(3, 112, 112, 3), dtype=np.uint8)
+    fixed = OnnxEmbedder(str(export_tiny(tmp_path / "fixed.onnx", False, batch=1)))
+    dynamic = OnnxEmbedder(str(export_tiny(tmp_path / "dynamic.onnx", False, batch=None)))
+    assert (fixed.mean, fixed.std) == (127.5, 127.5) and fixed.dim == 4 * 14 * 14
+    np.testing.assert_allclose(fixed.embed(crops), dynamic.embed(crops), atol=1e-5)
+    # A graph that starts by normalising itself is fed raw pixels.
+    inside = OnnxEmbedder(str(export_tiny(tmp_path / "inside.onnx", True, batch=None)))
+    assert (inside.mean, inside.std) == (0.0, 1.0)
+    # Metadata wins over the graph; --model-norm wins over both.
+    model = onnx.load(str(tmp_path / "inside.onnx"))
+    onnx.helper.set_model_props(model, {"input_mean": "127", "input_std": "128"})
+    onnx.save(model, str(tmp_path / "meta.onnx"))
+    assert (OnnxEmbedder(str(tmp_path / "meta.onnx")).mean, OnnxEmbedder(str(tmp_path / "meta.onnx")).std) \
+        == (127.0, 128.0)
+    assert OnnxEmbedder(str(tmp_path / "meta.onnx"), norm=(0.0, 255.0)).std == 255.0

@@ -9,8 +9,9 @@ matches an identity is excluded whole.
 Decisions, whatever the identity score says: `copy` when the face is a copy
 of a labeled photo (its best cosine to a single labeled face is above what
 other photos of one person reach), `overlap` when it matches a single labeled
-face (above the copy threshold) without being a copy; then `overlap` at or
-above the identity threshold (or in a matching cluster);
+face (above the copy threshold) without being a copy; both record the
+labeled sample matched (`copy_of`). Then `overlap` at or above the identity
+threshold (or in a matching cluster);
 `ambiguous` at or above the looser threshold, also excluded from training (a
 missed overlap teaches the model to push a known person away from their own
 centre); `clean` otherwise.
@@ -181,7 +182,7 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
     n = len(scores.face_ids)
     copy_of = [None] * n if copies is None else [
         labeled_item_id(labeled_set, int(sample_idx[i])) if found else None
-        for found, i in zip(copies.copy, copies.index, strict=True)]
+        for found, i in zip(copies.found, copies.index, strict=True)]
     copy_sim = np.full(n, np.nan, np.float32) if copies is None else copies.similarity
     table = pa.table({
         "face_id": pa.array(scores.face_ids, pa.string()),
