@@ -47,6 +47,7 @@ def fo():
     return load_fiftyone()
 
 
+@pytest.mark.slow
 def test_sync_mirrors_the_manifest(scored, fo):
     ws, run_id = scored
     summary = wb_json("browse", "--no-launch", "--dataset", "wb-test-mirror", "-w", str(ws))
@@ -90,6 +91,7 @@ def test_sync_mirrors_the_manifest(scored, fo):
     assert plot.points.shape == (len(faces), 2)
 
 
+@pytest.mark.slow
 def test_resync_is_idempotent_and_follows_the_manifest(scored, fo, tmp_path):
     ws, _ = scored
     wb("browse", "--no-launch", "--dataset", "wb-test-resync", "-w", str(ws))
@@ -110,6 +112,7 @@ def test_resync_is_idempotent_and_follows_the_manifest(scored, fo, tmp_path):
     assert bad.returncode == 1 and "--where" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_tags_flow_back_and_change_the_split(scored, fo):
     ws, _ = scored
     wb("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
@@ -146,6 +149,7 @@ def test_tags_flow_back_and_change_the_split(scored, fo):
     assert sql(ws, "SELECT split FROM wb_splits WHERE face_id = ?", [train_face])[0][0] != "excluded"
 
 
+@pytest.mark.slow
 def test_keep_overrides_a_duplicate_exclusion(scored, fo):
     ws, _ = scored
     dup = sql(ws, "SELECT face_id FROM wb_splits WHERE reason = 'duplicate' ORDER BY face_id LIMIT 1")
@@ -225,6 +229,7 @@ def test_app_shows_the_samples_in_headless_chromium(scored, tmp_path):
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the App server is still listening"
 
 
+@pytest.mark.slow
 def test_forget_removes_the_face_from_fiftyone(scored, fo):
     ws, _ = scored
     wb("browse", "--no-launch", "--dataset", "wb-test-forget", "-w", str(ws))
@@ -277,6 +282,7 @@ def test_a_team_mongodb_through_the_database_uri(scored, tmp_path):
         server.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_wrong_identity_lifts_an_automatic_overlap(scored, fo):
     """Last in the module: it marks every face an overlap (threshold 0) to have something to lift."""
     ws, _ = scored

@@ -178,3 +178,19 @@ def test_sigkill_at_any_moment_then_rerun_equals_a_clean_run(tmp_path):
     assert manifest_snapshot(killed) == manifest_snapshot(clean)
     runs = dict(query(killed, "SELECT status, count(*) FROM wb_runs GROUP BY status"))
     assert runs == {"ok": 1, "killed": 3}
+
+
+def test_detectors_are_never_mixed_silently():
+    from workbench.errors import WorkbenchError
+    from workbench.ingest.pipeline import check_one_detector
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE faces (detector VARCHAR, det_score REAL)")
+    # An aligned face (no detector) and one detected before keys were recorded (dlib, then).
+    con.execute("INSERT INTO faces VALUES (NULL, NULL), (NULL, 0.5)")
+    check_one_detector(con, "dlib-0123456789ab")
+    with pytest.raises(WorkbenchError, match="came from dlib"):
+        check_one_detector(con, "yunet-0123456789ab")
+    con.execute("INSERT INTO faces VALUES ('scrfd-aaaaaaaaaaaa', 0.9), ('scrfd-aaaaaaaaaaaa', 0.8)")
+    with pytest.raises(WorkbenchError, match="2 detected faces came from scrfd-aaaaaaaaaaaa"):
+        check_one_detector(con, "dlib-0123456789ab")

@@ -131,6 +131,7 @@ def test_torchrun_two_processes_end_with_identical_weights(curated):
     assert len(digests) == 2 and digests[0] == digests[1]
 
 
+@pytest.mark.slow
 def test_eval_score_and_compare(curated, tmp_path):
     ws = Workspace.at(curated)
     runs = [train(ws, TrainConfig(uir_loss=kind, steps=8, seed=seed, **SMALL))["run_id"]

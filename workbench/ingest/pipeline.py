@@ -128,8 +128,12 @@ def detection_hints(summary: IngestSummary, spec: DetectorSpec | None) -> list[s
 def check_one_detector(con: duckdb.DuckDBPyConnection, key: str) -> None:
     """Refuse to mix detectors in one workspace: faces from two detectors differ in
     what they find and how they align, so mixing is never silent."""
-    other = con.execute("SELECT detector, count(*) FROM faces WHERE detector IS NOT NULL "
-                        "AND detector <> ? GROUP BY 1 ORDER BY 2 DESC LIMIT 1", [key]).fetchone()
+    # Faces detected before detector keys were recorded (schema < 9) were all found by dlib.
+    other = con.execute(
+        "SELECT d, count(*) FROM (SELECT coalesce(detector, CASE WHEN det_score IS NOT NULL "
+        "THEN 'dlib (before detector keys)' END) AS d FROM faces) "
+        "WHERE d IS NOT NULL AND d <> ? AND NOT (d = 'dlib (before detector keys)' AND ? LIKE 'dlib-%') "
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 1", [key, key]).fetchone()
     if other:
         raise WorkbenchError(f"this workspace's {other[1]} detected faces came from {other[0]}, not "
                              f"{key}: use the same --detector, or a new workspace (-w) for another")
