@@ -175,3 +175,18 @@ def test_embed_with_an_onnx_model(curated, tmp_path):
     assert counts["unlabeled_computed"] == 24 and counts["model_key"].startswith("onnx-")
     again = wb_json("embed", "--model", f"onnx:{onnx_path}", "-w", str(curated))
     assert again["unlabeled_computed"] == 0
+
+
+def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(curated, ws)
+    args = ["train", "-w", str(ws), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
+            "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "3"]
+    first = wb_json(*args)
+    again = wb_json(*args)
+    assert again["run_id"] == first["run_id"] and again["reused"] is True
+    assert again["steps"] == first["steps"] == 3
+    fresh = wb_json(*args, "--new")
+    assert fresh["run_id"] != first["run_id"] and not fresh.get("reused")
+    other = wb_json(*args[:-1], "4")  # another recipe is another run
+    assert other["run_id"] not in (first["run_id"], fresh["run_id"])

@@ -666,6 +666,9 @@ def train(
     init: Annotated[Path | None, typer.Option(help="Fine-tune from a checkpoint or arcface_torch model.pt.")
                     ] = None,
     resume: Annotated[str | None, typer.Option(help="Resume this run id from its last checkpoint.")] = None,
+    new: Annotated[bool, typer.Option(
+        "--new", help="Train a fresh run even if a finished run of this recipe on the same data exists "
+                      "(by default it is reused, and an interrupted one resumed).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     amp: Annotated[str, typer.Option(help="none or bf16 (autocast; logits and losses stay fp32).")] = "none",
     num_workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
@@ -677,6 +680,7 @@ def train(
     """Train on the labeled set plus the curated unlabeled split (torchrun for several processes)."""
     from workbench.train.loop import TrainConfig
     from workbench.train.run import train as run_train
+    from workbench.train.run import train_or_reuse
 
     form = uir_loss or ("reference" if uir else "none")
     config = TrainConfig(
@@ -696,7 +700,12 @@ def train(
                 info += f" {last['images_per_s']:.0f} img/s"
             bar.update(task, completed=step, total=total, info=info)
 
-        result = run_train(Workspace.at(workspace), config, resume=resume, progress=update)
+        ws = Workspace.at(workspace)
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if resume is None and not new and not under_torchrun:
+            result = train_or_reuse(ws, config, progress=update)
+        else:
+            result = run_train(ws, config, resume=resume, progress=update)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     report(f"train {result['run_id']}", result, as_json)

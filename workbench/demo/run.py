@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from workbench.index.splits import run_split
 from workbench.ingest.pipeline import ingest
 from workbench.labeled.register import register_labeled
 from workbench.train.loop import TrainConfig
-from workbench.train.run import plan_data, train
+from workbench.train.run import train_or_reuse
 from workbench.workspace import Workspace
 
 LABELED = "demo-s"
@@ -49,26 +49,6 @@ class DemoSettings:
                            backbone="r18", width=0.25, input_size=56, num_features=128, batch_size=64,
                            steps=self.steps, lr=0.1, num_workers=0, seed=self.seed, log_every=10,
                            checkpoint_every=10_000)
-
-
-def train_once(ws: Workspace, config: TrainConfig) -> dict[str, Any]:
-    """Reuse a finished run of this recipe on the same data, resume an interrupted one, or train."""
-    wanted = {k: v for k, v in asdict(config).items() if v is not None}
-    digests = ("labeled_digest", "unlabeled_digest") if config.unlabeled_ratio > 0 else ("labeled_digest",)
-    with ws.connect(read_only=True) as con:
-        data = plan_data(ws, con, replace(config)).snapshot
-        rows = con.execute("SELECT run_id, status, config, data_snapshot, artifacts_dir FROM wb_train_runs "
-                           "ORDER BY created_at DESC").fetchall()
-    for run_id, status, stored, snapshot, run_dir in rows:
-        stored, snapshot = json.loads(stored), json.loads(snapshot)
-        if any(stored.get(k) != v for k, v in wanted.items()) or any(
-                snapshot.get(k) != data[k] for k in digests):
-            continue
-        if status == "done":
-            return {"run_id": run_id, "run_dir": run_dir, "reused": True}
-        if status in ("interrupted", "killed"):
-            return train(ws, TrainConfig(), resume=run_id)
-    return train(ws, config)
 
 
 def precision_recall(flagged: set[str], truth: set[str]) -> dict[str, float | int]:
@@ -145,16 +125,16 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     labeled = step("labeled add (RecordIO)", lambda: register_labeled(
         ws, LABELED, data / "labeled" / "train.rec", fmt="rec", aligned=True))
     curator = step("train a model to curate with (ArcFace on S)",
-                   lambda: train_once(ws, settings.train_config("none", unlabeled_ratio=0.0)))
+                   lambda: train_or_reuse(ws, settings.train_config("none", unlabeled_ratio=0.0)))
     embedder = f"ckpt:{Path(curator['run_dir']) / 'checkpoints' / 'final.pt'}"
     overlap = step("overlap with S", lambda: run_overlap(ws, LABELED, model=embedder))
     dedupe = step("dedupe", lambda: run_dedupe(ws, model=embedder))
     split = step("split", lambda: run_split(ws, eval_unknown=0.3, seed=settings.seed,
                                             min_quality=0.0))
     baseline = step("train baseline (same batches, unlabeled rows unused)",
-                    lambda: train_once(ws, settings.train_config("none")))
+                    lambda: train_or_reuse(ws, settings.train_config("none")))
     uir = step("train --uir (same recipe + UIR loss)",
-               lambda: train_once(ws, settings.train_config("reference")))
+               lambda: train_or_reuse(ws, settings.train_config("reference")))
     runs = [baseline["run_id"], uir["run_id"]]
     for run_id in runs:
         step(f"eval + score {run_id}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +148,25 @@ def _finish(ws: Workspace, run_id: str, status: str, error: str | None, result: 
             if attempt == 59:
                 raise
             time.sleep(1)
+
+
+def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn | None = None
+                   ) -> dict[str, Any]:
+    """`wb train` without `--new`: reuse a finished run of this recipe on the same data, resume
+    an interrupted one, or train. One process only: under torchrun every rank trains."""
+    wanted = {k: v for k, v in asdict(config).items() if v is not None}
+    digests = ("labeled_digest", "unlabeled_digest") if config.unlabeled_ratio > 0 else ("labeled_digest",)
+    with ws.connect(read_only=True) as con:
+        data = plan_data(ws, con, replace(config)).snapshot
+        rows = con.execute("SELECT run_id, status, config, data_snapshot, artifacts_dir, metrics "
+                           "FROM wb_train_runs ORDER BY created_at DESC").fetchall()
+    for run_id, status, stored, snapshot, run_dir, metrics in rows:
+        stored, snapshot = json.loads(stored), json.loads(snapshot)
+        if any(stored.get(k) != v for k, v in wanted.items()) or any(
+                snapshot.get(k) != data[k] for k in digests):
+            continue
+        if status == "done":
+            return {"run_id": run_id, "run_dir": run_dir, **json.loads(metrics or "{}"), "reused": True}
+        if status in ("interrupted", "killed"):
+            return train(ws, TrainConfig(), resume=run_id, progress=progress)
+    return train(ws, config, progress=progress)
