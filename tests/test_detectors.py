@@ -137,7 +137,7 @@ def test_yunet_without_a_path_names_the_fix(monkeypatch):
         DetectorSpec.parse("yunet")
     path = shared_model("yunet_s_640_640.onnx")
     monkeypatch.setenv("WB_YUNET_MODEL", str(path))
-    assert DetectorSpec.parse("yunet").path == str(path)
+    assert DetectorSpec.parse("yunet").path == str(path.resolve())
 
 
 def test_insightface_pack_picks_its_detector_and_recogniser(tmp_path):
