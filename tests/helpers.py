@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from workbench.workspace import Workspace
 
@@ -28,6 +29,20 @@ def wb(*args: str, check: bool = True, timeout: float = 300) -> subprocess.Compl
 
 def wb_json(*args: str) -> dict:
     return json.loads(wb(*args, "--json").stdout)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32: what embedding models output."""
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def manifest_rows(root: str | Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of a query on a workspace's manifest, read-only."""
+    con = duckdb.connect(str(Path(root) / "manifests" / "wb.duckdb"), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
 
 
 def manifest_snapshot(root: Path) -> dict[str, list[tuple]]:

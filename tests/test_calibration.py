@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.helpers import unit
 from workbench.faces.copies import web_copy
 from workbench.index.calibration import (
     MAX_PROBES,
@@ -18,10 +19,6 @@ from workbench.index.calibration import (
     wilson,
 )
 from workbench.index.scoring import Gallery, best_identity
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def people(n_ids: int, per: int, rng: np.random.Generator, d: int = 128) -> tuple[np.ndarray, np.ndarray]:

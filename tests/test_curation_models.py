@@ -7,12 +7,11 @@ import csv
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 from PIL import Image
 
 from tests.conftest import SHARED, shared_model
-from tests.helpers import wb, wb_json
+from tests.helpers import manifest_rows, wb, wb_json
 
 CELEBA200 = SHARED / "data" / "celeba200"
 CELEBA10K = SHARED / "data" / "celeba10k"
@@ -43,14 +42,6 @@ def celeba(tmp_path_factory) -> dict[str, Path]:
             "yunet": shared_model("yunet_s_640_640.onnx"), "mbf": shared_model("mobilefacenet_128d.onnx")}
 
 
-def rows(ws: str, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(Path(ws) / "manifests" / "wb.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 @pytest.mark.slow
 def test_calibrated_curation_with_real_models(celeba):
     ws = str(celeba["root"] / "ws")
@@ -58,7 +49,7 @@ def test_calibrated_curation_with_real_models(celeba):
     wb("labeled", "add", "S", str(celeba["labeled"]), "--detector", detector, "-w", ws)
     ingested = wb_json("ingest", str(celeba["web"]), "--detector", detector, "-w", ws)
     assert ingested["new_images"] == 52 and ingested["faces"] >= 52 and ingested["hints"] == []
-    detectors = rows(ws, "SELECT DISTINCT detector FROM wb_faces")
+    detectors = manifest_rows(ws, "SELECT DISTINCT detector FROM wb_faces")
     assert len(detectors) == 1 and detectors[0][0].startswith("yunet-")
 
     # Another detector in the same workspace is refused in one line, and nothing is added.
@@ -68,7 +59,7 @@ def test_calibrated_curation_with_real_models(celeba):
     refused = wb("ingest", str(other), "-w", ws, check=False)
     assert refused.returncode == 1 and "detector" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
-    assert rows(ws, "SELECT count(*) FROM wb_faces")[0][0] == ingested["faces"]
+    assert manifest_rows(ws, "SELECT count(*) FROM wb_faces")[0][0] == ingested["faces"]
 
     calibration = wb_json("calibrate", "--model", model, "-w", ws)
     overlap_cal, dedupe_cal = calibration["overlap"], calibration["dedupe"]
@@ -76,12 +67,12 @@ def test_calibrated_curation_with_real_models(celeba):
     assert overlap_cal["ambiguous_from"] <= overlap_cal["threshold"] <= overlap_cal["same_photo_from"]
     assert overlap_cal["known_recall"] > 0.9 and overlap_cal["measured_fpir"] <= 0.01
     assert dedupe_cal["loose"] <= dedupe_cal["strict"] and dedupe_cal["merge_rate"] <= 0.02
-    assert rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
+    assert manifest_rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
 
     summary = wb_json("overlap", "--labeled", "S", "--model", model, "-w", ws)
     assert summary["calibration"]["threshold"] == overlap_cal["threshold"]  # reused, not redone
-    assert rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
-    decided = rows(ws, """
+    assert manifest_rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
+    decided = manifest_rows(ws, """
         SELECT regexp_extract(i.path, '[^/]+$'), o.decision, o.nearest_identity, o.copy_of,
                s.identity
         FROM wb_overlap o JOIN wb_faces f USING (face_id) JOIN wb_images i USING (image_id)

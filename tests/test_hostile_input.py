@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import noise_image
-from tests.helpers import wb, wb_json
+from tests.helpers import manifest_rows, wb, wb_json
 from workbench.errors import WorkbenchError
 from workbench.formats.binpairs import PairsError, read_bin
 from workbench.formats.recordio import IRHeader, RecordIOWriter, pack, write_insightface_rec
@@ -91,22 +91,12 @@ def test_fifos_devices_and_odd_names_do_not_stop_ingest(tmp_path):
     ws = str(tmp_path / "ws")
     first = wb_json("ingest", str(folder), "-w", ws)
     assert first["files_seen"] == 4 and first["odd_names"] == 1
-    reasons = {Path(r[0]).name: r[1] for r in _rows(ws, "SELECT path, reason FROM wb_files")}
+    reasons = {Path(r[0]).name: r[1] for r in manifest_rows(ws, "SELECT path, reason FROM wb_files")}
     assert reasons["pipe.jpg"] == "not a regular file (a FIFO)"
     assert reasons["zero.jpg"] == "not a regular file (a character device)"
     assert reasons["caf\\xe9.jpg"] == "no face" and reasons["plain.jpg"] == "no face"
     again = wb_json("ingest", str(folder), "-w", ws)
     assert again["already_ingested"] == 4 and again["processed"] == 0
-
-
-def _rows(ws: str, sql: str) -> list[tuple]:
-    import duckdb
-
-    con = duckdb.connect(str(Path(ws) / "manifests" / "wb.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def insightface_rec(folder: Path, header_labels: list[float], image_label: float = 0.0) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.helpers import unit
 from workbench.index.clusters import cluster_labels, cluster_means
 from workbench.index.dedupe import duplicate_pairs, group_labels, representatives
 from workbench.index.overlap import FaceScores, decide
@@ -17,10 +18,6 @@ from workbench.index.scoring import (
 )
 from workbench.index.search import nearest
 from workbench.index.splits import choose_eval_clusters
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def blobs(n_centres: int, per: int, d: int, noise: float, seed: int = 0):
