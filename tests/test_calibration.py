@@ -16,6 +16,7 @@ from workbench.index.calibration import (
     choose_probes,
     choose_unknown,
     open_set_scores,
+    single_face_scores,
     wilson,
 )
 from workbench.index.scoring import Gallery, best_identity
@@ -86,6 +87,18 @@ def test_calibrated_fpir_holds_at_100_and_50000_identities():
         thresholds.append(cal.threshold)
     assert thresholds[1] > thresholds[0] + 0.05  # more identities, more chances: a higher bar
     assert 0.006 <= measured[1] <= 0.014
+
+
+def test_single_face_scores_by_hand():
+    base = unit(np.array([[1, 0], [1, 0.2], [0, 1], [0.6, 0.8]]))
+    labels = np.array([0, 0, 1, 1])
+    other, same, partner = single_face_scores(base[[0, 2]], labels[[0, 2]], np.array([0, 2]), base, labels)
+    # Face 0: best other identity is face 3 (0.6); its own other face is face 1.
+    assert other[0] == pytest.approx(0.6, abs=1e-6) and partner[0] == 1
+    assert same[0] == pytest.approx(float(base[0] @ base[1]), abs=1e-6)
+    # Face 2: best other identity is face 1; its own other face is face 3 (0.8).
+    assert other[1] == pytest.approx(float(base[2] @ base[1]), abs=1e-6)
+    assert partner[1] == 3 and same[1] == pytest.approx(0.8, abs=1e-6)
 
 
 def test_dedupe_calibration_known_answer():

@@ -37,9 +37,8 @@ from workbench.index.calibration import (
     calibrate_overlap,
     choose_probes,
     choose_unknown,
-    copy_impostor_scores,
-    nearest_same_person,
     open_set_scores,
+    single_face_scores,
 )
 from workbench.ingest.hashing import phash64
 from workbench.labeled.access import LabeledSet
@@ -128,10 +127,8 @@ def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: Overlap
         copy_impostors = same_person = None
         if targets.copies:
             everything = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
-            copy_impostors = copy_impostor_scores(vectors[unknown], labels[unknown], everything,
-                                                  labeled.labels)
-            same_person, _ = nearest_same_person(vectors[unknown], labels[unknown], positions[unknown],
-                                                 everything, labeled.labels)
+            copy_impostors, same_person, _ = single_face_scores(
+                vectors[unknown], labels[unknown], positions[unknown], everything, labeled.labels)
         return calibrate_overlap(scores, n_ids, targets.fpir, targets.ambiguous_fpir, targets.copy_fpir,
                                  copy_impostors, same_person).as_dict()
 
@@ -162,7 +159,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
                                  _phashes(crops), _phashes(edited))
         everything = labeled_vectors(ctx, labeled, np.arange(n))
         a = _with_others(labeled.labels, targets.copies * 2, rng)
-        _, b = nearest_same_person(everything[a], labeled.labels[a], a, everything, labeled.labels)
+        _, _, b = single_face_scores(everything[a], labeled.labels[a], a, everything, labeled.labels)
         a, b = a[b >= 0], b[b >= 0]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")

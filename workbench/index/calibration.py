@@ -111,24 +111,20 @@ def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown
                          len(np.unique(labels[unknown])))
 
 
-def nearest_same_person(queries: np.ndarray, own: np.ndarray, own_index: np.ndarray, base: np.ndarray,
-                        base_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, index) of each query's closest other labeled face of its own identity
-    (-inf and -1 when none is among its `COPY_CANDIDATES` nearest faces)."""
+def single_face_scores(queries: np.ndarray, own: np.ndarray, own_index: np.ndarray, base: np.ndarray,
+                       base_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From one search of each query's `COPY_CANDIDATES` nearest labeled faces: the best cosine to
+    a face of another identity, and the best cosine and position of another face of its own
+    identity (not itself; -inf and -1 when none is that near)."""
     sims, idx = nearest(queries, base, min(COPY_CANDIDATES, len(base)))
-    same = (idx >= 0) & (base_labels[np.maximum(idx, 0)] == own[:, None]) & (idx != own_index[:, None])
-    sims = np.where(same, sims, -np.inf)
-    best = np.argmax(sims, axis=1)
+    found = idx >= 0
+    same_label = found & (base_labels[np.maximum(idx, 0)] == own[:, None])
+    other = np.where(found & ~same_label, sims, -np.inf).max(axis=1)
+    same = np.where(same_label & (idx != own_index[:, None]), sims, -np.inf)
+    best = np.argmax(same, axis=1)
     rows = np.arange(len(best))
-    return sims[rows, best], np.where(np.isfinite(sims[rows, best]), idx[rows, best], -1)
-
-
-def copy_impostor_scores(queries: np.ndarray, own: np.ndarray, base: np.ndarray,
-                         base_labels: np.ndarray) -> np.ndarray:
-    """Best cosine of each query to a single labeled face of another identity."""
-    sims, idx = nearest(queries, base, min(COPY_CANDIDATES, len(base)))
-    other = (idx >= 0) & (base_labels[np.maximum(idx, 0)] != own[:, None])
-    return np.where(other, sims, -np.inf).max(axis=1)
+    same_best = same[rows, best]
+    return other, same_best, np.where(np.isfinite(same_best), idx[rows, best], -1)
 
 
 @dataclass(frozen=True)
