@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from tests.helpers import unit
+from workbench.embed.compute import unit_centres
 from workbench.faces.copies import web_copy
 from workbench.index.calibration import (
     MAX_PROBES,
     PairEvidence,
     calibrate_dedupe,
     calibrate_overlap,
-    centres_from,
     choose_probes,
     choose_unknown,
     open_set_scores,
@@ -72,7 +72,7 @@ def test_calibrated_fpir_holds_at_100_and_50000_identities():
         cal = calibrate_overlap(scores, n_ids, fpir=0.01, ambiguous_fpir=0.02, copy_fpir=0.001,
                                 copy_impostors=None)
         assert cal.measured_fpir <= 0.01 and cal.known_recall > 0.99
-        centres, valid = centres_from(vectors, labels, n_ids)
+        centres, valid = unit_centres(vectors, labels, n_ids)
         gallery = Gallery.build(centres, valid, vectors, labels)
         strangers, _ = people(4000, 1, rng)
         best, _, _ = best_identity(strangers, gallery)

@@ -114,15 +114,34 @@ class Centres:
     sample_positions: np.ndarray  # positions in LabeledSet.samples used for the centres
 
 
+def unit_centres(vectors: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean vector of each label (zero rows for labels without vectors), and which exist."""
+    sums = np.zeros((n, vectors.shape[1]), np.float64)
+    np.add.at(sums, labels, vectors)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32), norms[:, 0] > 0
+
+
+def embed_labeled(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> list[str]:
+    """Embed the labeled samples at `positions` that have no vector yet; their item ids."""
+    sample_idx = labeled.samples.column("sample_idx").to_numpy()[positions]
+    ids = [labeled_item_id(labeled.name, int(i)) for i in sample_idx]
+    by_id = dict(zip(ids, positions.tolist(), strict=True))
+    embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
+    return ids
+
+
+def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
+    """Embeddings of the labeled samples at `positions`, computing the missing ones."""
+    return ctx.store().vectors(embed_labeled(ctx, labeled, positions))
+
+
 def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: int) -> Centres:
     """Embed sampled faces of each labeled identity and average them into unit centres."""
     labeled = LabeledSet(ctx.workspace, ctx.con, set_name)
     try:
         positions = sample_per_identity(labeled.labels, per_identity, seed)
-        sample_idx = labeled.samples.column("sample_idx").to_numpy()
-        ids = [labeled_item_id(set_name, int(sample_idx[p])) for p in positions]
-        by_id = dict(zip(ids, positions.tolist(), strict=True))
-        embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
+        ids = embed_labeled(ctx, labeled, positions)
     finally:
         labeled.close()
     store = ctx.store()
@@ -131,11 +150,7 @@ def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: in
                    "AND per_identity = ? AND seed = ?", [store.key, set_name, per_identity, seed])
     n_ids = len(labeled.identities)
     if recorded is None or not path.exists():
-        vectors = store.vectors(ids)
-        sums = np.zeros((n_ids, store.dim), np.float64)
-        np.add.at(sums, labeled.labels[positions], vectors)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centres = np.where(norms > 0, sums / np.maximum(norms, 1e-12), 0).astype(np.float32)
+        centres, _ = unit_centres(store.vectors(ids), labeled.labels[positions], n_ids)
         np.save(path, centres)
         ctx.con.execute("INSERT OR REPLACE INTO centres VALUES (?, ?, ?, ?, ?, ?, now())",
                         [store.key, set_name, per_identity, seed, str(path), n_ids])

@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres
+from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres, labeled_vectors, unit_centres
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.index.calibrate import overlap_calibration
-from workbench.index.calibration import centres_from
 from workbench.index.overlap import OverlapSettings
 from workbench.index.scoring import Gallery, best_identity
 from workbench.labeled.access import LabeledSet
@@ -59,13 +57,12 @@ def run_audit(
         labeled = LabeledSet(workspace, con, labeled_set)
         positions = centres.sample_positions
         labels = labeled.labels[positions]
-        sample_idx = labeled.samples.column("sample_idx").to_numpy()[positions]
-        vectors = ctx.store().vectors([labeled_item_id(labeled_set, int(i)) for i in sample_idx])
+        vectors = labeled_vectors(ctx, labeled, positions)
         planted = plant_split(labels, plant_fraction, hold_out, settings.seed)
         if not planted.any():
             raise WorkbenchError(f"{labeled_set} has no identity with two or more sampled faces to plant")
         kept = ~planted
-        cents, valid = centres_from(vectors[kept], labels[kept], len(labeled.identities))
+        cents, valid = unit_centres(vectors[kept], labels[kept], len(labeled.identities))
         gallery = Gallery.build(cents, valid, vectors[kept], labels[kept])
         calibration = overlap_calibration(ctx, labeled, settings.targets, run.run_id)
         threshold = settings.threshold if settings.threshold is not None else calibration.threshold

@@ -19,12 +19,11 @@ from workbench.embed.compute import (
     EmbedContext,
     ProgressFn,
     decode_crops,
-    embed_items,
     embedding_run,
+    labeled_vectors,
     sample_per_identity,
 )
 from workbench.embed.models import ModelSpec, load_embedder
-from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.faces.copies import web_copy
 from workbench.index.calibration import (
@@ -99,15 +98,6 @@ def _stored(ctx: EmbedContext, kind: str, labeled: LabeledSet, settings: dict[st
                     [cal_id, kind, store.key, labeled.name, json.dumps(settings),
                      json.dumps(result, default=float), run_id])
     return {**result, "calibration_id": cal_id, "reused": False}
-
-
-def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
-    """Embeddings of the labeled samples at `positions`, computing the missing ones."""
-    sample_idx = labeled.samples.column("sample_idx").to_numpy()[positions]
-    ids = [labeled_item_id(labeled.name, int(i)) for i in sample_idx]
-    by_id = dict(zip(ids, positions.tolist(), strict=True))
-    embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
-    return ctx.store().vectors(ids)
 
 
 def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: OverlapTargets, run_id: str,

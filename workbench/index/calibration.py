@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from workbench.embed.compute import unit_centres
 from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.index.scoring import TOP_K, Gallery, pair_scores, threshold_at_rate
 from workbench.index.search import nearest
@@ -68,14 +69,6 @@ def choose_probes(labels: np.ndarray, max_probes: int, seed: int) -> np.ndarray:
     return mask
 
 
-def centres_from(vectors: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit mean vector of each label (zero rows for labels without vectors), and which exist."""
-    sums = np.zeros((n, vectors.shape[1]), np.float64)
-    np.add.at(sums, labels, vectors)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return (sums / np.maximum(norms, 1e-12)).astype(np.float32), norms[:, 0] > 0
-
-
 @dataclass(frozen=True)
 class OpenSetScores:
     unknown: np.ndarray  # per probe: best identity score, its own identity left out
@@ -97,12 +90,12 @@ def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown
                     known: np.ndarray) -> OpenSetScores:
     """Score the `unknown` faces with their identity left out of the full gallery, and the
     `known` probes against a gallery rebuilt without them."""
-    centres, valid = centres_from(vectors, labels, n_ids)
+    centres, valid = unit_centres(vectors, labels, n_ids)
     full = Gallery.build(centres, valid, vectors, labels)
     scores, candidates = _candidate_scores(vectors[unknown], full)
     unknown_best = np.where(candidates == labels[unknown][:, None], -np.inf, scores).max(axis=1)
     kept = ~known
-    centres, valid = centres_from(vectors[kept], labels[kept], n_ids)
+    centres, valid = unit_centres(vectors[kept], labels[kept], n_ids)
     rebuilt = Gallery.build(centres, valid, vectors[kept], labels[kept])
     scores, candidates = _candidate_scores(vectors[known], rebuilt)
     best = np.argmax(scores, axis=1)

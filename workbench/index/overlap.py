@@ -33,11 +33,17 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run, ensure_centres
+from workbench.embed.compute import (
+    ProgressFn,
+    embed_unlabeled,
+    embedding_run,
+    ensure_centres,
+    labeled_vectors,
+)
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
-from workbench.index.calibrate import OverlapTargets, labeled_vectors, overlap_calibration
+from workbench.index.calibrate import OverlapTargets, overlap_calibration
 from workbench.index.clusters import cluster_labels, cluster_means
 from workbench.index.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
 from workbench.index.search import nearest
@@ -138,8 +144,7 @@ def run_overlap(
             raise WorkbenchError(f"labeled set {labeled_set} needs at least two identities with faces")
         store = ctx.store()
         labeled = LabeledSet(workspace, con, labeled_set)
-        sample_idx = labeled.samples.column("sample_idx").to_numpy()[centres.sample_positions]
-        sample_vecs = store.vectors([labeled_item_id(labeled_set, int(i)) for i in sample_idx])
+        sample_vecs = labeled_vectors(ctx, labeled, centres.sample_positions)
         sample_labels = labeled.labels[centres.sample_positions]
         gallery = Gallery.build(centres.vectors, centres.valid, sample_vecs, sample_labels)
         calibration = overlap_calibration(ctx, labeled, settings.targets, run.run_id)
