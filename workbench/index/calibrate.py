@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,10 +40,11 @@ from workbench.index.calibration import (
     single_face_scores,
 )
 from workbench.ingest.hashing import phash64
-from workbench.labeled.access import LabeledSet
+from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import one
 from workbench.workspace import Workspace
 
+T = TypeVar("T")
 METHOD = 3  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
@@ -100,6 +101,12 @@ def _stored(ctx: EmbedContext, kind: str, labeled: LabeledSet, settings: dict[st
     return {**result, "calibration_id": cal_id, "reused": False}
 
 
+def _from_stored(cls: type[T], result: dict[str, Any]) -> T:
+    """A calibration dataclass from its stored JSON (intervals come back as lists)."""
+    fields = {k: v for k, v in result.items() if k in cls.__dataclass_fields__}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: OverlapTargets, run_id: str,
                         fresh: bool = False) -> OverlapCalibration:
     if len(np.unique(labeled.labels)) < 3:
@@ -122,9 +129,8 @@ def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: Overlap
         return calibrate_overlap(scores, n_ids, targets.fpir, targets.ambiguous_fpir, targets.copy_fpir,
                                  copy_impostors, same_person).as_dict()
 
-    result = _stored(ctx, "overlap", labeled, asdict(targets), fresh, run_id, compute)
-    fields = {k: v for k, v in result.items() if k in OverlapCalibration.__dataclass_fields__}
-    return OverlapCalibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return _from_stored(OverlapCalibration,
+                        _stored(ctx, "overlap", labeled, asdict(targets), fresh, run_id, compute))
 
 
 def _crops(labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
@@ -157,9 +163,8 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
                                    _phashes(_crops(labeled, b)))
         return calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate).as_dict()
 
-    result = _stored(ctx, "dedupe", labeled, asdict(targets), fresh, run_id, compute)
-    fields = {k: v for k, v in result.items() if k in DedupeCalibration.__dataclass_fields__}
-    return DedupeCalibration(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return _from_stored(DedupeCalibration,
+                        _stored(ctx, "dedupe", labeled, asdict(targets), fresh, run_id, compute))
 
 
 def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -167,12 +172,6 @@ def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     eligible = np.flatnonzero(counts[inverse] >= 2)
     return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
-
-
-def only_labeled_set(workspace_con: Any) -> str | None:
-    """The labeled set to calibrate on when the user names none: the only one registered."""
-    names = [r[0] for r in workspace_con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
-    return names[0] if len(names) == 1 else None
 
 
 def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str | ModelSpec = "dlib",

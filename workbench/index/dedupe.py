@@ -22,10 +22,10 @@ from scipy.sparse.csgraph import connected_components
 
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
-from workbench.index.calibrate import DedupeTargets, dedupe_calibration, only_labeled_set
+from workbench.index.calibrate import DedupeTargets, dedupe_calibration
 from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.index.search import nearest
-from workbench.labeled.access import LabeledSet
+from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import transaction
 from workbench.workspace import Workspace
 

@@ -58,3 +58,9 @@ class LabeledSet:
     def close(self) -> None:
         if self._source is not None:
             self._source.close()
+
+
+def only_labeled_set(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The labeled set to use when the user names none: the only one registered, else None."""
+    names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
+    return names[0] if len(names) == 1 else None

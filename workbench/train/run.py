@@ -18,7 +18,7 @@ import numpy as np
 import torch.distributed as dist
 
 from workbench.errors import WorkbenchError
-from workbench.labeled.access import LabeledSet
+from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import one
 from workbench.manifest.runs import new_run_id, versions
 from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
@@ -27,11 +27,11 @@ from workbench.workspace import Workspace, WorkspaceBusy
 
 
 def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
+    if (name := only_labeled_set(con)) is not None:
+        return name
     names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
-    if len(names) != 1:
-        raise WorkbenchError("pass --labeled NAME: the workspace has "
-                             + (f"{len(names)} labeled sets ({', '.join(names)})" if names else "none"))
-    return names[0]
+    raise WorkbenchError("pass --labeled NAME: the workspace has "
+                         + (f"{len(names)} labeled sets ({', '.join(names)})" if names else "none"))
 
 
 def holdout_positions(labels: np.ndarray, per_identity: int, min_samples: int) -> np.ndarray:
