@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import noise_image
-from workbench.crawl.crawler import MAX_RETRY_AFTER, _join, _retry_after
+from workbench.crawl.crawler import MAX_RETRY_AFTER, _retry_after
 from workbench.crawl.html import parse_page
+from workbench.crawl.urls import absolute_url
 from workbench.errors import WorkbenchError
 from workbench.formats.binpairs import PairsError, read_bin
 from workbench.formats.labeled import open_source
@@ -139,5 +140,5 @@ def test_retry_after_headers(value):
 @FUZZ
 @given(st.text(max_size=60))
 def test_redirect_locations(location):
-    target = _join("http://127.0.0.1/a/b.html", location)
+    target = absolute_url("http://127.0.0.1/a/b.html", location)
     assert target is None or parses(target)

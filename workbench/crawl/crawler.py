@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import duckdb
 import httpx
@@ -46,6 +46,7 @@ from workbench.crawl.guard import (
     system_resolver,
 )
 from workbench.crawl.html import parse_page
+from workbench.crawl.urls import absolute_url, hostname, malformed, origin
 from workbench.formats.images import sniff_format
 from workbench.manifest.query import one
 
@@ -158,14 +159,13 @@ class Crawler:
 
     async def _robots(self, client: httpx.AsyncClient, url: str) -> Protego | None:
         """The host's parsed robots.txt; None means the host is off limits (server error)."""
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        lock = self.robots_locks.setdefault(origin, asyncio.Lock())
+        home = origin(url)
+        lock = self.robots_locks.setdefault(home, asyncio.Lock())
         async with lock:
-            if origin not in self.robots:
+            if home not in self.robots:
                 text, ok = "", True
                 try:
-                    response = await self._robots_file(client, origin + "/robots.txt")
+                    response = await self._robots_file(client, home + "/robots.txt")
                     if response is None or response.status_code >= 500:
                         ok = False
                     elif response.status_code < 300:
@@ -173,12 +173,13 @@ class Crawler:
                 except httpx.HTTPError as exc:
                     ok = False
                     if str(exc).startswith(REFUSED):
-                        self.refused[origin] = str(exc)
+                        self.refused[home] = str(exc)
                 parsed = Protego.parse(text) if ok else None
-                self.robots[origin] = parsed
+                self.robots[home] = parsed
                 if parsed is not None and (delay := parsed.crawl_delay(self.s.user_agent)):
-                    self.gates[parts.netloc] = HostGate(self.s.per_host, max(1.0 / self.s.rate, delay))
-            return self.robots[origin]
+                    self.gates.pop(urlsplit(url).netloc, None)
+                    self._gate(urlsplit(url).netloc, delay)
+            return self.robots[home]
 
     async def _robots_file(self, client: httpx.AsyncClient, url: str) -> httpx.Response | None:
         """robots.txt, following redirects within the policy; None if a hop is not allowed."""
@@ -187,13 +188,13 @@ class Crawler:
                 response = await client.get(url)
             if not response.is_redirect:
                 return response
-            url = _join(url, response.headers.get("location", ""))
+            url = absolute_url(url, response.headers.get("location"))
             if url is None or self._hop_problem(url):
                 return None
         return None
 
     def _allowed_host(self, url: str) -> bool:
-        host = _hostname(url)
+        host = hostname(url)
         return host in self.seed_hosts or host in self.s.allow_hosts
 
     def _hop_problem(self, url: str) -> str | None:
@@ -202,7 +203,7 @@ class Crawler:
         if scheme not in ("http", "https"):
             return f"redirect to scheme {scheme or 'missing'}"
         if not self._allowed_host(url):
-            return f"redirect to another host {_hostname(url)!r} (use --allow-host)"
+            return f"redirect to another host {hostname(url)!r} (use --allow-host)"
         return None
 
     # ---- fetching -----------------------------------------------------------------------
@@ -230,8 +231,7 @@ class Crawler:
             if problem:
                 return Outcome("failed", status, target, reason=problem, attempts=attempts)
             robots = await self._robots(client, target)
-            target_parts = urlsplit(target)
-            if refused := self.refused.get(f"{target_parts.scheme}://{target_parts.netloc}"):
+            if refused := self.refused.get(origin(target)):
                 return Outcome("failed", status, target, reason=refused[:300], attempts=attempts)
             if robots is None or not robots.can_fetch(target, self.s.user_agent):
                 return Outcome("disallowed", status, target, robots="disallowed",
@@ -245,7 +245,7 @@ class Crawler:
         try:
             async with gate.semaphore, client.stream("GET", url) as response:
                 if response.is_redirect:
-                    return response.status_code, _join(url, response.headers.get("location", ""))
+                    return response.status_code, absolute_url(url, response.headers.get("location"))
                 retry_after = _retry_after(response.headers.get("retry-after"))
                 if response.status_code == 429 or response.status_code >= 500:
                     await response.aclose()
@@ -284,17 +284,15 @@ class Crawler:
             return Outcome("failed", reason=f"{type(exc).__name__}: {exc}"[:200], attempts=attempts)
 
     async def _visit(self, client: httpx.AsyncClient, url: str, kind: str, depth: int) -> None:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 (raises ValueError for a malformed port)
-        except ValueError as exc:
-            self._finish(url, Outcome("failed", reason=f"malformed URL: {exc}"))
+        if problem := malformed(url):
+            self._finish(url, Outcome("failed", reason=f"malformed URL: {problem}"))
             return
+        parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             self._finish(url, Outcome("skipped", reason=f"scheme {parts.scheme or 'missing'} not fetched"))
             return
         robots = await self._robots(client, url)
-        if refused := self.refused.get(f"{parts.scheme}://{parts.netloc}"):
+        if refused := self.refused.get(origin(url)):
             self._finish(url, Outcome("failed", reason=refused[:300]))
             return
         if robots is None or not robots.can_fetch(url, self.s.user_agent):
@@ -322,10 +320,7 @@ class Crawler:
                 outcome.status, outcome.reason = "failed", f"not an image ({what})"
         self._finish(url, outcome)
         for link, link_kind in outcome.links:
-            try:
-                scheme = urlsplit(link).scheme
-            except ValueError:
-                continue
+            scheme = urlsplit(link).scheme  # links from parse_page are well formed
             if scheme not in ("http", "https"):
                 self.add(link, link_kind, url, depth + 1)
                 self._finish(link, Outcome("skipped", reason=f"scheme {scheme or 'missing'} not fetched"))
@@ -367,7 +362,7 @@ class Crawler:
     async def run(self) -> dict[str, Any]:
         self.s.out.mkdir(parents=True, exist_ok=True)
         for (url,) in self.con.execute("SELECT url FROM crawl_urls WHERE depth = 0").fetchall():
-            self.seed_hosts.add(_hostname(url))
+            self.seed_hosts.add(hostname(url))
         timeout = httpx.Timeout(self.s.read_timeout, connect=self.s.connect_timeout)
         transport = httpx.AsyncHTTPTransport()
         # Every connection goes through the address policy (the pool's backend is not a public option).
@@ -423,28 +418,11 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def _hostname(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-
-
 def _content_length(value: str | None) -> int:
     try:
         return max(0, int(value or 0))
     except ValueError:
         return 0
-
-
-def _join(base: str, location: str) -> str | None:
-    """The absolute URL of a Location header, or None when it is malformed."""
-    try:
-        target = urljoin(base, location.strip())
-        urlsplit(target).port  # noqa: B018 (raises ValueError for a malformed port or host)
-    except ValueError:
-        return None
-    return target if location.strip() else None
 
 
 def run_crawl(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import urldefrag
 
+from workbench.crawl.urls import absolute_url
 from workbench.ingest.walk import IMAGE_EXTENSIONS
 
 LICENSE_META = {"license", "dc.rights", "dcterms.license", "dcterms.rights", "rights", "copyright",
@@ -26,15 +27,9 @@ class _Parser(HTMLParser):
         self._licenses: list[str] = []
 
     def _url(self, value: str | None) -> str | None:
-        """The absolute URL, or None when it is empty or malformed (`http://[bad`)."""
-        if not value or not value.strip():
-            return None
-        try:
-            url = urldefrag(urljoin(self.base, value.strip()))[0]
-            urlsplit(url).port  # noqa: B018 (raises ValueError for a malformed host or port)
-        except ValueError:
-            return None
-        return url
+        """The absolute URL without its fragment, or None when empty or malformed."""
+        url = absolute_url(self.base, value)
+        return urldefrag(url)[0] if url else None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): v for k, v in attrs}
