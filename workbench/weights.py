@@ -29,22 +29,24 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def insightface_pack(folder: str) -> tuple[Path | None, Path | None]:
-    """(detector, recogniser) of an InsightFace model-pack folder such as buffalo_l.
-
-    The detector is the `det_*.onnx` file; the recogniser is the model whose one
-    input is Nx3x112x112 (packs also hold landmark and attribute models).
-    """
-    import onnx
-
+def _pack(folder: str) -> Path:
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise WorkbenchError(f"InsightFace model pack not found: {root}")
-    detector = next(iter(sorted(root.glob("det_*.onnx"))), None)
-    recogniser = None
-    for path in sorted(root.glob("*.onnx")):
-        if path == detector:
-            continue
+    return root
+
+
+def pack_detector(folder: str) -> Path | None:
+    """The detector of an InsightFace model-pack folder such as buffalo_l: its `det_*.onnx`."""
+    return next(iter(sorted(_pack(folder).glob("det_*.onnx"))), None)
+
+
+def pack_recogniser(folder: str) -> Path | None:
+    """The recogniser of a model pack: the model whose one input is Nx3x112x112 (packs also
+    hold detection, landmark and attribute models)."""
+    import onnx
+
+    for path in sorted(_pack(folder).glob("*.onnx")):
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
         except Exception:
@@ -53,6 +55,5 @@ def insightface_pack(folder: str) -> tuple[Path | None, Path | None]:
         inputs = [i for i in graph.input if i.name not in inits]
         dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
         if dims[1:] == [3, 112, 112]:
-            recogniser = path
-            break
-    return detector, recogniser
+            return path
+    return None

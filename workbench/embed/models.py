@@ -27,7 +27,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
 from workbench.faces.onnx_session import onnx_session
-from workbench.weights import file_sha256, insightface_pack, weights_file
+from workbench.weights import file_sha256, pack_recogniser, weights_file
 
 KINDS = ("onnx", "ckpt")  # file-backed kinds besides the built-in dlib model
 DEFAULT_NORM = (127.5, 127.5)
@@ -59,7 +59,7 @@ class ModelSpec:
         if kind in KINDS and rest:
             return cls(kind, str(weights_file(rest)), flip, mean_std)
         if kind == "insightface" and rest:
-            _, recogniser = insightface_pack(rest)
+            recogniser = pack_recogniser(rest)
             if recogniser is None:
                 raise WorkbenchError(f"no recognition model (one Nx3x112x112 input) in the "
                                      f"InsightFace pack {rest}")

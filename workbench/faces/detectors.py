@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import Detection, model_path
-from workbench.weights import file_sha256, insightface_pack, weights_file
+from workbench.weights import file_sha256, pack_detector, weights_file
 
 YUNET_ENV = "WB_YUNET_MODEL"
 CHOICES = "dlib, yunet[:PATH], scrfd:PATH or insightface:DIR"
@@ -52,7 +52,7 @@ class DetectorSpec:
         if kind == "scrfd" and rest:
             return cls("scrfd", str(weights_file(rest, "SCRFD model")), threshold)
         if kind == "insightface" and rest:
-            detector, _ = insightface_pack(rest)
+            detector = pack_detector(rest)
             if detector is None:
                 raise WorkbenchError(f"no det_*.onnx detector in the InsightFace pack {rest}")
             return cls("scrfd", str(detector), threshold)
