@@ -92,16 +92,17 @@ def run_dedupe(
         embed_unlabeled(ctx)
         calibration = None
         name = labeled_set or only_labeled_set(con)
-        if thresholds is None and name is not None:
+        if thresholds is not None:
+            mode = "fixed"
+        elif name is not None:
             labeled = LabeledSet(workspace, con, name)
             try:
                 calibration = dedupe_calibration(ctx, labeled, targets, run.run_id)
             finally:
                 labeled.close()
-            thresholds = calibration.thresholds()
-        mode = "fixed" if params["thresholds"] else f"calibrated on {name}" if calibration else \
-            "defaults (no labeled set to calibrate on)"
-        thresholds = thresholds or DedupeThresholds()
+            thresholds, mode = calibration.thresholds(), f"calibrated on {name}"
+        else:
+            thresholds, mode = DedupeThresholds(), "defaults (no labeled set to calibrate on)"
         _fill_crop_phash(workspace, con)
         rows = con.execute("SELECT face_id, crop_phash, quality FROM faces ORDER BY face_id").fetchnumpy()
         face_ids = list(rows["face_id"])

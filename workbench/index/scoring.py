@@ -115,8 +115,9 @@ def threshold_at_rate(impostor: np.ndarray, rate: float) -> float:
     """
     if len(impostor) == 0:
         raise ValueError("no impostor scores to calibrate on")
-    ordered = np.sort(np.asarray(impostor, np.float64))[::-1]
-    allowed = max(0, int(np.floor(rate * (len(ordered) + 1) + 1e-9)) - 1)
-    if allowed >= len(ordered):
-        return float(ordered[-1])
-    return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))
+    negated = -np.asarray(impostor, np.float64)
+    allowed = max(0, int(np.floor(rate * (len(negated) + 1) + 1e-9)) - 1)
+    if allowed >= len(negated):
+        return float(-negated.max())
+    kth = -np.partition(negated, allowed)[allowed]  # the (allowed+1)-th highest, without a full sort
+    return float(np.nextafter(np.float32(kth), np.float32(np.inf)))
