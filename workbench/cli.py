@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +29,9 @@ from workbench.errors import WorkbenchError
 from workbench.index.splits import MIN_QUALITY
 from workbench.manifest.query import one
 from workbench.workspace import ENV_VAR, Workspace
+
+if TYPE_CHECKING:
+    from workbench.embed.models import ModelSpec
 
 app = typer.Typer(
     name="wb",
@@ -136,7 +139,8 @@ def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def model_spec(model: str, flip: bool, norm: str | None):  # -> ModelSpec
+def model_spec(model: str, flip: bool, norm: str | None) -> ModelSpec:
+    """The --model, --flip and --model-norm options as one spec (imported late: startup stays fast)."""
     from workbench.embed.models import ModelSpec
 
     return ModelSpec.parse(model, flip=flip, norm=norm)
