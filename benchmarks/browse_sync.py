@@ -25,7 +25,7 @@ import numpy as np
 
 
 def build_manifest(root: Path, faces: int) -> None:
-    from workbench.workspace import Workspace
+    from workbench.manifest.workspace import Workspace
 
     ws = Workspace.at(root)
     with ws.connect() as con:
@@ -106,7 +106,7 @@ def main() -> None:
 
     from workbench.browse.app import load_fiftyone
     from workbench.browse.sync import run_browse_sync
-    from workbench.workspace import Workspace
+    from workbench.manifest.workspace import Workspace
 
     fo = load_fiftyone()
     for name in ("bench", "bench-naive"):  # left by an interrupted run, if its database still runs

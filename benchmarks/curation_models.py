@@ -31,12 +31,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_scenario import DEFAULT_LFW, build
 
+from workbench.curate.dedupe import run_dedupe
+from workbench.curate.overlap import run_overlap
 from workbench.embed.models import ModelSpec
-from workbench.index.dedupe import run_dedupe
-from workbench.index.overlap import run_overlap
 from workbench.ingest.pipeline import ingest
 from workbench.labeled.register import register_labeled
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

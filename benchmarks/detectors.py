@@ -22,7 +22,7 @@ from pathlib import Path
 
 from workbench.embed.compute import embed
 from workbench.ingest.pipeline import ingest
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = SHARED / "models"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from workbench.formats.walk import walk_images
 from workbench.ingest.pipeline import ingest
-from workbench.ingest.walk import walk_images
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 

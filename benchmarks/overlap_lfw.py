@@ -26,14 +26,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_scenario import DEFAULT_LFW, build
 
+from workbench.curate.calibrate import OverlapTargets
+from workbench.curate.dedupe import run_dedupe
+from workbench.curate.overlap import OverlapSettings, run_overlap
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore, labeled_item_id
-from workbench.index.calibrate import OverlapTargets
-from workbench.index.dedupe import run_dedupe
-from workbench.index.overlap import OverlapSettings, run_overlap
 from workbench.ingest.pipeline import ingest
 from workbench.labeled.register import register_labeled
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 SET = "lfwknown"
 

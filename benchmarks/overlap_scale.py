@@ -21,7 +21,7 @@ import time
 import faiss
 import numpy as np
 
-from workbench.index.search import nearest
+from workbench.curate.search import nearest
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -17,12 +17,12 @@ import json
 import time
 from pathlib import Path
 
+from workbench.curate.splits import run_split
 from workbench.evaluate.compare import ROWS, run_compare
 from workbench.evaluate.evaluate import run_eval
-from workbench.index.splits import run_split
+from workbench.manifest.workspace import Workspace
 from workbench.train.loop import TrainConfig
 from workbench.train.run import train
-from workbench.workspace import Workspace
 
 CONFIG = dict(labeled="lfwknown", backbone="r18", width=0.5, input_size=56, num_features=128,
               batch_size=64, lr=0.1, num_workers=2, checkpoint_every=10_000)

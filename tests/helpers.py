@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def wb(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from workbench.formats.binpairs import PairsError, generate_pairs, read_bin, write_bin
+from workbench.formats.binpairs import PairsError, read_bin, write_bin
+from workbench.labeled.pairs import generate_pairs
 
 JPEGS = [b"\xff\xd8\xff" + bytes([i]) * 20 + b"\xff\xd9" for i in range(4)]
 

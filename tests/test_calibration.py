@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import unit
-from workbench.embed.compute import unit_centres
-from workbench.faces.copies import web_copy
-from workbench.index.calibration import (
+from workbench.curate.calibration import (
     MAX_PROBES,
     PairEvidence,
     calibrate_dedupe,
@@ -19,7 +17,9 @@ from workbench.index.calibration import (
     single_face_scores,
     wilson,
 )
-from workbench.index.scoring import Gallery, best_identity
+from workbench.curate.scoring import Gallery, best_identity
+from workbench.embed.compute import unit_centres
+from workbench.faces.copies import web_copy
 
 
 def people(n_ids: int, per: int, rng: np.random.Generator, d: int = 128) -> tuple[np.ndarray, np.ndarray]:

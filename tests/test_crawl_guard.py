@@ -15,7 +15,7 @@ from tests.crawl_server import FaultServer
 from workbench.crawl.crawler import CrawlSettings, _retry_after, run_crawl
 from workbench.crawl.guard import BlockedAddress, GuardedBackend, address_problem
 from workbench.crawl.html import parse_page
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def only_127_0_0_1(address: str) -> str | None:

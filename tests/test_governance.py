@@ -144,7 +144,7 @@ def test_export_onto_an_existing_file_is_a_one_line_error(ws, tmp_path):
 def test_browse_where_is_one_condition_over_the_face_columns(ws, where):
     from workbench.browse.selection import face_facts
     from workbench.errors import WorkbenchError
-    from workbench.workspace import Workspace
+    from workbench.manifest.workspace import Workspace
 
     with Workspace.at(ws).connect(read_only=True) as con:
         allowed = face_facts(con, where="split = 'excluded' AND quality >= 0", score_run=None)

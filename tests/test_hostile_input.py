@@ -21,7 +21,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.binpairs import PairsError, read_bin
 from workbench.formats.recordio import IRHeader, RecordIOWriter, pack, write_insightface_rec
 from workbench.labeled.register import register_labeled
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def jpeg(seed: int, size: int = 112) -> bytes:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import noise_image
 from tests.helpers import kill_when, manifest_snapshot, wb, wb_json
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def query(root: Path, sql: str) -> list[tuple]:

@@ -26,9 +26,9 @@ from rich.table import Table
 from rich.text import Text
 
 from workbench.errors import WorkbenchError
-from workbench.index.splits import MIN_QUALITY
+from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one
-from workbench.workspace import ENV_VAR, Workspace
+from workbench.manifest.workspace import ENV_VAR, Workspace
 
 if TYPE_CHECKING:
     from workbench.embed.models import ModelSpec
@@ -407,19 +407,10 @@ def labeled_pairs(
     as_json: JsonOpt = False,
 ) -> None:
     """Write LFW-style verification pairs from a labeled set as an InsightFace .bin."""
-    from workbench.formats.binpairs import pairs_from_set
-    from workbench.labeled.access import LabeledSet
+    from workbench.labeled.pairs import write_pairs
 
-    ws = Workspace.at(workspace)
-    with ws.connect(read_only=True) as con:
-        labeled = LabeledSet(ws, con, name)
-    try:
-        counts = pairs_from_set(labeled, out_file, n_folds=folds, pairs_per_fold=pairs_per_fold,
-                                seed=seed)
-    except ValueError as exc:
-        raise WorkbenchError(f"cannot make pairs from {name}: {exc}") from None
-    finally:
-        labeled.close()
+    counts = write_pairs(Workspace.at(workspace), name, out_file, n_folds=folds,
+                         pairs_per_fold=pairs_per_fold, seed=seed)
     if as_json:
         print_json({"out": str(out_file), **counts})
     else:
@@ -492,8 +483,8 @@ def overlap(
     Thresholds are calibrated for the model on the labeled set (see `wb calibrate`);
     embeddings and calibrations are computed once and reused.
     """
-    from workbench.index.calibrate import OverlapTargets
-    from workbench.index.overlap import OverlapSettings, run_overlap
+    from workbench.curate.calibrate import OverlapTargets
+    from workbench.curate.overlap import OverlapSettings, run_overlap
 
     targets = OverlapTargets(fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir, copies=copies,
                              per_identity=per_identity, seed=seed)
@@ -531,9 +522,9 @@ def dedupe(
     Thresholds are calibrated for the model on synthetic web copies of labeled faces
     (see `wb calibrate`) unless --strict/--loose/--phash-bits fix them.
     """
-    from workbench.index.calibrate import DedupeTargets
-    from workbench.index.dedupe import run_dedupe
-    from workbench.index.pairs import DedupeThresholds
+    from workbench.curate.calibrate import DedupeTargets
+    from workbench.curate.dedupe import run_dedupe
+    from workbench.curate.pairs import DedupeThresholds
 
     fixed = None
     if (strict, loose, phash_bits) != (None, None, None):
@@ -560,7 +551,7 @@ def split(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the curated splits: train_unlabeled, eval_unknown and excluded (with reasons)."""
-    from workbench.index.splits import run_split
+    from workbench.curate.splits import run_split
 
     summary = run_split(Workspace.at(workspace), eval_unknown=eval_unknown, seed=seed,
                         min_quality=min_quality)
@@ -600,7 +591,7 @@ def calibrate(
     synthetic web copies of labeled faces against distinct photos of the same person.
     Stored in the manifest (view wb_calibrations); `wb overlap` and `wb dedupe` reuse it.
     """
-    from workbench.index.calibrate import DedupeTargets, OverlapTargets, run_calibrate
+    from workbench.curate.calibrate import DedupeTargets, OverlapTargets, run_calibrate
 
     overlap_targets = OverlapTargets(fpir=fpir, ambiguous_fpir=ambiguous_fpir, copy_fpir=copy_fpir,
                                      copies=copies, per_identity=per_identity, seed=seed)
@@ -633,9 +624,9 @@ def audit_overlap(
     as_json: JsonOpt = False,
 ) -> None:
     """Plant held-out labeled faces among the queries; report recall and false-overlap rate."""
-    from workbench.index.audit import run_audit
-    from workbench.index.calibrate import OverlapTargets
-    from workbench.index.overlap import OverlapSettings
+    from workbench.curate.audit import run_audit
+    from workbench.curate.calibrate import OverlapTargets
+    from workbench.curate.overlap import OverlapSettings
 
     settings = OverlapSettings(threshold=parse_threshold(threshold),
                                targets=OverlapTargets(fpir=fpir, per_identity=per_identity, seed=seed))

@@ -27,10 +27,10 @@ from workbench.browse.reviews import pull_reviews, review_tags
 from workbench.browse.selection import face_facts, latest_score_run
 from workbench.embed.store import read_vectors
 from workbench.errors import WorkbenchError
-from workbench.index.splits import MIN_QUALITY
+from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 PLOT_KEY = "face_embeddings"
 BATCH = 5_000

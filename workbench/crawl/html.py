@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 from urllib.parse import urldefrag
 
 from workbench.crawl.urls import absolute_url
-from workbench.ingest.walk import IMAGE_EXTENSIONS
+from workbench.formats.walk import IMAGE_EXTENSIONS
 
 LICENSE_META = {"license", "dc.rights", "dcterms.license", "dcterms.rights", "rights", "copyright",
                 "og:license", "twitter:license"}

@@ -21,18 +21,18 @@ from typing import Any
 import duckdb
 
 from workbench.browse.sync import run_browse_sync
+from workbench.curate.dedupe import run_dedupe
+from workbench.curate.overlap import run_overlap
+from workbench.curate.splits import run_split
 from workbench.demo.data import DemoSize, write_demo_data
 from workbench.evaluate.compare import run_compare
 from workbench.evaluate.evaluate import run_eval
 from workbench.evaluate.score import run_score
-from workbench.index.dedupe import run_dedupe
-from workbench.index.overlap import run_overlap
-from workbench.index.splits import run_split
 from workbench.ingest.pipeline import ingest
 from workbench.labeled.register import register_labeled
+from workbench.manifest.workspace import Workspace
 from workbench.train.loop import TrainConfig
 from workbench.train.run import train_or_reuse
-from workbench.workspace import Workspace
 
 LABELED = "demo-s"
 

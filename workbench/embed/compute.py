@@ -12,34 +12,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
-import cv2
 import duckdb
 import numpy as np
 
 from workbench.embed.models import ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
+from workbench.formats.images import decode_crops
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import Run, open_run
+from workbench.manifest.workspace import Workspace
 from workbench.parallel import Mapper, chunked, process_mapper
-from workbench.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
 COMMIT_EVERY = 512
 WORKER_BATCH = 8
-
-
-def decode_crops(encoded: list[bytes]) -> np.ndarray:
-    """Encoded crops to an (n, 112, 112, 3) RGB batch."""
-    out = np.empty((len(encoded), 112, 112, 3), np.uint8)
-    for i, data in enumerate(encoded):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError("undecodable crop")
-        if bgr.shape[:2] != (112, 112):
-            bgr = cv2.resize(bgr, (112, 112), interpolation=cv2.INTER_AREA)
-        out[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return out
 
 
 def _embed_encoded(encoded: list[bytes], spec: ModelSpec) -> np.ndarray:

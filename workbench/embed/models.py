@@ -171,7 +171,7 @@ def load_embedder(spec: ModelSpec) -> Embedder:
     elif spec.kind == "onnx":
         model = OnnxEmbedder(spec.path, spec.norm)
     else:
-        from workbench.train.export import CheckpointEmbedder
+        from workbench.embed.trained import CheckpointEmbedder  # torch: loaded only when needed
 
         model = CheckpointEmbedder(spec.path)
     return Flipped(model) if spec.flip else model

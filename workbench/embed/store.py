@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from workbench.embed.models import ModelSpec
 from workbench.manifest.query import one
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def labeled_item_id(set_name: str, sample_idx: int) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.evaluate.metrics import roc_curve
-from workbench.manifest.query import one
-from workbench.workspace import Workspace
+from workbench.manifest import evaluations, train_runs
+from workbench.manifest.workspace import Workspace
 
 ROWS = [
     ("verification accuracy", ("verification", "accuracy")),
@@ -46,15 +46,13 @@ def load_runs(workspace: Workspace, run_ids: list[str]) -> list[dict[str, Any]]:
     runs = []
     with workspace.connect(read_only=True) as con:
         for run_id in run_ids:
-            row = one(con, "SELECT r.config, e.metrics, e.artifacts_dir FROM train_runs r "
-                           "JOIN evaluations e USING (run_id) WHERE run_id = ? "
-                           "ORDER BY e.created_at DESC LIMIT 1", [run_id])
-            if row is None:
+            config = train_runs.require(con, run_id).config
+            evaluation = evaluations.latest(con, run_id)
+            if evaluation is None:
                 raise WorkbenchError(f"run {run_id!r} has no evaluation: run `wb eval {run_id}` first")
-            config = json.loads(row[0])
             arm = {k: v for k, v in config.items() if k != "seed"}
             runs.append({"run_id": run_id, "config": config, "arm": json.dumps(arm, sort_keys=True),
-                         "metrics": json.loads(row[1]), "arrays": Path(row[2]) / "arrays.npz"})
+                         "metrics": evaluation.metrics, "arrays": evaluation.arrays})
     return runs
 
 

@@ -24,10 +24,13 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.evaluate import metrics as m
 from workbench.evaluate.model import TrainedRun
-from workbench.formats.binpairs import generate_pairs, read_bin
+from workbench.formats.binpairs import read_bin
 from workbench.labeled.access import LabeledSet
+from workbench.labeled.pairs import generate_pairs
+from workbench.manifest import evaluations
+from workbench.manifest.evaluations import Evaluation
 from workbench.manifest.runs import open_run
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 MSP_SAMPLE = 5000
 
@@ -118,29 +121,27 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection) -> 
 def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = None,
              pairs_from: str | None = None) -> dict[str, Any]:
     with open_run(workspace, "eval", {"run": run_id, "pairs": str(pairs_file) if pairs_file else None,
-                                      "pairs_from": pairs_from}) as (con, run_rec):
-        run = TrainedRun.load(con, run_id)
-        pairs_from = pairs_from or (None if pairs_file else run.config.labeled)
-        results: dict[str, Any] = {"run_id": run_id, "checkpoint": str(run.checkpoint)}
+                                      "pairs_from": pairs_from}) as (con, record):
+        trained = TrainedRun.load(con, run_id)
+        pairs_from = pairs_from or (None if pairs_file else trained.config.labeled)
+        results: dict[str, Any] = {"run_id": run_id, "checkpoint": str(trained.checkpoint)}
         try:
-            verify, v_arrays = verification(run, workspace, con, pairs_file, pairs_from)
+            verify, v_arrays = verification(trained, workspace, con, pairs_file, pairs_from)
         except ValueError as exc:  # too few identities for 10 disjoint folds
             verify, v_arrays = {"note": f"verification skipped: {exc}"}, {}
         results["verification"] = verify
-        results["open_set"], o_arrays = open_set(run, workspace, con)
-        distances, bound = m.pairwise_cosine_distances(run.centres)
-        results["centre_distance"] = {"n_classes": len(run.centres), "mean": float(distances.mean()),
+        results["open_set"], o_arrays = open_set(trained, workspace, con)
+        distances, bound = m.pairwise_cosine_distances(trained.centres)
+        results["centre_distance"] = {"n_classes": len(trained.centres), "mean": float(distances.mean()),
                                       "median": float(np.median(distances)), "min": float(distances.min()),
                                       "sampled_mean_error_95": bound}
         eval_id = f"eval-{uuid.uuid4().hex[:10]}"
-        out = Path(con.execute("SELECT artifacts_dir FROM train_runs WHERE run_id = ?",
-                               [run_id]).fetchall()[0][0]) / "eval" / eval_id
+        out = trained.run_dir / "eval" / eval_id
         out.mkdir(parents=True, exist_ok=True)
         hist, edges = np.histogram(distances, bins=100, range=(0, 2))
         np.savez(out / "arrays.npz", centre_hist=hist, centre_edges=edges, **v_arrays, **o_arrays)
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        con.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, now())",
-                    [eval_id, run_id, json.dumps(results), str(out)])
+        evaluations.insert(con, Evaluation(eval_id, run_id, results, out))
         results["eval_id"] = eval_id
-        run_rec.counts = {"eval_id": eval_id}
+        record.counts = {"eval_id": eval_id}
         return results

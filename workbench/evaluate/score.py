@@ -21,7 +21,7 @@ from workbench.evaluate.metrics import softmax_stats
 from workbench.evaluate.model import TrainedRun
 from workbench.manifest.query import transaction
 from workbench.manifest.runs import open_run
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 BATCH = 512
 
@@ -43,16 +43,16 @@ def faces_of(con: Any, sets: list[str]) -> list[tuple[str, str]]:
 def run_score(workspace: Workspace, run_id: str, sets: list[str],
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     with open_run(workspace, "score", {"run": run_id, "sets": sets}) as (con, rec):
-        run = TrainedRun.load(con, run_id)
+        trained = TrainedRun.load(con, run_id)
         faces = faces_of(con, sets)
         done = {r[0] for r in con.execute("SELECT face_id FROM scores WHERE run_id = ?", [run_id]).fetchall()}
         todo = [(f, c) for f, c in faces if f not in done]
-        store = EmbeddingStore(workspace, con, ModelSpec("ckpt", str(run.checkpoint), flip=True),
-                               run.config.num_features)
+        store = EmbeddingStore(workspace, con, ModelSpec("ckpt", str(trained.checkpoint), flip=True),
+                               trained.config.num_features)
         for start in range(0, len(todo), BATCH):
             batch = todo[start : start + BATCH]
-            emb = run.embed_encoded([(workspace.root / c).read_bytes() for _, c in batch])
-            msp, pred, entropy = softmax_stats(run.logits(emb))
+            emb = trained.embed_encoded([(workspace.root / c).read_bytes() for _, c in batch])
+            msp, pred, entropy = softmax_stats(trained.logits(emb))
             ids = [f for f, _ in batch]
             con.register("scored", pa.table({
                 "face_id": pa.array(ids, pa.string()),

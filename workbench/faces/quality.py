@@ -18,6 +18,7 @@ import numpy as np
 FULL_SIZE_IOD = 32.0
 MIN_IOD = 8.0
 BLUR_HALF = 50.0
+MIN_QUALITY = 0.2  # below it a face is excluded from training and listed as low-quality
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,12 @@
-"""Cheap structural checks of encoded images, for sets too large to decode at registration."""
+"""Encoded images: cheap structural checks (for sets too large to decode at registration) and
+the one decoder of aligned face crops."""
 
 from __future__ import annotations
+
+import cv2
+import numpy as np
+
+CROP_SIZE = 112
 
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -42,3 +48,21 @@ def check_encoded(data: bytes) -> str | None:
     if fmt == "PNG" and b"IEND" not in data[-16:]:
         return "corrupt image (truncated PNG)"
     return None
+
+
+def decode_crop(data: bytes, size: int = CROP_SIZE) -> np.ndarray:
+    """An encoded aligned crop as (size, size, 3) RGB uint8, resized if it was stored at another size."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("undecodable face crop")
+    if bgr.shape[:2] != (size, size):
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_crops(encoded: list[bytes], size: int = CROP_SIZE) -> np.ndarray:
+    """Encoded crops as an (n, size, size, 3) RGB batch."""
+    out = np.empty((len(encoded), size, size, 3), np.uint8)
+    for i, data in enumerate(encoded):
+        out[i] = decode_crop(data, size)
+    return out

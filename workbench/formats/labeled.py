@@ -18,7 +18,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.formats.files import read_regular_file
 from workbench.formats.recordio import RecordIOError, RecordIOReader, rec_layout, unpack
-from workbench.ingest.walk import walk_images
+from workbench.formats.walk import walk_images
 
 FORMATS = ("rec", "folder", "hf")
 MAX_IMAGE_BYTES = 64 << 20  # one labeled face photo

@@ -20,7 +20,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.recordio import write_insightface_rec
 from workbench.manifest.query import transaction
 from workbench.manifest.runs import open_run
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 FORMATS = ("rec", "folder", "hf")
 

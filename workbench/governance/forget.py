@@ -27,7 +27,7 @@ import pyarrow as pa
 from workbench.browse.sync import forget_samples
 from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, transaction
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 @dataclass

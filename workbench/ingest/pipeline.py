@@ -19,12 +19,12 @@ import pyarrow as pa
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
 from workbench.formats.files import display_path
-from workbench.ingest.walk import FileEntry, WalkStats, walk_images
+from workbench.formats.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.query import transaction
 from workbench.manifest.runs import open_run
+from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
-from workbench.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 from workbench.errors import WorkbenchError
 from workbench.formats.labeled import LabeledSource, open_source
 from workbench.manifest.query import one
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 class LabeledSet:

@@ -26,8 +26,8 @@ from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
+from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
-from workbench.workspace import Workspace
 
 ProgressFn = Callable[[int, int], None]
 CHUNK = 4096

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from workbench import __version__
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 TRACKED_PACKAGES = ("duckdb", "numpy", "pillow", "dlib-bin", "opencv-python-headless", "torch")
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from workbench.formats.images import decode_crop
 from workbench.formats.labeled import LabeledSource, open_source
 
 
@@ -46,15 +46,6 @@ def snapshot_digest(items: list[str]) -> str:
         digest.update(item.encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
-
-
-def decode_crop(data: bytes, size: int) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("undecodable face crop")
-    if bgr.shape[:2] != (size, size):
-        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class LabeledFaces(Dataset):

@@ -25,55 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workbench.errors import WorkbenchError
+from workbench.manifest.train_runs import FINAL, LATEST, checkpoint_dir
+from workbench.train import checkpoint
 from workbench.train.backbones import build_backbone, normalise_input
+from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches, UnlabeledFaces, UnlabeledPlan
 from workbench.train.heads import MarginHead
-from workbench.train.losses import UIR_LOSSES, uir_loss
+from workbench.train.losses import uir_loss
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
-
-
-@dataclass
-class TrainConfig:
-    labeled: str | None = None
-    unlabeled_split: str = "train_unlabeled"
-    uir_loss: str = "none"
-    uir_weight: float = 0.1
-    unlabeled_ratio: float = 0.25
-    backbone: str = "r50"
-    width: float = 1.0
-    input_size: int = 112
-    num_features: int = 512
-    head: str = "arcface"
-    scale: float = 64.0
-    steps: int | None = None
-    epochs: float | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int | None = None
-    grad_clip: float = 5.0
-    init: str | None = None
-    device: str = "cpu"
-    amp: str = "none"
-    num_workers: int = 2
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 10
-    flip: bool = True
-    holdout_per_identity: int = 1  # labeled faces kept out of training as known probes for `wb eval`
-    holdout_min_samples: int = 4  # only identities with at least this many faces give one up
-
-    def validate(self) -> None:
-        if self.uir_loss not in UIR_LOSSES:
-            raise WorkbenchError(f"--uir-loss must be one of {', '.join(UIR_LOSSES)}")
-        if self.amp not in ("none", "bf16"):
-            raise WorkbenchError("--amp must be none or bf16")
-        if not 0 <= self.unlabeled_ratio < 1:
-            raise WorkbenchError("--unlabeled-ratio must be in [0, 1)")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise WorkbenchError("--device cuda asked for, but torch sees no CUDA device")
 
 
 @dataclass
@@ -140,12 +100,6 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), local)
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def run_training(
     config: TrainConfig, plan: DataPlan, run_dir: Path, *, resume: bool = False,
     dist_info: Distributed | None = None, progress: ProgressFn | None = None,
@@ -158,7 +112,7 @@ def run_training(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if config.init:
-        load_init(model, Path(config.init))
+        checkpoint.load_into(model.backbone, config.init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -172,10 +126,10 @@ def run_training(
     total = config.steps or max(1, math.ceil((config.epochs or 1) * batches.per_epoch))
     warmup = config.warmup_steps if config.warmup_steps is not None else min(total // 10, 2000)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total))
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = checkpoint_dir(run_dir)
     start = 0
     if resume:
-        state = torch.load(ckpt_dir / "latest.pt", map_location=device, weights_only=False)
+        state = checkpoint.read(ckpt_dir / LATEST, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -207,14 +161,14 @@ def run_training(
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start)
 
-    def checkpoint(step: int, name: str = "latest.pt") -> None:
+    def save(step: int, name: str = LATEST) -> None:
         if info.main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
                      "num_classes": plan.labeled.num_classes}
-            save_atomic(state, ckpt_dir / name)
-            if name == "latest.pt":
-                save_atomic(state, ckpt_dir / f"step_{step:07d}.pt")
+            checkpoint.save(state, ckpt_dir / name)
+            if name == LATEST:
+                checkpoint.save(state, ckpt_dir / f"step_{step:07d}.pt")
 
     amp = config.amp == "bf16"
     last: dict[str, float] = {}
@@ -234,7 +188,7 @@ def run_training(
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss became {loss.item()} at step {step}; the last good checkpoint is "
-                    f"{ckpt_dir / 'latest.pt'}; lower --lr or check the data")
+                    f"{ckpt_dir / LATEST}; lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -256,15 +210,15 @@ def run_training(
             if progress and info.main:
                 progress(step, total, last)
             if step % config.checkpoint_every == 0 and step < total:
-                checkpoint(step)
+                save(step)
     except KeyboardInterrupt:
-        checkpoint(step)
+        save(step)
         raise
     finally:
         if writer is not None:
             writer.close()
-    checkpoint(step)
-    checkpoint(step, "final.pt")
+    save(step)
+    save(step, FINAL)
     result = {"steps": step, "total_steps": total, **{k: v for k, v in last.items() if k != "step"}}
     if info.world > 1:
         digests: list[str | None] = [None] * info.world
@@ -292,16 +246,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in lines))
-
-
-def load_init(model: FaceModel, path: Path) -> None:
-    """Fine-tune from a workbench checkpoint or an arcface_torch backbone `model.pt`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "model" in state:
-        backbone = {k[len("backbone."):]: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    else:
-        backbone = state
-    try:
-        model.backbone.load_state_dict(backbone, strict=True)
-    except RuntimeError as exc:
-        raise WorkbenchError(f"--init {path} does not fit the backbone: {str(exc).splitlines()[0]}") from None

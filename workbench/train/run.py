@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,11 +18,12 @@ import torch.distributed as dist
 
 from workbench.errors import WorkbenchError
 from workbench.labeled.access import LabeledSet, only_labeled_set
-from workbench.manifest.query import one
+from workbench.manifest import train_runs
 from workbench.manifest.runs import new_run_id, versions
+from workbench.manifest.workspace import Workspace, WorkspaceBusy
+from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
-from workbench.train.loop import DataPlan, ProgressFn, TrainConfig, init_distributed, run_training
-from workbench.workspace import Workspace, WorkspaceBusy
+from workbench.train.loop import DataPlan, ProgressFn, init_distributed, run_training
 
 
 def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
@@ -111,12 +111,10 @@ def train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
 def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
     with ws.lock("train"), ws.connect() as con:
         if resume:
-            row = one(con, "SELECT config, artifacts_dir FROM train_runs WHERE run_id = ?", [resume])
-            if row is None:
-                raise WorkbenchError(f"no training run {resume!r} to resume; see `wb status`")
-            config = TrainConfig(**json.loads(row[0]))
-            run_id, run_dir = resume, Path(row[1])
-            if not (run_dir / "checkpoints" / "latest.pt").exists():
+            stored = train_runs.require(con, resume)
+            config = TrainConfig(**stored.config)
+            run_id, run_dir = resume, stored.run_dir
+            if not (stored.checkpoint_dir / train_runs.LATEST).exists():
                 raise WorkbenchError(f"run {resume} has no checkpoint to resume from")
         else:
             run_id = new_run_id("train")
@@ -125,13 +123,9 @@ def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
         if resume:
-            con.execute("UPDATE train_runs SET status = 'training', updated_at = now() WHERE run_id = ?",
-                        [run_id])
+            train_runs.mark_training(con, run_id)
         else:
-            con.execute(
-                "INSERT INTO train_runs VALUES (?, 'training', ?, ?, ?, 0, NULL, ?, now(), now())",
-                [run_id, json.dumps(asdict(config)), json.dumps(plan.snapshot), json.dumps(versions()),
-                 str(run_dir)])
+            train_runs.insert(con, run_id, asdict(config), plan.snapshot, versions(), run_dir)
         return run_id, plan, config, run_dir
 
 
@@ -141,8 +135,7 @@ def _finish(ws: Workspace, run_id: str, status: str, error: str | None, result: 
     for attempt in range(60):
         try:
             with ws.lock("train"), ws.connect() as con:
-                con.execute("UPDATE train_runs SET status = ?, step = ?, metrics = ?, updated_at = now() "
-                            "WHERE run_id = ?", [status, result.get("steps"), json.dumps(metrics), run_id])
+                train_runs.finish(con, run_id, status, result.get("steps"), metrics)
             return
         except WorkspaceBusy:
             if attempt == 59:
@@ -158,15 +151,13 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
     digests = ("labeled_digest", "unlabeled_digest") if config.unlabeled_ratio > 0 else ("labeled_digest",)
     with ws.connect(read_only=True) as con:
         data = plan_data(ws, con, replace(config)).snapshot
-        rows = con.execute("SELECT run_id, status, config, data_snapshot, artifacts_dir, metrics "
-                           "FROM wb_train_runs ORDER BY created_at DESC").fetchall()
-    for run_id, status, stored, snapshot, run_dir, metrics in rows:
-        stored, snapshot = json.loads(stored), json.loads(snapshot)
-        if any(stored.get(k) != v for k, v in wanted.items()) or any(
-                snapshot.get(k) != data[k] for k in digests):
+        runs = train_runs.newest_first(con)
+    for run in runs:
+        if any(run.config.get(k) != v for k, v in wanted.items()) or any(
+                run.snapshot.get(k) != data[k] for k in digests):
             continue
-        if status == "done":
-            return {"run_id": run_id, "run_dir": run_dir, **json.loads(metrics or "{}"), "reused": True}
-        if status in ("interrupted", "killed"):
-            return train(ws, TrainConfig(), resume=run_id, progress=progress)
+        if run.status == "done":
+            return {"run_id": run.run_id, "run_dir": str(run.run_dir), **run.metrics, "reused": True}
+        if run.status == "interrupted":
+            return train(ws, TrainConfig(), resume=run.run_id, progress=progress)
     return train(ws, config, progress=progress)

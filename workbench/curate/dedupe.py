@@ -20,14 +20,14 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
+from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
+from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
-from workbench.index.calibrate import DedupeTargets, dedupe_calibration
-from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
-from workbench.index.search import nearest
 from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import transaction
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def duplicate_pairs(

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from workbench.index.search import nearest
+from workbench.curate.search import nearest
 
 
 def cluster_labels(vectors: np.ndarray, threshold: float, k: int = 10) -> np.ndarray:

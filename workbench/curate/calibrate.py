@@ -15,18 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from workbench.embed.compute import (
-    EmbedContext,
-    ProgressFn,
-    decode_crops,
-    embedding_run,
-    labeled_vectors,
-    sample_per_identity,
-)
-from workbench.embed.models import ModelSpec, load_embedder
-from workbench.errors import WorkbenchError
-from workbench.faces.copies import web_copy
-from workbench.index.calibration import (
+from workbench.curate.calibration import (
     MAX_PROBES,
     MAX_UNKNOWN,
     DedupeCalibration,
@@ -39,10 +28,21 @@ from workbench.index.calibration import (
     open_set_scores,
     single_face_scores,
 )
+from workbench.embed.compute import (
+    EmbedContext,
+    ProgressFn,
+    embedding_run,
+    labeled_vectors,
+    sample_per_identity,
+)
+from workbench.embed.models import ModelSpec, load_embedder
+from workbench.errors import WorkbenchError
+from workbench.faces.copies import web_copy
+from workbench.formats.images import decode_crops
 from workbench.ingest.hashing import phash64
 from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import one
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 T = TypeVar("T")
 METHOD = 3  # bump when the way a calibration is measured changes: stored ones are then redone

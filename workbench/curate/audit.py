@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from workbench.curate.calibrate import overlap_calibration
+from workbench.curate.overlap import OverlapSettings
+from workbench.curate.scoring import Gallery, best_identity
 from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres, labeled_vectors, unit_centres
 from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
-from workbench.index.calibrate import overlap_calibration
-from workbench.index.overlap import OverlapSettings
-from workbench.index.scoring import Gallery, best_identity
 from workbench.labeled.access import LabeledSet
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 
 def plant_split(labels: np.ndarray, plant_fraction: float, hold_out: float,

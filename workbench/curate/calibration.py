@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
+from workbench.curate.scoring import TOP_K, Gallery, pair_scores, threshold_at_rate
+from workbench.curate.search import nearest
 from workbench.embed.compute import unit_centres
-from workbench.index.pairs import DedupeThresholds, is_duplicate, popcount64
-from workbench.index.scoring import TOP_K, Gallery, pair_scores, threshold_at_rate
-from workbench.index.search import nearest
 
 MAX_PROBES = 5000  # known-person probes: one face each of this many identities
 MAX_UNKNOWN = 20000  # unknown-person probes: labeled faces with their identity left out

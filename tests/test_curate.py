@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from tests.helpers import unit
-from workbench.index.clusters import cluster_labels, cluster_means
-from workbench.index.dedupe import duplicate_pairs, group_labels, representatives
-from workbench.index.overlap import FaceScores, decide
-from workbench.index.pairs import DedupeThresholds, popcount64
-from workbench.index.scoring import (
+from workbench.curate.clusters import cluster_labels, cluster_means
+from workbench.curate.dedupe import duplicate_pairs, group_labels, representatives
+from workbench.curate.overlap import FaceScores, decide
+from workbench.curate.pairs import DedupeThresholds, popcount64
+from workbench.curate.scoring import (
     Gallery,
     best_identity,
     neighbour_consensus,
     threshold_at_rate,
 )
-from workbench.index.search import nearest
-from workbench.index.splits import choose_eval_clusters
+from workbench.curate.search import nearest
+from workbench.curate.splits import choose_eval_clusters
 
 
 def blobs(n_centres: int, per: int, d: int, noise: float, seed: int = 0):

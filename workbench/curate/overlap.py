@@ -33,6 +33,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from workbench.curate.calibrate import OverlapTargets, overlap_calibration
+from workbench.curate.clusters import cluster_labels, cluster_means
+from workbench.curate.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
+from workbench.curate.search import nearest
 from workbench.embed.compute import (
     ProgressFn,
     embed_unlabeled,
@@ -43,13 +47,9 @@ from workbench.embed.compute import (
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
-from workbench.index.calibrate import OverlapTargets, overlap_calibration
-from workbench.index.clusters import cluster_labels, cluster_means
-from workbench.index.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
-from workbench.index.search import nearest
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import transaction
-from workbench.workspace import Workspace
+from workbench.manifest.workspace import Workspace
 
 MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
 DECISIONS = ("copy", "overlap", "ambiguous", "clean")

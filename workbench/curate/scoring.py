@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.index.search import nearest
+from workbench.curate.search import nearest
 
 TOP_K = 5
 CENTRE_WEIGHT = 0.8

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
-from workbench.workspace import Workspace
-
-MIN_QUALITY = 0.2
+from workbench.manifest.workspace import Workspace
 
 
 def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: int) -> set[str]:

@@ -1,0 +1,34 @@
+"""`ckpt:PATH`: a backbone trained by `wb train` as an embedding model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.embed.models import l2_normalise
+from workbench.train.backbones import normalise_input
+from workbench.train.checkpoint import Checkpoint
+
+BATCH = 128
+
+
+class CheckpointEmbedder:
+    def __init__(self, checkpoint: str | Path | Checkpoint):
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
+        self.model, self.config = ckpt.backbone(), ckpt.config
+        self.dim = self.config.num_features
+
+    @torch.no_grad()
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Unit embeddings of (n, 112, 112, 3) RGB crops, resized to the run's input size."""
+        size = self.config.input_size
+        out = [np.empty((0, self.dim), np.float32)]
+        for start in range(0, len(crops), BATCH):
+            x = normalise_input(torch.from_numpy(np.ascontiguousarray(crops[start : start + BATCH])))
+            if size != x.shape[-1]:
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            out.append(self.model(x).float().numpy())
+        return l2_normalise(np.concatenate(out))
