@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 
 REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep")
 
@@ -32,19 +32,19 @@ def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> d
     face_ids, tags, modified = dataset.values(["face_id", "tags", "last_modified_at"])
     seen = {(f, t): m for f, ts, m in zip(face_ids, tags, modified, strict=True)
             for t in ts or [] if t in REVIEW_TAGS}
-    con.register("seen_faces", pa.table({"face_id": pa.array(face_ids, pa.string())}))
-    stored = set(con.execute(
-        "SELECT r.face_id, r.tag FROM reviews r JOIN seen_faces USING (face_id)").fetchall())
-    known = {r[0] for r in con.execute(
-        "SELECT face_id FROM faces JOIN seen_faces USING (face_id)").fetchall()}
-    con.unregister("seen_faces")
+    with registered(con, seen_faces=pa.table({"face_id": pa.array(face_ids, pa.string())})):
+        stored = set(con.execute(
+            "SELECT r.face_id, r.tag FROM reviews r JOIN seen_faces USING (face_id)").fetchall())
+        known = {r[0] for r in con.execute(
+            "SELECT face_id FROM faces JOIN seen_faces USING (face_id)").fetchall()}
     source = f"fiftyone:{dataset.name}"
     added = [(f, t, _naive_utc(m), source, run_id) for (f, t), m in seen.items()
              if (f, t) not in stored and f in known]
     removed = [key for key in stored if key not in seen]
     with transaction(con):
         if added:
-            con.executemany("INSERT INTO reviews VALUES (?, ?, ?, ?, ?)", added)
+            con.executemany("INSERT INTO reviews (face_id, tag, reviewed_at, source, run_id) "
+                            "VALUES (?, ?, ?, ?, ?)", added)
         if removed:
             con.executemany("DELETE FROM reviews WHERE face_id = ? AND tag = ?", removed)
     by_tag = dict(con.execute("SELECT tag, count(*) FROM reviews GROUP BY tag ORDER BY tag").fetchall())

@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 from workbench.browse.app import database_label, load_fiftyone
 from workbench.browse.reviews import pull_reviews, review_tags
 from workbench.browse.selection import face_facts, latest_score_run
-from workbench.embed.store import read_vectors
+from workbench.embed.store import UNLABELED_ITEMS_SQL, read_vectors
 from workbench.errors import WorkbenchError
 from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
@@ -208,7 +208,7 @@ def plot_model(con: duckdb.DuckDBPyConnection) -> str | None:
     row = one(con, "SELECT any_value(model_key) FROM clusters")
     if row and row[0]:
         return row[0]
-    row = one(con, "SELECT model_key FROM embeddings WHERE item_id NOT LIKE 'S:%' "
+    row = one(con, f"SELECT model_key FROM embeddings WHERE {UNLABELED_ITEMS_SQL} "
                    "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")
     return row[0] if row else None
 
@@ -257,7 +257,9 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
         views = save_views(fo, dataset)
         plotted = embeddings_plot(workspace, con, dataset) if plot else 0
         with transaction(con):
-            con.execute("INSERT OR REPLACE INTO browse_datasets VALUES (?, ?, ?, ?, ?, now(), ?)",
+            con.execute("INSERT OR REPLACE INTO browse_datasets (name, database, where_sql, score_run, "
+                        "n_samples, synced_at, run_id) "
+                        "VALUES (?, ?, ?, ?, ?, now(), ?)",
                         [name, database_label(), where, score_run, len(dataset), run.run_id])
         summary = {"dataset": name, "samples": len(dataset), "added": len(new), "deleted": len(gone),
                    "updated_fields": changed, "reviews_pulled": pulled["added"],

@@ -26,7 +26,7 @@ from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
 from workbench.labeled.access import LabeledSet, only_labeled_set
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
 
 
@@ -118,14 +118,11 @@ def run_dedupe(
             "group_id": pa.array([face_ids[g] for g in rep_of_group[groups]], pa.string()),
             "is_representative": pa.array(rep),
         })
-        con.register("dup_rows", table)
-        try:
-            with transaction(con):
-                con.execute("DELETE FROM dups")
-                con.execute("INSERT INTO dups SELECT face_id, group_id, is_representative, ? FROM dup_rows",
-                            [run.run_id])
-        finally:
-            con.unregister("dup_rows")
+        with registered(con, dup_rows=table), transaction(con):
+            con.execute("DELETE FROM dups")
+            con.execute("INSERT INTO dups (face_id, group_id, is_representative, run_id) "
+                        "SELECT face_id, group_id, is_representative, ? FROM dup_rows",
+                        [run.run_id])
         sizes = np.bincount(groups) if len(groups) else np.empty(0, np.int64)
         summary = {"faces": len(face_ids), "duplicate_pairs": len(i),
                    "groups_with_duplicates": int((sizes >= 2).sum()),
@@ -142,8 +139,7 @@ def _fill_crop_phash(workspace: Workspace, con: duckdb.DuckDBPyConnection) -> No
     if not missing:
         return
     hashes = [crop_phash_from_file(str(workspace.root / rel)) for _, rel in missing]
-    con.register("filled", pa.table({"face_id": [f for f, _ in missing],
-                                     "crop_phash": pa.array(hashes, pa.uint64())}))
-    con.execute("UPDATE faces SET crop_phash = filled.crop_phash FROM filled "
-                "WHERE faces.face_id = filled.face_id")
-    con.unregister("filled")
+    with registered(con, filled=pa.table({"face_id": [f for f, _ in missing],
+                                     "crop_phash": pa.array(hashes, pa.uint64())})):
+        con.execute("UPDATE faces SET crop_phash = filled.crop_phash FROM filled "
+                    "WHERE faces.face_id = filled.face_id")

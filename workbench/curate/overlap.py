@@ -48,7 +48,7 @@ from workbench.embed.models import ModelSpec
 from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.labeled.access import LabeledSet
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
 
 MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
@@ -201,19 +201,16 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
         "copy_of": pa.array(copy_of, pa.string()),
         "copy_similarity": pa.array(copy_sim.astype(np.float32), from_pandas=True),
     })
-    con.register("overlap_rows", table)
-    try:
-        with transaction(con):
-            con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
-            con.execute("INSERT INTO overlap (face_id, labeled_set, nearest_label, similarity, score, "
-                        "cluster_score, decision, run_id, copy_of, copy_similarity) "
-                        "SELECT face_id, ?, nearest_label, similarity, score, cluster_score, decision, ?, "
-                        "copy_of, copy_similarity FROM overlap_rows", [labeled_set, run_id])
-            con.execute("DELETE FROM clusters")
-            con.execute("INSERT INTO clusters SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
-                        [model_key, run_id])
-    finally:
-        con.unregister("overlap_rows")
+    with registered(con, overlap_rows=table), transaction(con):
+        con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
+        con.execute("INSERT INTO overlap (face_id, labeled_set, nearest_label, similarity, score, "
+                    "cluster_score, decision, run_id, copy_of, copy_similarity) "
+                    "SELECT face_id, ?, nearest_label, similarity, score, cluster_score, decision, ?, "
+                    "copy_of, copy_similarity FROM overlap_rows", [labeled_set, run_id])
+        con.execute("DELETE FROM clusters")
+        con.execute("INSERT INTO clusters (face_id, cluster_id, model_key, run_id) "
+                    "SELECT face_id, cluster_id, ?, ? FROM overlap_rows",
+                    [model_key, run_id])
 
 
 def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScores, decision: np.ndarray,

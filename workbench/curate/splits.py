@@ -54,7 +54,7 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
         with transaction(con):
             con.execute("DELETE FROM splits")
             con.execute("""
-                INSERT INTO splits
+                INSERT INTO splits (image_id, face_id, split, reason, run_id)
                 SELECT i.image_id, NULL, 'excluded', coalesce(i.reason, 'no face'), ?
                 FROM images i WHERE i.status <> 'ok'""", [run.run_id])
             con.execute("""
@@ -90,9 +90,9 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
             held_out = sorted(choose_eval_clusters(sizes, eval_unknown, seed))
             con.execute("CREATE OR REPLACE TEMP TABLE held_out (cluster VARCHAR)")
             if held_out:
-                con.executemany("INSERT INTO held_out VALUES (?)", [[c] for c in held_out])
+                con.executemany("INSERT INTO held_out (cluster) VALUES (?)", [[c] for c in held_out])
             con.execute("""
-                INSERT INTO splits
+                INSERT INTO splits (image_id, face_id, split, reason, run_id)
                 SELECT image_id, face_id,
                     CASE WHEN reason IS NOT NULL THEN 'excluded'
                          WHEN coalesce(cluster_id, face_id) IN (SELECT cluster FROM held_out)

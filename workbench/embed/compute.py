@@ -139,7 +139,9 @@ def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: in
     if recorded is None or not path.exists():
         centres, _ = unit_centres(store.vectors(ids), labeled.labels[positions], n_ids)
         np.save(path, centres)
-        ctx.con.execute("INSERT OR REPLACE INTO centres VALUES (?, ?, ?, ?, ?, ?, now())",
+        ctx.con.execute("INSERT OR REPLACE INTO centres (model_key, set_name, per_identity, seed, path, "
+                        "n_identities, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, now())",
                         [store.key, set_name, per_identity, seed, str(path), n_ids])
     centres = np.load(path)
     return Centres(centres, np.linalg.norm(centres, axis=1) > 0, positions)

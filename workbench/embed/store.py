@@ -16,24 +16,32 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.embed.models import ModelSpec
-from workbench.manifest.query import one
+from workbench.manifest.query import one, registered
 from workbench.manifest.workspace import Workspace
+
+LABELED_PREFIX = "S:"
+UNLABELED_ITEMS_SQL = f"item_id NOT LIKE '{LABELED_PREFIX}%'"  # a condition on the embeddings table
 
 
 def labeled_item_id(set_name: str, sample_idx: int) -> str:
-    return f"S:{set_name}:{sample_idx}"
+    return f"{LABELED_PREFIX}{set_name}:{sample_idx}"
+
+
+def vectors_path(workspace: Workspace, model_key: str) -> Path:
+    return workspace.root / "embeddings" / model_key / "vectors.f32"
 
 
 class EmbeddingStore:
     def __init__(self, workspace: Workspace, con: duckdb.DuckDBPyConnection, spec: ModelSpec, dim: int):
         self.con, self.spec, self.dim = con, spec, dim
         self.key = spec.key
-        self.dir = workspace.root / "embeddings" / self.key
-        self.path = self.dir / "vectors.f32"
+        self.path = vectors_path(workspace, self.key)
+        self.dir = self.path.parent
         self.row_bytes = 4 * dim
         existing = one(con, "SELECT dim FROM embedding_models WHERE model_key = ?", [self.key])
         if existing is None:
-            con.execute("INSERT INTO embedding_models VALUES (?, ?, ?, ?, ?, now())",
+            con.execute("INSERT INTO embedding_models (model_key, kind, path, flip, dim, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, now())",
                         [self.key, spec.kind, spec.path, spec.flip, dim])
         elif existing[0] != dim:
             raise ValueError(f"model {self.key} recorded with dim {existing[0]}, now {dim}")
@@ -48,11 +56,10 @@ class EmbeddingStore:
         """The ids among `item_ids` without a stored vector, in the given order."""
         if not item_ids:
             return []
-        self.con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string())}))
-        have = {r[0] for r in self.con.execute(
-            "SELECT w.item_id FROM wanted w JOIN embeddings e "
-            "ON e.item_id = w.item_id AND e.model_key = ?", [self.key]).fetchall()}
-        self.con.unregister("wanted")
+        with registered(self.con, wanted=pa.table({"item_id": pa.array(item_ids, pa.string())})):
+            have = {r[0] for r in self.con.execute(
+                "SELECT w.item_id FROM wanted w JOIN embeddings e "
+                "ON e.item_id = w.item_id AND e.model_key = ?", [self.key]).fetchall()}
         return [i for i in item_ids if i not in have]
 
     def append(self, item_ids: list[str], vectors: np.ndarray) -> None:
@@ -69,12 +76,27 @@ class EmbeddingStore:
             handle.flush()
             os.fsync(handle.fileno())
         first = size // self.row_bytes
-        self.con.register("new_rows", pa.table({
+        with registered(self.con, new_rows=pa.table({
             "item_id": pa.array(item_ids, pa.string()),
             "row": pa.array(np.arange(first, first + len(item_ids)), pa.int64()),
-        }))
-        self.con.execute("INSERT INTO embeddings SELECT ?, item_id, row FROM new_rows", [self.key])
-        self.con.unregister("new_rows")
+        })):
+            self.con.execute("INSERT INTO embeddings (model_key, item_id, row) "
+                             "SELECT ?, item_id, row FROM new_rows", [self.key])
+
+    @staticmethod
+    def zero(workspace: Workspace, con: duckdb.DuckDBPyConnection, item_ids: list[str]) -> int:
+        """Overwrite the stored vectors of `item_ids` under every model with zeros, in place (an
+        erasure: rows keep their numbers, so other items' vectors stay where the manifest says)."""
+        rows = con.execute(
+            "SELECT e.model_key, e.row, m.dim FROM embeddings e JOIN embedding_models m USING (model_key) "
+            "WHERE e.item_id IN (SELECT unnest(?::VARCHAR[]))", [item_ids]).fetchall()
+        for model_key, row, dim in rows:
+            with open(vectors_path(workspace, model_key), "r+b") as handle:
+                handle.seek(int(row) * 4 * int(dim))
+                handle.write(np.zeros(int(dim), "<f4").tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        return len(rows)
 
     def matrix(self) -> np.ndarray:
         if not self.path.exists():
@@ -94,11 +116,10 @@ class EmbeddingStore:
 
 def stored_rows(con: duckdb.DuckDBPyConnection, model_key: str, item_ids: list[str]) -> dict[str, np.ndarray]:
     """`pos` (index into `item_ids`) and `row` (in the vector file) of the items that have a vector."""
-    con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.string()),
-                                     "pos": pa.array(np.arange(len(item_ids)), pa.int64())}))
-    hits = con.execute("SELECT w.pos, e.row FROM wanted w JOIN embeddings e ON e.item_id = w.item_id "
-                       "AND e.model_key = ? ORDER BY w.pos", [model_key]).fetchnumpy()
-    con.unregister("wanted")
+    with registered(con, wanted=pa.table({"item_id": pa.array(item_ids, pa.string()),
+                                     "pos": pa.array(np.arange(len(item_ids)), pa.int64())})):
+        hits = con.execute("SELECT w.pos, e.row FROM wanted w JOIN embeddings e ON e.item_id = w.item_id "
+                           "AND e.model_key = ? ORDER BY w.pos", [model_key]).fetchnumpy()
     return hits
 
 
@@ -111,8 +132,7 @@ def read_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, model_key
     hits = stored_rows(con, model_key, item_ids)
     found = np.zeros(len(item_ids), bool)
     found[hits["pos"]] = True
-    path = workspace.root / "embeddings" / model_key / "vectors.f32"
-    matrix = np.memmap(path, dtype="<f4", mode="r").reshape(-1, int(dim[0]))
+    matrix = np.memmap(vectors_path(workspace, model_key), dtype="<f4", mode="r").reshape(-1, int(dim[0]))
     return found, np.asarray(matrix[hits["row"]])
 
 

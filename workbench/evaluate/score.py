@@ -19,7 +19,7 @@ from workbench.embed.store import EmbeddingStore
 from workbench.errors import WorkbenchError
 from workbench.evaluate.metrics import softmax_stats
 from workbench.evaluate.model import TrainedRun
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 
@@ -54,21 +54,18 @@ def run_score(workspace: Workspace, run_id: str, sets: list[str],
             emb = trained.embed_encoded([(workspace.root / c).read_bytes() for _, c in batch])
             msp, pred, entropy = softmax_stats(trained.logits(emb))
             ids = [f for f, _ in batch]
-            con.register("scored", pa.table({
+            with registered(con, scored=pa.table({
                 "face_id": pa.array(ids, pa.string()),
                 "max_prob": pa.array(msp.astype(np.float32)),
                 "pred_label": pa.array(pred.astype(np.int32)),
-                "entropy": pa.array(entropy.astype(np.float32))}))
-            try:
-                with transaction(con):
-                    missing = store.missing(ids)
-                    if missing:
-                        keep = [ids.index(i) for i in missing]
-                        store.append(missing, emb[keep])
-                    con.execute("INSERT INTO scores SELECT ?, face_id, max_prob, pred_label, entropy "
-                                "FROM scored", [run_id])
-            finally:
-                con.unregister("scored")
+                "entropy": pa.array(entropy.astype(np.float32))})), transaction(con):
+                missing = store.missing(ids)
+                if missing:
+                    keep = [ids.index(i) for i in missing]
+                    store.append(missing, emb[keep])
+                con.execute("INSERT INTO scores (run_id, face_id, max_prob, pred_label, entropy) "
+                            "SELECT ?, face_id, max_prob, pred_label, entropy "
+                            "FROM scored", [run_id])
             if progress:
                 progress(start + len(batch), len(todo))
         summary = {"run_id": run_id, "sets": sets, "faces": len(faces), "scored_now": len(todo),

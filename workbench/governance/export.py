@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from workbench.errors import WorkbenchError
 from workbench.formats.recordio import write_insightface_rec
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 
@@ -74,12 +74,13 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
                 writer.writerow([rows[i][0], rows[i][2], rows[i][3],
                                  hashlib.sha256(crop.read_bytes()).hexdigest(), names[i]])
         export_id = f"export-{uuid.uuid4().hex[:10]}"
-        con.register("exported", pa.table({"face_id": [rows[i][0] for i in order]}))
-        with transaction(con):
-            con.execute("INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, false, now(), ?)",
+        with registered(con, exported=pa.table({"face_id": [rows[i][0] for i in order]})), \
+                transaction(con):
+            con.execute("INSERT INTO exports (export_id, split, format, labels, out, n_faces, stale, "
+                        "created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, false, now(), ?)",
                         [export_id, split, fmt, labels, str(out), len(rows), run.run_id])
-            con.execute("INSERT INTO export_items SELECT ?, face_id FROM exported", [export_id])
-        con.unregister("exported")
+            con.execute("INSERT INTO export_items (export_id, face_id) "
+                        "SELECT ?, face_id FROM exported", [export_id])
         summary = {"export_id": export_id, "split": split, "format": fmt, "labels": labels,
                    "out": str(out), "faces": len(rows), "identities": len(identities)}
         run.counts = summary

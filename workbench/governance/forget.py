@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from workbench.browse.sync import forget_samples
+from workbench.embed.store import EmbeddingStore, labeled_item_id
 from workbench.errors import WorkbenchError
-from workbench.manifest.query import one, transaction
+from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.workspace import Workspace
 
 
@@ -75,20 +75,6 @@ def find_targets(con: duckdb.DuckDBPyConnection, *, identity: str | None, source
     if url and url not in t.urls:
         t.urls.append(url)
     return t
-
-
-def _zero_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, item_ids: list[str]) -> int:
-    rows = con.execute(
-        "SELECT e.model_key, e.row, m.dim FROM embeddings e JOIN embedding_models m USING (model_key) "
-        "WHERE e.item_id IN (SELECT unnest(?::VARCHAR[]))", [item_ids]).fetchall()
-    for model_key, row, dim in rows:
-        path = workspace.root / "embeddings" / model_key / "vectors.f32"
-        with open(path, "r+b") as handle:
-            handle.seek(int(row) * 4 * int(dim))
-            handle.write(np.zeros(int(dim), "<f4").tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-    return len(rows)
 
 
 def sql_string(text: str) -> str:
@@ -166,17 +152,16 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
             return summary
         # first, so that an unreachable FiftyOne database stops the erasure before anything changed
         summary["fiftyone_samples"] = forget_samples(con, t.face_ids)
-        item_ids = t.face_ids + [f"S:{s}:{i}" for s, i in t.samples]
-        summary["embedding_rows"] = _zero_vectors(workspace, con, item_ids)
+        item_ids = t.face_ids + [labeled_item_id(s, i) for s, i in t.samples]
+        summary["embedding_rows"] = EmbeddingStore.zero(workspace, con, item_ids)
         sample_sets = sorted({s for s, _ in t.samples})
-        con.register("gone_faces", pa.table({"id": pa.array(t.face_ids, pa.string())}))
-        con.register("gone_images", pa.table({"id": pa.array(t.image_ids, pa.string())}))
-        con.register("gone_items", pa.table({"id": pa.array(item_ids, pa.string())}))
-        con.register("gone_urls", pa.table({"id": pa.array(t.urls, pa.string())}))
-        con.register("gone_samples", pa.table({
-            "set_name": pa.array([s for s, _ in t.samples], pa.string()),
-            "sample_idx": pa.array([i for _, i in t.samples], pa.int64())}))
-        with transaction(con):
+        gone = {"gone_faces": t.face_ids, "gone_images": t.image_ids, "gone_items": item_ids,
+                "gone_urls": t.urls}
+        gone_samples = pa.table({"set_name": pa.array([s for s, _ in t.samples], pa.string()),
+                                 "sample_idx": pa.array([i for _, i in t.samples], pa.int64())})
+        with registered(con, gone_samples=gone_samples,
+                        **{k: pa.table({"id": pa.array(v, pa.string())}) for k, v in gone.items()}), \
+                transaction(con):
             for table in ("faces", "dups", "clusters", "overlap", "scores", "export_items", "reviews"):
                 con.execute(f"DELETE FROM {table} WHERE face_id IN (SELECT id FROM gone_faces)")
             con.execute("DELETE FROM splits WHERE image_id IN (SELECT id FROM gone_images) "
@@ -199,11 +184,11 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
                             [sample_sets])
             con.execute("UPDATE exports SET stale = true WHERE export_id IN "
                         "(SELECT unnest(?::VARCHAR[]))", [exports])
-            con.execute("INSERT INTO erasures VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT INTO erasures (erasure_id, requested_at, request, reason, images, faces, "
+                        "labeled_samples, urls, stale_exports) "
+                        "VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?)",
                         [f"erasure-{uuid.uuid4().hex[:10]}", request, reason, len(t.image_ids),
                          len(t.face_ids), len(t.samples), len(t.urls), len(exports)])
-        for name in ("gone_faces", "gone_images", "gone_items", "gone_urls", "gone_samples"):
-            con.unregister(name)
         for rel in crops:
             (workspace.root / rel).unlink(missing_ok=True)
         summary["reports_removed"] = _drop_reports(workspace, t.face_ids)

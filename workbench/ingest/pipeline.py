@@ -21,7 +21,7 @@ from workbench.faces.detectors import DetectorSpec
 from workbench.formats.files import display_path
 from workbench.formats.walk import FileEntry, WalkStats, walk_images
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
-from workbench.manifest.query import transaction
+from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
@@ -157,15 +157,14 @@ def _not_yet_ingested(con: duckdb.DuckDBPyConnection, chunk: list[FileEntry]) ->
         "size": pa.array([e.size for e in chunk], pa.int64()),
         "mtime_ns": pa.array([e.mtime_ns for e in chunk], pa.int64()),
     })
-    con.register("walked", walked)
-    known = {
-        row[0]
-        for row in con.execute(
-            "SELECT w.path FROM walked w JOIN files f "
-            "ON f.path = w.path AND f.size = w.size AND f.mtime_ns = w.mtime_ns"
-        ).fetchall()
-    }
-    con.unregister("walked")
+    with registered(con, walked=walked):
+        known = {
+            row[0]
+            for row in con.execute(
+                "SELECT w.path FROM walked w JOIN files f "
+                "ON f.path = w.path AND f.size = w.size AND f.mtime_ns = w.mtime_ns"
+            ).fetchall()
+        }
     return [e for e in chunk if display_path(e.path) not in known]
 
 
@@ -180,10 +179,10 @@ def _commit(
     if not results:
         return
     ids = [r.image_id for r in results if r.image_id is not None]
-    con.register("batch_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
-    existing = {row[0] for row in con.execute(
-        "SELECT DISTINCT b.image_id FROM batch_ids b JOIN images i USING (image_id)"
-    ).fetchall()}
+    with registered(con, batch_ids=pa.table({"image_id": pa.array(ids, pa.string())})):
+        existing = {row[0] for row in con.execute(
+            "SELECT DISTINCT b.image_id FROM batch_ids b JOIN images i USING (image_id)"
+        ).fetchall()}
     new_images: dict[str, FileResult] = {}
     for r in results:
         summary.decoded += r.width is not None
@@ -198,7 +197,7 @@ def _commit(
     faces = [(r.image_id, f) for r in new_images.values() for f in r.faces]
     summary.new_images += len(new_images)
     summary.faces += len(faces)
-    con.register("new_images", pa.table({
+    new_image_rows = pa.table({
         "image_id": pa.array(list(new_images), pa.string()),
         "status": [r.status for r in new_images.values()],
         "reason": pa.array([r.reason for r in new_images.values()], pa.string()),
@@ -207,8 +206,8 @@ def _commit(
         "format": pa.array([r.format for r in new_images.values()], pa.string()),
         "phash": pa.array([r.phash for r in new_images.values()], pa.uint64()),
         "n_faces": pa.array([len(r.faces) for r in new_images.values()], pa.int32()),
-    }))
-    con.register("new_faces", pa.table({
+    })
+    new_face_rows = pa.table({
         "face_id": pa.array([f.face_id for _, f in faces], pa.string()),
         "image_id": pa.array([i for i, _ in faces], pa.string()),
         "face_index": pa.array([f.face_index for _, f in faces], pa.int32()),
@@ -222,18 +221,20 @@ def _commit(
         "quality": pa.array([f.quality for _, f in faces], pa.float32()),
         "crop_phash": pa.array([f.crop_phash for _, f in faces], pa.uint64()),
         "detector": pa.array([detector for r in new_images.values() for _ in r.faces], pa.string()),
-    }))
-    con.register("new_files", pa.table({
+    })
+    new_file_rows = pa.table({
         "path": [display_path(r.path) for r in results],
         "image_id": pa.array([r.image_id for r in results], pa.string()),
         "size": pa.array([r.size for r in results], pa.int64()),
         "mtime_ns": pa.array([r.mtime_ns for r in results], pa.int64()),
         "reason": pa.array([r.reason if r.image_id is None else None for r in results],
                            pa.string()),
-    }))
-    with transaction(con):
+    })
+    with registered(con, new_images=new_image_rows, new_faces=new_face_rows, new_files=new_file_rows), \
+            transaction(con):
         con.execute(
-            "INSERT INTO images SELECT image_id, status, reason, width, height, format, phash, "
+            "INSERT INTO images (image_id, status, reason, width, height, format, phash, n_faces, "
+            "run_id) SELECT image_id, status, reason, width, height, format, phash, "
             "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
         con.execute(
             "INSERT INTO faces (face_id, image_id, face_index, crop_rel, det_score, bbox, landmarks, "
@@ -243,7 +244,6 @@ def _commit(
             "crop_phash, detector FROM new_faces ON CONFLICT DO NOTHING", [run_id])
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
         con.execute(
-            "INSERT INTO files SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",
+            "INSERT INTO files (path, source, image_id, size, mtime_ns, reason, run_id) "
+            "SELECT path, ?, image_id, size, mtime_ns, reason, ? FROM new_files",
             [source, run_id])
-    for name in ("batch_ids", "new_images", "new_faces", "new_files"):
-        con.unregister(name)

@@ -24,7 +24,7 @@ from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import check_encoded
 from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
-from workbench.manifest.query import one, transaction
+from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
@@ -86,7 +86,9 @@ def register_labeled(
                 _insert_identities(con, name, source.identities)
                 n_ids = len(source.identities)
                 con.execute(
-                    "INSERT INTO labeled_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    "INSERT INTO labeled_sets (name, path, format, aligned, options, n_identities, "
+                    "n_images, n_rejected, registered_at, run_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
                     [name, str(root), fmt, aligned,
                      json.dumps({"image_column": image_column, "label_column": label_column,
                                  "rejected": dict(rejected),
@@ -170,17 +172,18 @@ def _insert_samples(con: duckdb.DuckDBPyConnection, name: str, start: int,
         "det_score": pa.array([r["det_score"] for r in rows], pa.float32()),
         "quality": pa.array([r["quality"] for r in rows], pa.float32()),
     })
-    con.register("sample_chunk", table)
-    con.execute("INSERT INTO labeled_samples SELECT ?, * FROM sample_chunk", [name])
-    con.unregister("sample_chunk")
+    with registered(con, sample_chunk=table):
+        con.execute("INSERT INTO labeled_samples (set_name, sample_idx, label, locator, status, reason, "
+                    "crop_rel, det_score, quality) "
+                    "SELECT ?, * FROM sample_chunk", [name])
 
 
 def _insert_identities(con: duckdb.DuckDBPyConnection, name: str, identities: list[str]) -> None:
-    con.register("identity_names", pa.table({
-        "label": pa.array(range(len(identities)), pa.int32()), "identity": identities}))
-    con.execute(
-        "INSERT INTO labeled_identities SELECT ?, n.label, n.identity, "
-        "count(s.sample_idx) FILTER (s.status = 'ok') FROM identity_names n "
-        "LEFT JOIN labeled_samples s ON s.set_name = ? AND s.label = n.label "
-        "GROUP BY n.label, n.identity", [name, name])
-    con.unregister("identity_names")
+    with registered(con, identity_names=pa.table({
+        "label": pa.array(range(len(identities)), pa.int32()), "identity": identities})):
+        con.execute(
+            "INSERT INTO labeled_identities (set_name, label, identity, n_images) "
+            "SELECT ?, n.label, n.identity, "
+            "count(s.sample_idx) FILTER (s.status = 'ok') FROM identity_names n "
+            "LEFT JOIN labeled_samples s ON s.set_name = ? AND s.label = n.label "
+            "GROUP BY n.label, n.identity", [name, name])

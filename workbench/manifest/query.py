@@ -25,3 +25,16 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, **relations: Any) -> Iterator[None]:
+    """Arrow tables (or dicts of NumPy arrays) visible to SQL under their keyword names for the
+    block, and unregistered however it ends."""
+    for name, relation in relations.items():
+        con.register(name, relation)
+    try:
+        yield
+    finally:
+        for name in relations:
+            con.unregister(name)

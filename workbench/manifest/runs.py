@@ -50,7 +50,8 @@ def recorded_run(
     run = Run(new_run_id(command), command)
     con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
     con.execute(
-        "INSERT INTO runs VALUES (?, ?, ?, ?, now(), NULL, 'running', NULL, NULL)",
+        "INSERT INTO runs (run_id, command, params, versions, started_at, ended_at, status, counts, error) "
+        "VALUES (?, ?, ?, ?, now(), NULL, 'running', NULL, NULL)",
         [run.run_id, command, json.dumps(params, default=str), json.dumps(versions())],
     )
     status, error = "ok", None

@@ -93,7 +93,7 @@ class Workspace:
             if not read_only:
                 migrate(con)
                 con.execute(
-                    "INSERT OR REPLACE INTO wb_meta VALUES ('root', ?)", [str(self.root)]
+                    "INSERT OR REPLACE INTO wb_meta (key, value) VALUES ('root', ?)", [str(self.root)]
                 )
             yield con
         finally:
