@@ -10,19 +10,15 @@ a re-sync never duplicates anything and never loses a review.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-from bson import ObjectId
-from pymongo import UpdateOne
 
 from workbench.browse.app import database_label, load_fiftyone
+from workbench.browse.fields import sample_schema
+from workbench.browse.raw_writer import Facts, RawWriter
 from workbench.browse.reviews import pull_reviews, review_tags
 from workbench.browse.selection import face_facts, latest_score_run
 from workbench.embed.store import UNLABELED_ITEMS_SQL, read_vectors
@@ -33,54 +29,11 @@ from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 
 PLOT_KEY = "face_embeddings"
-BATCH = 5_000
-
-# sample field -> manifest column, for plain values
-PLAIN = {
-    "face_id": "face_id", "image_id": "image_id", "source": "source", "original_path": "original_path",
-    "is_primary": "is_primary", "quality": "quality", "face_box": "face_box",
-    "face_landmarks": "face_landmarks", "split": "split", "exclusion_reason": "exclusion_reason",
-    "dup_group": "dup_group", "dup_representative": "dup_representative",
-    "dup_group_size": "dup_group_size", "overlap_set": "overlap_set", "overlap_score": "overlap_score",
-    "overlap_decision": "overlap_decision", "max_prob": "max_prob", "entropy": "entropy",
-}
-# sample field -> (label column, confidence column), shown as Classifications in the App
-LABELS = {
-    "overlap": ("overlap_identity", "overlap_similarity"),
-    "predicted": ("pred_identity", "max_prob"),
-}
-
-
-@dataclass
-class Facts:
-    """The selection as Python columns, with each face's position."""
-
-    columns: dict[str, list[Any]]
-    position: dict[str, int]
-
-    @classmethod
-    def of(cls, table: pa.Table) -> Facts:
-        columns = {name: table.column(name).to_pylist() for name in table.column_names}
-        return cls(columns, {f: i for i, f in enumerate(columns["face_id"])})
 
 
 def default_dataset_name(workspace: Workspace) -> str:
     digest = hashlib.sha1(str(workspace.root).encode()).hexdigest()[:6]
     return f"wb-{workspace.root.name}-{digest}"
-
-
-def _schema(fo: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """Field types declared up front, so fields exist before any face has a value for them."""
-    text, number = (fo.StringField, {}), (fo.FloatField, {})
-    points = (fo.ListField, {"subfield": fo.FloatField})
-    schema = {name: text for name in ("face_id", "image_id", "source", "original_path", "split",
-                                      "exclusion_reason", "dup_group", "overlap_set", "overlap_decision")}
-    schema |= {name: number for name in ("quality", "overlap_score", "max_prob", "entropy")}
-    schema |= {"is_primary": (fo.BooleanField, {}), "dup_representative": (fo.BooleanField, {}),
-               "dup_group_size": (fo.IntField, {}), "face_box": points, "face_landmarks": points}
-    schema |= {name: (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification})
-               for name in LABELS}
-    return schema
 
 
 def open_dataset(fo: Any, name: str, workspace: Workspace) -> Any:
@@ -96,95 +49,11 @@ def open_dataset(fo: Any, name: str, workspace: Workspace) -> Any:
         dataset.info["workbench_root"] = str(workspace.root)
         dataset.save()
     present = dataset.get_field_schema()
-    for field, (ftype, kwargs) in _schema(fo).items():
+    for field, (ftype, kwargs) in sample_schema(fo).items():
         if field not in present:
             dataset.add_sample_field(field, ftype, **kwargs)
     dataset.create_index("face_id", unique=True)
     return dataset
-
-
-def _batches(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-class Documents:
-    """Sample documents in FiftyOne's layout, from templates FiftyOne itself makes.
-
-    FiftyOne's `add_samples` rebuilds an ODM document for every sample after
-    inserting it, and `set_values` writes one field at a time (about 1.3 ms a
-    face to add: 130 s for 100k faces), so the sync writes documents with the
-    driver, shaped by one sample and one Classification that FiftyOne built.
-    The tests read everything back through FiftyOne's API.
-    """
-
-    def __init__(self, fo: Any, dataset: Any, facts: Facts) -> None:
-        self.facts, self.collection = facts, dataset._sample_collection
-        base = dataset._make_dict(fo.Sample(filepath="/template.jpg"))
-        self.base = {k: v for k, v in base.items() if k not in ("filepath", "tags", "_rand")}
-        self.label_base = {k: v for k, v in fo.Classification(label="x", confidence=0.0).to_dict().items()
-                           if k not in ("_id", "label", "confidence")}
-
-    def label(self, field: str, i: int) -> dict[str, Any] | None:
-        label_col, conf_col = LABELS[field]
-        label = self.facts.columns[label_col][i]
-        if label is None:
-            return None
-        return {"_id": ObjectId(), **self.label_base, "label": label,
-                "confidence": self.facts.columns[conf_col][i]}
-
-    def new(self, i: int, tags: list[str], rand: float, now: datetime) -> dict[str, Any]:
-        cols = self.facts.columns
-        doc = {**self.base, "filepath": cols["crop_path"][i], "tags": tags, "_rand": rand,
-               "created_at": now, "last_modified_at": now}
-        doc |= {field: cols[col][i] for field, col in PLAIN.items() if cols[col][i] is not None}
-        doc |= {field: label for field in LABELS if (label := self.label(field, i)) is not None}
-        return doc
-
-    def changes(self, doc: dict[str, Any], i: int) -> dict[str, Any]:
-        """The fields of stored `doc` whose values differ from the manifest's row `i`."""
-        cols = self.facts.columns
-        sets = {field: cols[col][i] for field, col in PLAIN.items() if doc.get(field) != cols[col][i]}
-        for field, (label_col, conf_col) in LABELS.items():
-            stored = doc.get(field) or {}
-            if (stored.get("label"), stored.get("confidence")) != (cols[label_col][i], cols[conf_col][i]):
-                sets[field] = self.label(field, i)
-        return sets
-
-
-def _add_new(docs: Documents, new: list[int], tags: dict[str, list[str]],
-             progress: Callable[[int, int], None] | None) -> None:
-    face_ids = docs.facts.columns["face_id"]
-    rng = np.random.default_rng()
-    for done, batch in enumerate(_batches(new), start=1):
-        now = datetime.now(UTC).replace(tzinfo=None)
-        draws = rng.random(len(batch))
-        docs.collection.insert_many([docs.new(i, tags.get(face_ids[i], []), float(r), now)
-                                     for i, r in zip(batch, draws, strict=True)], ordered=False)
-        if progress:
-            progress(min(done * BATCH, len(new)), len(new))
-
-
-def _update_changed(docs: Documents) -> dict[str, int]:
-    """Compare every stored sample with the manifest; write what differs in bulk."""
-    projection = {"face_id": True, **dict.fromkeys(PLAIN, True), **dict.fromkeys(LABELS, True)}
-    now = datetime.now(UTC).replace(tzinfo=None)
-    changed: Counter[str] = Counter()
-    ops = []
-    for doc in docs.collection.find({}, projection):
-        i = docs.facts.position.get(doc.get("face_id"))
-        if i is None:
-            continue
-        sets = docs.changes(doc, i)
-        if sets:
-            changed.update(sets.keys())
-            ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": {**sets, "last_modified_at": now}}))
-        if len(ops) >= BATCH:
-            docs.collection.bulk_write(ops, ordered=False)
-            ops = []
-    if ops:
-        docs.collection.bulk_write(ops, ordered=False)
-    return dict(changed)
 
 
 def save_views(fo: Any, dataset: Any) -> list[str]:
@@ -250,9 +119,9 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
             dataset.delete_samples(gone)
         present = set(existing_faces)
         new = [i for i, f in enumerate(facts.columns["face_id"]) if f not in present]
-        docs = Documents(fo, dataset, facts)
-        changed = _update_changed(docs)
-        _add_new(docs, new, review_tags(con), progress)
+        writer = RawWriter(fo, dataset, facts)
+        changed = writer.update_changed()
+        writer.add_new(new, review_tags(con), progress)
         dataset.reload()
         views = save_views(fo, dataset)
         plotted = embeddings_plot(workspace, con, dataset) if plot else 0
