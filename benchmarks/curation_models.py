@@ -34,7 +34,7 @@ from lfw_scenario import DEFAULT_LFW, build
 from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import run_overlap
 from workbench.embed.models import ModelSpec
-from workbench.ingest.pipeline import ingest
+from workbench.ingest.pipeline import run_ingest
 from workbench.labeled.register import register_labeled
 from workbench.manifest.workspace import Workspace
 
@@ -68,7 +68,7 @@ def main() -> None:
     spec = ModelSpec.parse(args.model, flip=args.flip)
     start = time.perf_counter()
     register_labeled(ws, "S", labeled, fmt="folder", aligned=False, detector=args.detector)
-    ingest(ws, web, source="web", detector=args.detector)
+    run_ingest(ws, web, source="web", detector=args.detector)
     overlap = run_overlap(ws, "S", model=spec)
     dedupe = run_dedupe(ws, model=spec, labeled_set="S")
     print(f"workbench time (register, ingest, overlap, dedupe): {time.perf_counter() - start:.0f} s")

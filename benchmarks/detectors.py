@@ -20,8 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
-from workbench.embed.compute import embed
-from workbench.ingest.pipeline import ingest
+from workbench.embed.compute import run_embed
+from workbench.ingest.pipeline import run_ingest
 from workbench.manifest.workspace import Workspace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -40,7 +40,7 @@ def sample_folder(files: list[Path], out: Path) -> Path:
 def run_ingest(folder: Path, ws_dir: Path, detector: str, upsample: int = 0) -> tuple[float, int, int]:
     shutil.rmtree(ws_dir, ignore_errors=True)
     start = time.perf_counter()
-    summary = ingest(Workspace.at(ws_dir), folder, detector=detector, upsample=upsample)
+    summary = run_ingest(Workspace.at(ws_dir), folder, detector=detector, upsample=upsample)
     seconds = time.perf_counter() - start
     return summary.processed / seconds, summary.new_images - summary.rejected.get("no face", 0), \
         summary.processed
@@ -79,7 +79,7 @@ def main() -> None:
     timings = {}
     for label, model in (("dlib", "dlib"), ("mobilefacenet", f"onnx:{MODELS / 'mobilefacenet_128d.onnx'}")):
         start = time.perf_counter()
-        counts = embed(ws, model=model)
+        counts = run_embed(ws, model=model)
         timings[label] = counts["unlabeled_computed"] / (time.perf_counter() - start)
         print(f"\nembed {label:<14} {timings[label]:7.1f} faces/s ({counts['unlabeled_computed']} faces)")
     print(f"MobileFaceNet / dlib embedding speed: {timings['mobilefacenet'] / timings['dlib']:.1f}x")

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from workbench.formats.walk import walk_images
-from workbench.ingest.pipeline import ingest
+from workbench.ingest.pipeline import run_ingest
 from workbench.manifest.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def floor_rate(folder: Path) -> tuple[int, float]:
 def workbench_rate(folder: Path, aligned: bool, workers: int = 2) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as ws:
         start = time.perf_counter()
-        summary = ingest(Workspace.at(ws), folder, aligned=aligned, workers=workers)
+        summary = run_ingest(Workspace.at(ws), folder, aligned=aligned, workers=workers)
         return summary.processed, summary.processed / (time.perf_counter() - start)
 
 

@@ -31,7 +31,7 @@ from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import OverlapSettings, run_overlap
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore, labeled_item_id
-from workbench.ingest.pipeline import ingest
+from workbench.ingest.pipeline import run_ingest
 from workbench.labeled.register import register_labeled
 from workbench.manifest.workspace import Workspace
 
@@ -70,7 +70,7 @@ def main() -> None:
         raise SystemExit(f"lfw150 not found at {args.lfw}")
     scenario = build(args.lfw, args.work / "data")
     ws = Workspace.at(args.work / "ws")
-    ingest(ws, scenario.web, source="web")
+    run_ingest(ws, scenario.web, source="web")
     register_labeled(ws, SET, scenario.labeled)
     targets = OverlapTargets(fpir=args.fpir, per_identity=1000)
     summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(targets=targets))

@@ -21,8 +21,8 @@ from workbench.curate.splits import run_split
 from workbench.evaluate.compare import ROWS, run_compare
 from workbench.evaluate.evaluate import run_eval
 from workbench.manifest.workspace import Workspace
-from workbench.train.loop import TrainConfig
-from workbench.train.run import train
+from workbench.train.config import TrainConfig
+from workbench.train.run import run_train
 
 CONFIG = dict(labeled="lfwknown", backbone="r18", width=0.5, input_size=56, num_features=128,
               batch_size=64, lr=0.1, num_workers=2, checkpoint_every=10_000)
@@ -42,7 +42,7 @@ def main() -> None:
     for kind in ("none", "reference", "kl-uniform"):
         for seed in args.seeds:
             start = time.perf_counter()
-            result = train(ws, TrainConfig(uir_loss=kind, steps=args.steps, seed=seed, **CONFIG))
+            result = run_train(ws, TrainConfig(uir_loss=kind, steps=args.steps, seed=seed, **CONFIG))
             metrics = run_eval(ws, result["run_id"])
             runs.append(result["run_id"])
             print(f"{kind:<11} seed {seed}: {time.perf_counter() - start:5.0f} s, "

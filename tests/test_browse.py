@@ -17,8 +17,8 @@ import pytest
 from tests.helpers import curated_workspace, wb, wb_json
 from workbench.browse.app import load_fiftyone
 from workbench.manifest.workspace import Workspace
-from workbench.train.loop import TrainConfig
-from workbench.train.run import train
+from workbench.train.config import TrainConfig
+from workbench.train.run import run_train
 
 SMALL = dict(backbone="r18", width=0.125, input_size=32, num_features=32, batch_size=16,
              num_workers=0, lr=0.05, log_every=1, warmup_steps=2, steps=4, uir_loss="reference")

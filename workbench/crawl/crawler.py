@@ -47,8 +47,12 @@ from workbench.crawl.guard import (
 )
 from workbench.crawl.html import parse_page
 from workbench.crawl.urls import absolute_url, hostname, malformed, origin
+from workbench.errors import WorkbenchError
 from workbench.formats.images import sniff_format
+from workbench.ingest.pipeline import run_ingest
 from workbench.manifest.query import one
+from workbench.manifest.runs import open_run
+from workbench.manifest.workspace import Workspace
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 MAX_RETRY_AFTER = 60.0
@@ -426,14 +430,12 @@ def _content_length(value: str | None) -> int:
 
 
 def run_crawl(
-    workspace: Any, *, urls_file: Path | None, seeds: list[str], settings: CrawlSettings,
+    workspace: Workspace, *, urls_file: Path | None, seeds: list[str], settings: CrawlSettings,
     progress: Callable[[dict[str, int]], None] | None = None, resolver: Resolver = system_resolver,
-    policy: Policy | None = None,
+    policy: Policy | None = None, then_ingest: bool = False,
 ) -> dict[str, Any]:
-    """`wb crawl`: add the inputs to the frontier, crawl until done or a bound is reached."""
-    from workbench.errors import WorkbenchError
-    from workbench.manifest.runs import open_run
-
+    """`wb crawl`: add the inputs to the frontier, crawl until done or a bound is reached; with
+    `then_ingest`, ingest what is stored (source `crawl`)."""
     inputs = list(seeds)
     if urls_file is not None:
         try:
@@ -458,4 +460,6 @@ def run_crawl(
         summary["stored_files"] = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
         run.counts = summary
         summary["run_id"] = run.run_id
-        return summary
+    if then_ingest and summary["stored_files"]:
+        summary["ingest"] = run_ingest(workspace, settings.out, source="crawl").as_dict()
+    return summary

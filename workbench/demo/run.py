@@ -28,10 +28,11 @@ from workbench.demo.data import DemoSize, write_demo_data
 from workbench.evaluate.compare import run_compare
 from workbench.evaluate.evaluate import run_eval
 from workbench.evaluate.score import run_score
-from workbench.ingest.pipeline import ingest
+from workbench.ingest.pipeline import run_ingest
 from workbench.labeled.register import register_labeled
+from workbench.manifest.train_runs import FINAL, checkpoint_dir
 from workbench.manifest.workspace import Workspace
-from workbench.train.loop import TrainConfig
+from workbench.train.config import TrainConfig
 from workbench.train.run import train_or_reuse
 
 LABELED = "demo-s"
@@ -119,14 +120,14 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     else:
         truth = step("generate faces", lambda: write_demo_data(data, settings.size, settings.seed))
     web = step("ingest webfaces (aligned)",
-               lambda: ingest(ws, data / "webfaces", source="web", aligned=True).as_dict())
+               lambda: run_ingest(ws, data / "webfaces", source="web", aligned=True).as_dict())
     scenes = step("ingest scenes (detect + align)",
-                  lambda: ingest(ws, data / "scenes", source="scenes").as_dict())
+                  lambda: run_ingest(ws, data / "scenes", source="scenes").as_dict())
     labeled = step("labeled add (RecordIO)", lambda: register_labeled(
         ws, LABELED, data / "labeled" / "train.rec", fmt="rec", aligned=True))
     curator = step("train a model to curate with (ArcFace on S)",
                    lambda: train_or_reuse(ws, settings.train_config("none", unlabeled_ratio=0.0)))
-    embedder = f"ckpt:{Path(curator['run_dir']) / 'checkpoints' / 'final.pt'}"
+    embedder = f"ckpt:{checkpoint_dir(Path(curator['run_dir'])) / FINAL}"
     overlap = step("overlap with S", lambda: run_overlap(ws, LABELED, model=embedder))
     dedupe = step("dedupe", lambda: run_dedupe(ws, model=embedder))
     split = step("split", lambda: run_split(ws, eval_unknown=0.3, seed=settings.seed,

@@ -165,7 +165,7 @@ def embedding_run(
         yield EmbedContext(workspace, con, spec, mapper, progress), run
 
 
-def embed(
+def run_embed(
     workspace: Workspace,
     *,
     model: str | ModelSpec = "dlib",

@@ -45,13 +45,22 @@ class IngestSummary:
     run_id: str | None = None
     hints: list[str] = field(default_factory=list)
 
+    def require_images(self, path: Path) -> None:
+        """A path with no image files, or none readable, is a mistake worth one clear line (what
+        was processed is recorded first)."""
+        if self.files_seen == 0:
+            raise WorkbenchError(f"no image files under {path}")
+        if self.processed > 0 and self.decoded == 0:
+            reasons = ", ".join(f"{n} {r}" for r, n in self.rejected.most_common(3))
+            raise WorkbenchError(f"nothing could be read under {path} ({reasons})")
+
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["rejected"] = dict(self.rejected.most_common())
         return data
 
 
-def ingest(
+def run_ingest(
     workspace: Workspace,
     path: str | os.PathLike[str],
     *,
@@ -112,6 +121,7 @@ def ingest(
         summary.skipped_other = stats.skipped_other
         summary.hints = detection_hints(summary, spec)
         run.counts = summary.as_dict()
+    summary.require_images(root)
     return summary
 
 

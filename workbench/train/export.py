@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from workbench.manifest import train_runs
+from workbench.manifest.workspace import Workspace
 from workbench.train.checkpoint import Checkpoint
 
 
@@ -23,3 +25,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
                           output_names=["embedding"], dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
     return out
+
+
+def export_run(workspace: Workspace, run_id: str, out: Path | None = None) -> dict[str, str]:
+    """`wb export-model`: the run's final (else latest) checkpoint as ONNX, by default
+    `runs/RUN/model.onnx`."""
+    with workspace.connect(read_only=True) as con:
+        run = train_runs.require(con, run_id)
+    checkpoint = run.require_checkpoint()
+    path = export_onnx(checkpoint, out or run.run_dir / "model.onnx")
+    return {"run_id": run_id, "onnx": str(path), "checkpoint": str(checkpoint)}

@@ -77,7 +77,7 @@ def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig
     return DataPlan(lplan, uplan, snapshot)
 
 
-def train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
+def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
           progress: ProgressFn | None = None) -> dict[str, Any]:
     config.validate()
     info = init_distributed(config.device)
@@ -159,5 +159,5 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
         if run.status == "done":
             return {"run_id": run.run_id, "run_dir": str(run.run_dir), **run.metrics, "reused": True}
         if run.status == "interrupted":
-            return train(ws, TrainConfig(), resume=run.run_id, progress=progress)
-    return train(ws, config, progress=progress)
+            return run_train(ws, TrainConfig(), resume=run.run_id, progress=progress)
+    return run_train(ws, config, progress=progress)

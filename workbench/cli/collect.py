@@ -1,0 +1,218 @@
+"""Collect: `wb ingest`, `wb crawl` and `wb labeled` (register labeled sets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from workbench.cli.options import DetectorOpt, JsonOpt, WorkspaceOpt
+from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, rows_table
+from workbench.manifest.workspace import Workspace
+
+app = typer.Typer()
+
+
+@app.command(rich_help_panel="Collect")
+@handled
+def ingest(
+    path: Annotated[Path, typer.Argument(help="Folder (walked recursively) or single image.")],
+    source: Annotated[str | None, typer.Option(
+        help="Name of where the images came from.", show_default="folder name")] = None,
+    aligned: Annotated[bool, typer.Option(
+        "--aligned", help="Inputs are aligned 112x112 crops: no detection, one face each.",
+    )] = False,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes.", show_default="all cores")] = None,
+    detector: DetectorOpt = "dlib",
+    det_threshold: Annotated[float | None, typer.Option(
+        help="Detector score threshold; lower finds more faces and more false ones.",
+        show_default="dlib 0.0, YuNet 0.7, SCRFD 0.5")] = None,
+    upsample: Annotated[int, typer.Option(
+        help="dlib only: upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
+    chunk_size: Annotated[int, typer.Option(
+        help="Images per transaction: a crash redoes at most this many.")] = 512,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate, hash, detect and align every image under PATH into the manifest.
+
+    Re-running adds only new or changed files; a killed run resumes where it stopped.
+    """
+    from workbench.ingest.pipeline import run_ingest
+
+    with progress_bar("ingest", enabled=not as_json) as update:
+        summary = run_ingest(Workspace.at(workspace), path, source=source, aligned=aligned, workers=workers,
+                             detector=detector, det_threshold=det_threshold, upsample=upsample,
+                             chunk_size=chunk_size, progress=update)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    rows: list[tuple[str, Any]] = [
+        ("source", summary.source), ("files seen", summary.files_seen),
+        ("already ingested", summary.already_ingested), ("new images", summary.new_images),
+        ("exact duplicates", summary.exact_duplicates), ("faces", summary.faces),
+    ]
+    rows += [(f"rejected: {reason}", n) for reason, n in summary.rejected.most_common()]
+    if summary.skipped_other:
+        rows.append(("skipped (not image files)", summary.skipped_other))
+    out.print(kv_table(f"ingest {summary.run_id}", rows))
+    for hint in summary.hints:
+        err.print(f"hint: {hint}", highlight=False)
+
+
+@app.command(rich_help_panel="Collect")
+@handled
+def crawl(
+    urls_file: Annotated[Path | None, typer.Argument(help="File of image or page URLs, one a line.")] = None,
+    seed: Annotated[list[str] | None, typer.Option(help="Seed page URL; repeat for several.")] = None,
+    depth: Annotated[int, typer.Option(help="Link depth followed from seed pages.")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where images are stored as <sha256>.<ext>.")
+                       ] = Path("webfaces"),
+    allow_host: Annotated[list[str] | None, typer.Option(help="Also follow links to this host.")] = None,
+    allow_private: Annotated[bool, typer.Option(
+        "--allow-private", help="Allow loopback and private addresses (a local test server); "
+                                "refused by default, redirects included.")] = False,
+    rate: Annotated[float, typer.Option(help="Requests per second per host.")] = 1.0,
+    per_host: Annotated[int, typer.Option(help="Requests in flight per host.")] = 2,
+    max_bytes: Annotated[int, typer.Option(help="Byte cap per file, enforced while streaming.")
+                         ] = 20 * 2**20,
+    retries: Annotated[int, typer.Option(help="Retries on 429, 5xx and timeouts.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Read timeout in seconds.")] = 15.0,
+    max_pages: Annotated[int | None, typer.Option(help="Stop after this many pages.")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    contact: Annotated[str, typer.Option(help="Contact put in the User-Agent.")
+                       ] = "https://github.com/uir-workbench",
+    then_ingest: Annotated[bool, typer.Option("--ingest", help="Run `wb ingest` on what was fetched.")
+                           ] = False,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Collect images politely (robots.txt, rate limits, retries), with provenance per URL."""
+    from workbench.crawl.crawler import CrawlSettings, run_crawl
+
+    out_path = out_dir if out_dir.is_absolute() else Path.cwd() / out_dir
+    settings = CrawlSettings(out=out_path, depth=depth, allow_hosts=tuple(allow_host or ()), rate=rate,
+                             allow_private=allow_private,
+                             per_host=per_host, max_bytes=max_bytes, retries=retries,
+                             read_timeout=timeout, max_pages=max_pages, max_images=max_images,
+                             time_limit=time_limit, contact=contact)
+    with progress_bar("crawl", enabled=not as_json) as bar:
+        summary = run_crawl(Workspace.at(workspace), urls_file=urls_file, seeds=list(seed or []),
+                            settings=settings, then_ingest=then_ingest,
+                            progress=lambda counts: bar.note(", ".join(f"{k} {v}"
+                                                                       for k, v in counts.items())))
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(kv_table("crawl", [(k, v) for k, v in summary.items() if k != "ingest"]))
+
+
+labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred to by name later.",
+                          no_args_is_help=True)
+
+
+app.add_typer(labeled_app, name="labeled", rich_help_panel="Collect")
+
+
+def print_set(summary: dict[str, Any]) -> None:
+    rows: list[tuple[str, Any]] = [
+        ("path", summary["path"]), ("format", summary["format"]),
+        ("aligned", summary["aligned"]), ("identities", summary["identities"]),
+        ("images", summary["images"]),
+    ]
+    rows += [(f"rejected: {reason}", n) for reason, n in summary["rejected"].items()]
+    if summary["empty_identities"]:
+        examples = ", ".join(summary["empty_identity_examples"][:3])
+        rows.append(("identities without images", f"{summary['empty_identities']} ({examples})"))
+    out.print(kv_table(f"labeled set {summary['name']}", rows))
+
+
+@labeled_app.command("add")
+@handled
+def labeled_add(
+    name: Annotated[str, typer.Argument(help="Name later commands use, e.g. ms1mv2.")],
+    path: Annotated[Path, typer.Argument(
+        help="train.rec folder (InsightFace), <identity>/<image> folder, or HF dataset.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="auto | rec | folder | hf (auto looks at the files).")] = "auto",
+    aligned: Annotated[bool | None, typer.Option(
+        "--aligned/--unaligned",
+        help="Images are aligned 112x112 crops. Default: aligned for rec, unaligned otherwise "
+             "(unaligned sets are detected and aligned like ingest).",
+        show_default=False)] = None,
+    image_column: Annotated[str, typer.Option(help="HF image column.")] = "image",
+    label_column: Annotated[str, typer.Option(help="HF label column.")] = "label",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for detection.", show_default="all cores")] = None,
+    detector: DetectorOpt = "dlib",
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a labeled set: its identity list and sample index, not its pixels."""
+    from workbench.labeled.register import register_labeled
+
+    with progress_bar(f"labeled add {name}", enabled=not as_json) as update:
+        summary = register_labeled(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
+                                   image_column=image_column, label_column=label_column,
+                                   workers=workers, detector=detector, progress=update)
+    if as_json:
+        print_json(summary)
+    else:
+        print_set(summary)
+        if summary["already_registered"]:
+            out.print(f"{name} was already registered from this path: nothing changed")
+
+
+@labeled_app.command("list")
+@handled
+def labeled_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """The registered labeled sets."""
+    from workbench.labeled.register import list_sets
+
+    with Workspace.at(workspace).connect(read_only=True) as con:
+        sets = list_sets(con)
+    if as_json:
+        print_json(sets)
+        return
+    out.print(rows_table("labeled sets", [
+        {k: s[k] for k in ("name", "format", "identities", "images", "path")} for s in sets]))
+
+
+@labeled_app.command("remove")
+@handled
+def labeled_remove(
+    name: Annotated[str, typer.Argument(help="The set to forget.")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Forget a labeled set's registration; its files are not touched."""
+    from workbench.labeled.register import remove_set
+
+    summary = remove_set(Workspace.at(workspace), name)
+    out.print(f"removed labeled set {name} ({summary['identities']} identities, "
+              f"{summary['images']} images)")
+
+
+@labeled_app.command("pairs")
+@handled
+def labeled_pairs(
+    name: Annotated[str, typer.Argument(help="A registered labeled set.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The .bin file to write.")],
+    folds: Annotated[int, typer.Option(help="Folds with disjoint identities.")] = 10,
+    pairs_per_fold: Annotated[int, typer.Option(help="Pairs per fold, half same.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write LFW-style verification pairs from a labeled set as an InsightFace .bin."""
+    from workbench.labeled.pairs import write_pairs
+
+    counts = write_pairs(Workspace.at(workspace), name, out_file, n_folds=folds,
+                         pairs_per_fold=pairs_per_fold, seed=seed)
+    if as_json:
+        print_json({"out": str(out_file), **counts})
+    else:
+        out.print(f"wrote {counts['pairs']} pairs ({counts['same']} same, "
+                  f"{counts['different']} different) to {out_file}")

@@ -1,0 +1,154 @@
+"""How commands show their results: JSON for scripts, tables and progress bars for people."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from workbench.errors import WorkbenchError
+
+out = Console()
+
+
+err = Console(stderr=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(fn: F) -> F:
+    """One-line errors instead of tracebacks; Ctrl-C keeps committed work."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WorkbenchError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: committed work is kept; run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, the figure people watch on long runs."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f}/s", style="cyan")
+
+
+class Bar:
+    """`bar(done, total)` moves the bar; `bar.note(text)` sets the text beside it (loss, counts)."""
+
+    def __init__(self, progress: Progress, task: Any):
+        self._progress, self._task = progress, task
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+    def note(self, text: str) -> None:
+        self._progress.update(self._task, info=text)
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Bar]:
+    """A rich progress bar on stderr (only on a terminal, never with --json)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=not (enabled and err.is_terminal)) as progress:
+        yield Bar(progress, progress.add_task(description, total=None, info=""))
+
+
+def serve_app(dataset_name: str, *, address: str, port: int, hint: str = "") -> None:
+    """Open the FiftyOne App on a synced dataset and wait for Ctrl-C (or SIGTERM)."""
+    import fiftyone as fo
+
+    from workbench.browse.app import serve
+
+    serve(fo.load_dataset(dataset_name), address=address, port=port,
+          announce=lambda url: out.print(f"App: {url}  ({hint + '; ' if hint else ''}Ctrl-C to stop)",
+                                         highlight=False))
+    out.print("App stopped")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in rows[0] if rows else ["(none)"]:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
+
+
+def report(title: str, summary: dict[str, Any], as_json: bool) -> None:
+    """A command's summary: JSON on stdout for scripts, a key/value table for people."""
+    if as_json:
+        print_json(summary)
+        return
+    out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
+                               for k, v in flatten(summary).items()]))
+
+
+def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summaries (a calibration inside an overlap run) as dotted keys, rounded pairs."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list | tuple) and all(isinstance(v, float) for v in value):
+            flat[prefix + key] = ", ".join(f"{v:.4g}" for v in value)
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    """Metrics by arm (mean ± std over seeds), as `wb compare` and `wb demo` print them."""
+    from workbench.evaluate.compare import ROWS
+
+    table = Table(title="comparison (mean ± std over seeds)", title_justify="left")
+    table.add_column("metric")
+    for arm in result["arms"]:
+        table.add_column(f"{arm['arm']} [{len(arm['runs'])}]")
+    for label, _ in ROWS:
+        cells = []
+        for arm in result["arms"]:
+            cell = arm[label]
+            cells.append("n/a" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}")
+        table.add_row(label, *cells)
+    return table

@@ -1,0 +1,101 @@
+"""Train: `wb train` and `wb export-model`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.options import JsonOpt, WorkspaceOpt
+from workbench.cli.render import handled, out, print_json, progress_bar, report
+from workbench.errors import WorkbenchError
+from workbench.manifest.workspace import Workspace
+
+app = typer.Typer()
+
+
+@app.command(rich_help_panel="Train")
+@handled
+def train(
+    uir: Annotated[bool, typer.Option("--uir", help="Use the UIR loss (form: --uir-loss).")] = False,
+    uir_loss: Annotated[str | None, typer.Option(
+        help="reference (authors' release; default with --uir) | kl-uniform (paper's intent) | none.",
+        show_default="reference with --uir, else none")] = None,
+    uir_weight: Annotated[float, typer.Option(help="Weight of the UIR loss.")] = 0.1,
+    unlabeled_ratio: Annotated[float, typer.Option(help="Share of each batch from unlabeled faces.")] = 0.25,
+    labeled: Annotated[str | None, typer.Option(help="Labeled set.", show_default="the only one")] = None,
+    split_name: Annotated[str, typer.Option("--split", help="Unlabeled split.")] = "train_unlabeled",
+    backbone: Annotated[str, typer.Option(help="r18 | r34 | r50 | r100 | mbf.")] = "r50",
+    width: Annotated[float, typer.Option(help="Channel width multiplier (small CPU runs).")] = 1.0,
+    input_size: Annotated[int, typer.Option(help="Input side in pixels (crops are resized).")] = 112,
+    embedding_size: Annotated[int, typer.Option(help="Embedding dimension.")] = 512,
+    head: Annotated[str, typer.Option(help="arcface (s=64, m=0.5) | cosface (s=64, m=0.4).")] = "arcface",
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs of the labeled set (if no --steps).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per process and step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
+    warmup_steps: Annotated[int | None, typer.Option(help="Warmup steps.", show_default="10%")] = None,
+    init: Annotated[Path | None, typer.Option(help="Fine-tune from a checkpoint or arcface_torch model.pt.")
+                    ] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume this run id from its last checkpoint.")] = None,
+    new: Annotated[bool, typer.Option(
+        "--new", help="Train a fresh run even if a finished run of this recipe on the same data exists "
+                      "(by default it is reused, and an interrupted one resumed).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    amp: Annotated[str, typer.Option(help="none or bf16 (autocast; logits and losses stay fp32).")] = "none",
+    num_workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed for init and sampling.")] = 0,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train on the labeled set plus the curated unlabeled split (torchrun for several processes)."""
+    from workbench.train.config import TrainConfig
+    from workbench.train.run import run_train, train_or_reuse
+
+    form = uir_loss or ("reference" if uir else "none")
+    config = TrainConfig(
+        labeled=labeled, unlabeled_split=split_name, uir_loss=form, uir_weight=uir_weight,
+        unlabeled_ratio=unlabeled_ratio, backbone=backbone, width=width, input_size=input_size,
+        num_features=embedding_size, head=head, steps=steps, epochs=epochs, batch_size=batch_size,
+        lr=lr, warmup_steps=warmup_steps, init=str(init) if init else None, device=device, amp=amp,
+        num_workers=num_workers, checkpoint_every=checkpoint_every, seed=seed)
+    with progress_bar("train", enabled=not as_json) as bar:
+        def update(step: int, total: int, last: dict[str, float]) -> None:
+            bar(step, total)
+            speed = f" {last['images_per_s']:.0f} img/s" if "images_per_s" in last else ""
+            bar.note(f"loss {last.get('loss', float('nan')):.3f}{speed}")
+
+        ws = Workspace.at(workspace)
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if resume is None and not new and not under_torchrun:
+            result = train_or_reuse(ws, config, progress=update)
+        else:
+            result = run_train(ws, config, resume=resume, progress=update)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
+    report(f"train {result['run_id']}", result, as_json)
+
+
+@app.command("export-model", rich_help_panel="Train")
+@handled
+def export_model(
+    run_id: Annotated[str, typer.Argument(help="A training run id.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write ONNX (opset 17, dynamic batch).")] = True,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output file.",
+                                                  show_default="runs/RUN/model.onnx")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a trained backbone; `wb embed --model onnx:PATH` reads the result."""
+    from workbench.train.export import export_run
+
+    if not onnx:
+        raise WorkbenchError("only --onnx export is supported")
+    result = export_run(Workspace.at(workspace), run_id, out_path)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"wrote {result['onnx']} (from {result['checkpoint']})")
