@@ -37,7 +37,7 @@ def sample_folder(files: list[Path], out: Path) -> Path:
     return out
 
 
-def run_ingest(folder: Path, ws_dir: Path, detector: str, upsample: int = 0) -> tuple[float, int, int]:
+def timed_ingest(folder: Path, ws_dir: Path, detector: str, upsample: int = 0) -> tuple[float, int, int]:
     shutil.rmtree(ws_dir, ignore_errors=True)
     start = time.perf_counter()
     summary = run_ingest(Workspace.at(ws_dir), folder, detector=detector, upsample=upsample)
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"\n{name}: {len(list(folder.iterdir()))} images")
         results = {}
         for label, detector, upsample in detectors:
-            rate, found, processed = run_ingest(folder, args.work / f"{name}-{label.replace(' ', '')}",
+            rate, found, processed = timed_ingest(folder, args.work / f"{name}-{label.replace(' ', '')}",
                                                 detector, upsample)
             results[label] = (rate, found)
             print(f"  {label:<18} {rate:7.1f} images/s   faces in {found}/{processed} images")

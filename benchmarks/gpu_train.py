@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 
 from workbench.formats.recordio import write_insightface_rec
 from workbench.train.backbones import normalise_input
-from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches
 from workbench.train.config import TrainConfig
+from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches
 from workbench.train.loop import FaceModel
 
 

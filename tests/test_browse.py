@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,9 +38,17 @@ def scored(tmp_path_factory) -> tuple[Path, str]:
     """A curated workspace with a tiny trained run and its rejection scores."""
     ws = curated_workspace(tmp_path_factory.mktemp("browse"), identities=6, per_identity=4, web=20,
                            prefix="person", seed=7, near_duplicates=2)
-    run_id = train(Workspace.at(ws), TrainConfig(**SMALL))["run_id"]
+    run_id = run_train(Workspace.at(ws), TrainConfig(**SMALL))["run_id"]
     wb("score", run_id, "--set", "train_unlabeled,eval_unknown,excluded", "-w", str(ws))
     return ws, run_id
+
+
+@pytest.fixture()
+def own_copy(scored, tmp_path) -> Path:
+    """A private copy of the scored workspace, for a test that changes it (the others read it)."""
+    copy = tmp_path / "ws"
+    shutil.copytree(scored[0], copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +122,8 @@ def test_resync_is_idempotent_and_follows_the_manifest(scored, fo, tmp_path):
 
 
 @pytest.mark.slow
-def test_tags_flow_back_and_change_the_split(scored, fo):
-    ws, _ = scored
+def test_tags_flow_back_and_change_the_split(own_copy, fo):
+    ws = own_copy
     wb("browse", "--no-launch", "--dataset", "wb-test-review", "-w", str(ws))
     dataset = fo.load_dataset("wb-test-review")
     train_face, known_face, copy_face = (r[0] for r in sql(
@@ -150,8 +159,8 @@ def test_tags_flow_back_and_change_the_split(scored, fo):
 
 
 @pytest.mark.slow
-def test_keep_overrides_a_duplicate_exclusion(scored, fo):
-    ws, _ = scored
+def test_keep_overrides_a_duplicate_exclusion(own_copy, fo):
+    ws = own_copy
     dup = sql(ws, "SELECT face_id FROM wb_splits WHERE reason = 'duplicate' ORDER BY face_id LIMIT 1")
     assert dup, "the planted near-duplicates were not found"
     wb("browse", "--no-launch", "--dataset", "wb-test-keep", "-w", str(ws))
@@ -230,8 +239,8 @@ def test_app_shows_the_samples_in_headless_chromium(scored, tmp_path):
 
 
 @pytest.mark.slow
-def test_forget_removes_the_face_from_fiftyone(scored, fo):
-    ws, _ = scored
+def test_forget_removes_the_face_from_fiftyone(own_copy, fo):
+    ws = own_copy
     wb("browse", "--no-launch", "--dataset", "wb-test-forget", "-w", str(ws))
     image_id, face_id = sql(ws, "SELECT image_id, face_id FROM wb_faces ORDER BY face_id LIMIT 1")[0]
     erased = wb_json("forget", "--image", image_id, "-w", str(ws))
@@ -283,9 +292,9 @@ def test_a_team_mongodb_through_the_database_uri(scored, tmp_path):
 
 
 @pytest.mark.slow
-def test_wrong_identity_lifts_an_automatic_overlap(scored, fo):
-    """Last in the module: it marks every face an overlap (threshold 0) to have something to lift."""
-    ws, _ = scored
+def test_wrong_identity_lifts_an_automatic_overlap(own_copy, fo):
+    """Every face is made an overlap (threshold 0), to have something to lift."""
+    ws = own_copy
     wb("overlap", "--labeled", "gen", "--threshold", "0", "--per-identity", "4", "-w", str(ws))
     wb("split", "-w", str(ws), "--eval-unknown", "0.2", "--min-quality", "0")
     face = sql(ws, "SELECT face_id FROM wb_splits WHERE reason = 'overlap' ORDER BY face_id LIMIT 1")[0][0]

@@ -12,10 +12,16 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
+from sklearn.metrics import roc_auc_score
 
 from tests.conftest import noise_image
 from tests.helpers import curated_workspace, wb, wb_json
+from workbench.embed.models import ModelSpec
+from workbench.embed.store import read_vectors
+from workbench.evaluate.model import TrainedRun
 from workbench.manifest.workspace import Workspace
 from workbench.train.config import TrainConfig
 from workbench.train.run import run_train
@@ -88,6 +94,10 @@ def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
     con.close()
     proc = wb("train", "--uir", "-w", str(ws), "--steps", "1", check=False)
     assert proc.returncode == 1 and "run `wb split` first" in proc.stderr
+    baseline = wb_json("train", "-w", str(ws), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
+                       "--embedding-size", "32", "--batch-size", "8", "--num-workers", "0", "--steps", "1",
+                       "--json")
+    assert baseline["steps"] == 1 and baseline["total_steps"] == 1
 
 
 def test_export_onnx_and_embed_with_onnx_and_ckpt(curated, tmp_path):
@@ -140,19 +150,29 @@ def test_eval_score_and_compare(curated, tmp_path):
         results = wb_json("eval", run_id, "-w", str(curated))
         open_set = results["open_set"]
         assert open_set["known_probes"] == 8 and open_set["unknown_probes"] >= 1
-        assert 0 <= open_set["auroc_msp"] <= 1 and 0 <= open_set["fpr_at_95_tpr"] <= 1
+        arrays = np.load(Path(results["checkpoint"]).parents[1] / "eval" / results["eval_id"] / "arrays.npz")
+        labels = np.r_[np.ones(len(arrays["msp_known"])), np.zeros(len(arrays["msp_unknown"]))]
+        assert open_set["auroc_msp"] == pytest.approx(
+            roc_auc_score(labels, np.r_[arrays["msp_known"], arrays["msp_unknown"]]), abs=1e-9)
         assert results["centre_distance"]["n_classes"] == 8
         assert "skipped" in results["verification"]["note"]
     scored = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
     again = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
     assert scored["scored_now"] == scored["faces"] > 0 and again["scored_now"] == 0
-    con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
-    rows = con.execute("SELECT max_prob, pred_identity, entropy FROM wb_scores WHERE run_id = ?",
-                       [runs[1]]).fetchall()
-    con.close()
-    assert len(rows) == scored["faces"]
-    assert all(1 / 8 <= p <= 1 and ident.startswith("id") and 0 <= h <= np.log(8) + 1e-4
-               for p, ident, h in rows)
+    with ws.connect(read_only=True) as con:
+        rows = con.execute("SELECT face_id, max_prob, pred_identity, entropy FROM wb_scores "
+                           "WHERE run_id = ? ORDER BY face_id", [runs[1]]).fetchall()
+        trained = TrainedRun.load(con, runs[1])
+        key = ModelSpec("ckpt", str(trained.checkpoint), flip=True).key
+        found, emb = read_vectors(ws, con, key, [r[0] for r in rows])
+        names = dict(con.execute("SELECT label, identity FROM labeled_identities WHERE set_name = ?",
+                                 [trained.config.labeled]).fetchall())
+    assert len(rows) == scored["faces"] and found.all()
+    # the stored scores are the softmax of s * cos to the class centres, recomputed here
+    probs = scipy.special.softmax(trained.config.scale * emb @ trained.centres.T, axis=1)
+    assert np.allclose([r[1] for r in rows], probs.max(axis=1), atol=1e-5)
+    assert [r[2] for r in rows] == [names[i] for i in probs.argmax(axis=1)]
+    assert np.allclose([r[3] for r in rows], scipy.stats.entropy(probs, axis=1), atol=1e-4)
     result = wb_json("compare", *runs, "--out", str(tmp_path / "cmp"), "-w", str(curated))
     arms = {a["arm"]: a for a in result["arms"]}
     assert set(arms) == {"baseline (none)", "reference (w=0.1)"}

@@ -46,7 +46,7 @@ def embed(
     as_json: JsonOpt = False,
 ) -> None:
     """Compute missing embeddings (and labeled identity centres); re-runs reuse what exists."""
-    from workbench.embed.compute import embed as run_embed
+    from workbench.embed.compute import run_embed
 
     with progress_bar("embed", enabled=not as_json) as update:
         counts = run_embed(Workspace.at(workspace), model=model_spec(model, flip, model_norm), sets=set_names,

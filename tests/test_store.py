@@ -1,0 +1,83 @@
+"""The embedding store: append-only vectors keyed in the manifest, torn writes, erasure by zeros."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.embed.models import ModelSpec
+from workbench.embed.store import EmbeddingStore, labeled_item_id, read_vectors
+from workbench.manifest.query import transaction
+from workbench.manifest.workspace import Workspace
+
+DIM = 4
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def spec(tmp_path) -> ModelSpec:
+    weights = tmp_path / "model.onnx"
+    weights.write_bytes(b"stand-in weights: only their hash names the model")
+    return ModelSpec("onnx", str(weights))
+
+
+def vectors(n: int, start: int = 0) -> np.ndarray:
+    return np.arange(start * DIM, (start + n) * DIM, dtype=np.float32).reshape(n, DIM)
+
+
+def test_a_torn_write_is_trimmed_and_every_committed_vector_reads_back(ws, spec):
+    ids = [f"face{i}" for i in range(5)]
+    with ws.connect() as con:
+        store = EmbeddingStore(ws, con, spec, DIM)
+        with transaction(con):
+            store.append(ids[:3], vectors(3))
+    with open(store.path, "ab") as handle:  # a crash after 6 bytes of the next row, before its commit
+        handle.write(b"\x01" * 6)
+    with ws.connect() as con:
+        store = EmbeddingStore(ws, con, spec, DIM)
+        assert store.missing(ids) == ids[3:]
+        with transaction(con):
+            store.append(ids[3:], vectors(2, start=3))
+        assert store.path.stat().st_size == 5 * DIM * 4
+        assert np.array_equal(store.vectors(ids), vectors(5))
+        assert store.rows(ids).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_rows_appended_in_a_rolled_back_transaction_are_never_referenced(ws, spec):
+    with ws.connect() as con:
+        store = EmbeddingStore(ws, con, spec, DIM)
+        with pytest.raises(RuntimeError), transaction(con):
+            store.append(["lost"], vectors(1))
+            raise RuntimeError("crash before commit")
+        assert store.missing(["lost"]) == ["lost"]
+        with transaction(con):
+            store.append(["kept"], vectors(1, start=7))
+        assert store.rows(["kept"]).tolist() == [1]  # after the orphan row, which stays unread
+        assert np.array_equal(store.vectors(["kept"]), vectors(1, start=7))
+
+
+def test_zero_erases_one_item_under_every_model_and_leaves_the_rest(ws, spec, tmp_path):
+    other_weights = tmp_path / "other.onnx"
+    other_weights.write_bytes(b"other model")
+    other = ModelSpec("onnx", str(other_weights))
+    gone, kept = labeled_item_id("S", 3), "face1"
+    with ws.connect() as con:
+        for model in (spec, other):
+            with transaction(con):
+                EmbeddingStore(ws, con, model, DIM).append([kept, gone], vectors(2, start=1))
+        assert EmbeddingStore.zero(ws, con, [gone]) == 2
+        for model in (spec, other):
+            found, got = read_vectors(ws, con, model.key, [kept, gone, "never-embedded"])
+            assert found.tolist() == [True, True, False]
+            assert np.array_equal(got, np.stack([vectors(1, start=1)[0], np.zeros(DIM, np.float32)]))
+
+
+def test_a_dimension_change_under_one_model_key_is_refused(ws, spec):
+    with ws.connect() as con:
+        EmbeddingStore(ws, con, spec, DIM)
+        with pytest.raises(ValueError, match="dim 4, now 8"):
+            EmbeddingStore(ws, con, spec, 8)
