@@ -305,3 +305,42 @@ def test_wrong_identity_lifts_an_automatic_overlap(own_copy, fo):
     assert sql(ws, "SELECT coalesce(reason, split) FROM wb_splits WHERE face_id = ?", [face])[0][0] in (
         "train_unlabeled", "eval_unknown", "duplicate")
     assert sql(ws, "SELECT count(*) FROM wb_splits WHERE reason = 'overlap'")[0][0] > 0
+
+
+@pytest.mark.slow
+def test_the_raw_writer_writes_what_fiftyone_add_samples_writes(scored, fo):
+    """browse/raw_writer.py builds documents by hand for speed; a FiftyOne upgrade that changes the
+    layout must fail here, field by field, not in a reviewer's App."""
+    from workbench.browse.fields import LABELS, PLAIN
+    from workbench.browse.raw_writer import Facts, RawWriter
+    from workbench.browse.selection import face_facts
+    from workbench.browse.sync import open_dataset
+
+    ws, run_id = scored
+    workspace = Workspace.at(ws)
+    with workspace.connect(read_only=True) as con:
+        facts = Facts.of(face_facts(con, where=None, score_run=run_id))
+    cols = facts.columns
+    i = next(k for k in range(len(cols["face_id"]))
+             if cols["overlap_identity"][k] is not None and cols["pred_identity"][k] is not None)
+    raw, public = (open_dataset(fo, name, workspace) for name in ("wb-test-raw", "wb-test-public"))
+    RawWriter(fo, raw, facts).add_new([i], {cols["face_id"][i]: ["keep"]})
+    labels = {field: fo.Classification(label=cols[label][i], confidence=cols[conf][i])
+              for field, (label, conf) in LABELS.items()}
+    public.add_samples([fo.Sample(filepath=cols["crop_path"][i], tags=["keep"], **labels,
+                                  **{f: cols[f][i] for f in PLAIN if cols[f][i] is not None})])
+    mine, theirs = raw._sample_collection.find_one({}), public._sample_collection.find_one({})
+    assert sorted(mine) == sorted(theirs)
+    per_write = {"_id", "_rand", "_dataset_id", "created_at", "last_modified_at"}
+    for key in theirs:
+        if key in per_write:
+            assert type(mine[key]) is type(theirs[key]), key
+        elif key in LABELS:
+            assert {k: v for k, v in mine[key].items() if k != "_id"} == \
+                   {k: v for k, v in theirs[key].items() if k != "_id"}, key
+        else:
+            assert mine[key] == theirs[key], key
+    raw.reload()
+    sample = raw.first()
+    assert (sample.face_id, sample.overlap.label, sample.predicted.confidence, sample.tags) == (
+        cols["face_id"][i], cols["overlap_identity"][i], cols["max_prob"][i], ["keep"])

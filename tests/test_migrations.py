@@ -41,11 +41,11 @@ def test_there_is_a_fixture_for_every_earlier_version():
 def test_an_old_manifest_upgrades_with_every_row_kept(tmp_path, version):
     ws, rows = unpack(version, tmp_path)
     with ws.connect(read_only=True) as con:
-        assert current_version(con) == version
+        assert con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == version
     with ws.connect() as con:
         assert current_version(con) == LATEST
-        kept = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in rows}
-        assert kept == rows
+        data = {t: n for t, n in rows.items() if t != "schema_migrations"}
+        assert {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in data} == data
         for view in VIEW_NAMES:
             con.execute(f"SELECT * FROM {view}").fetchall()
         if rows.get("faces"):

@@ -184,15 +184,17 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         5,
         "evaluations and per-face scores",
+        # IF NOT EXISTS: for one commit (2f27aff) these two tables were part of migration 4, and
+        # the schema-4 manifests it wrote already have them (tests/test_migrations.py, fixture v4).
         [
-            """CREATE TABLE evaluations (
+            """CREATE TABLE IF NOT EXISTS evaluations (
                 eval_id VARCHAR PRIMARY KEY,
                 run_id VARCHAR NOT NULL,
                 metrics JSON,
                 artifacts_dir VARCHAR,
                 created_at TIMESTAMP
             )""",
-            """CREATE TABLE scores (
+            """CREATE TABLE IF NOT EXISTS scores (
                 run_id VARCHAR NOT NULL,
                 face_id VARCHAR NOT NULL,
                 max_prob REAL,
@@ -319,7 +321,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             for statement in statements:
                 con.execute(statement)
             con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now())", [number, description]
+                "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, now())", [number, description]
             )
         version = number
     for statement in VIEWS:
