@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,3 +134,19 @@ def test_small_backbones_run_and_round_trip(tmp_path):
         fresh = build_backbone(name, num_features=32, width=0.25, input_size=56).eval()
         fresh.load_state_dict(torch.load(tmp_path / "m.pt"), strict=True)
         torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_a_training_step_on_loader_crops_at_112_px_does_not_crash():
+    """Loader crops are uint8 NHWC; a channels-last view of them segfaulted the CPU backward pass of
+    a narrow r18 at 112 px. Run in a child process: a crash must fail this test, not end the run."""
+    code = (
+        "import torch\n"
+        "from workbench.train.backbones import build_backbone, normalise_input\n"
+        "torch.manual_seed(0)\n"
+        "model = build_backbone('r18', 32, 0.125, 112)\n"
+        "x = normalise_input(torch.randint(0, 256, (8, 112, 112, 3), dtype=torch.uint8))\n"
+        "assert x.is_contiguous() and x.shape == (8, 3, 112, 112)\n"
+        "model(x).sum().backward()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -147,5 +147,6 @@ def build_backbone(name: str, num_features: int = 512, width: float = 1.0,
 
 
 def normalise_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float NCHW in [-1, 1], as arcface_torch trains."""
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+    """uint8 NHWC RGB -> float NCHW in [-1, 1], as arcface_torch trains. Contiguous: the permuted
+    (channels-last) view crashed the CPU backward pass of narrow convolutions (torch 2.13)."""
+    return ((images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5).contiguous()
