@@ -31,6 +31,8 @@ ModelNormOpt = Annotated[str | None, typer.Option(
 DetectorOpt = Annotated[str, typer.Option(
     help="Face detector: dlib (HOG, packaged), yunet[:PATH] (small faces; PATH or $WB_YUNET_MODEL), "
          "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).")]
+PerIdentityOpt = Annotated[int, typer.Option(help="Labeled faces per identity centre.")]
+SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
 FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the work).")]
 WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")]
 FpirOpt = Annotated[float, typer.Option(

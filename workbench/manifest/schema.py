@@ -320,9 +320,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         with transaction(con):
             for statement in statements:
                 con.execute(statement)
-            con.execute(
-                "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, now())", [number, description]
-            )
+            con.execute("INSERT INTO schema_migrations (version, description, applied_at) "
+                        "VALUES (?, ?, now())", [number, description])
         version = number
     for statement in VIEWS:
         con.execute(statement)
