@@ -175,7 +175,7 @@ def test_eval_score_and_compare(curated, tmp_path):
     assert np.allclose([r[3] for r in rows], scipy.stats.entropy(probs, axis=1), atol=1e-4)
     result = wb_json("compare", *runs, "--out", str(tmp_path / "cmp"), "-w", str(curated))
     arms = {a["arm"]: a for a in result["arms"]}
-    assert set(arms) == {"baseline (none)", "reference (w=0.1)"}
+    assert set(arms) == {"baseline (none)", "reference (w=0.1)"} and result["warnings"] == []
     assert all(len(a["runs"]) == 2 for a in arms.values())
     report = (tmp_path / "cmp" / "report.html").read_text()
     assert "AUROC" in report and (tmp_path / "cmp" / "msp_histograms.png").exists()
@@ -210,3 +210,22 @@ def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_
     assert fresh["run_id"] != first["run_id"] and not fresh.get("reused")
     other = wb_json(*args[:-1], "4")  # another recipe is another run
     assert other["run_id"] not in (first["run_id"], fresh["run_id"])
+
+
+def test_compare_warns_when_arms_trained_on_different_data():
+    from workbench.evaluate.compare import data_warnings
+
+    snapshot = {"labeled_set": "S", "labeled_digest": "a", "holdout_sample_idx": [3],
+                "unlabeled_split": "train_unlabeled", "unlabeled_digest": "u", "unlabeled_faces": 40}
+    config = {"uir_loss": "reference", "unlabeled_ratio": 0.25, "batch_size": 128}
+    uir = {"run_id": "uir", "config": config, "snapshot": snapshot}
+    same = {"run_id": "base", "config": {**config, "uir_loss": "none"}, "snapshot": snapshot}
+    assert data_warnings([uir, same]) == []
+    before_split = {"run_id": "early", "config": {**config, "uir_loss": "none"},
+                    "snapshot": {**snapshot, "unlabeled_digest": "e3b0", "unlabeled_faces": 0}}
+    assert data_warnings([uir, before_split]) == [
+        "the runs differ in unlabeled split: uir; early",
+        "the runs differ in labeled faces per step: uir; early"]  # 96 labeled faces a step vs 128
+    other_set = {"run_id": "other", "config": config, "snapshot": {**snapshot, "labeled_digest": "b"}}
+    assert data_warnings([uir, other_set]) == [
+        "the runs differ in labeled data (set, samples or held-out probes): uir; other"]

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from workbench.cli.options import JsonOpt, WorkspaceOpt
-from workbench.cli.render import comparison_table, handled, kv_table, out, print_json, progress_bar, report
+from workbench.cli.render import (
+    comparison_table,
+    err,
+    handled,
+    kv_table,
+    out,
+    print_json,
+    progress_bar,
+    report,
+)
 from workbench.manifest.workspace import Workspace
 
 app = typer.Typer()
@@ -74,3 +83,5 @@ def compare(
         return
     out.print(comparison_table(result))
     out.print(f"report: {result['report']}")
+    for warning in result["warnings"]:
+        err.print(f"warning: {warning}", highlight=False)

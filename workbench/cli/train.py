@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.options import JsonOpt, WorkspaceOpt
-from workbench.cli.render import handled, out, print_json, progress_bar, report
+from workbench.cli.render import err, handled, out, print_json, progress_bar, report
 from workbench.errors import WorkbenchError
 from workbench.manifest.workspace import Workspace
 
@@ -37,8 +37,17 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per process and step.")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
     warmup_steps: Annotated[int | None, typer.Option(help="Warmup steps.", show_default="10%")] = None,
-    init: Annotated[Path | None, typer.Option(help="Fine-tune from a checkpoint or arcface_torch model.pt.")
-                    ] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Fine-tune: onnx:PATH (a pretrained ONNX recogniser, e.g. MobileFaceNet or an InsightFace "
+             "ResNet; its embedding size and input are the model's), or PATH (a wb checkpoint or an "
+             "arcface_torch backbone model.pt).")] = None,
+    freeze_backbone_steps: Annotated[int, typer.Option(
+        help="Head warm-up: steps during which only the new margin head learns.")] = 0,
+    backbone_lr_mult: Annotated[float, typer.Option(
+        help="Backbone learning rate as a multiple of --lr (fine-tuning: e.g. 0.1).")] = 1.0,
+    freeze_bn: Annotated[bool, typer.Option(
+        "--freeze-bn/--train-bn", help="Keep the backbone's BatchNorm statistics as they are "
+                                       "(folded-BN models have none).")] = False,
     resume: Annotated[str | None, typer.Option(help="Resume this run id from its last checkpoint.")] = None,
     new: Annotated[bool, typer.Option(
         "--new", help="Train a fresh run even if a finished run of this recipe on the same data exists "
@@ -53,20 +62,27 @@ def train(
 ) -> None:
     """Train on the labeled set plus the curated unlabeled split (torchrun for several processes)."""
     from workbench.train.config import TrainConfig
-    from workbench.train.run import run_train, train_or_reuse
+    from workbench.train.run import run_train, slow_run_hint, train_or_reuse
 
     form = uir_loss or ("reference" if uir else "none")
     config = TrainConfig(
         labeled=labeled, unlabeled_split=split_name, uir_loss=form, uir_weight=uir_weight,
         unlabeled_ratio=unlabeled_ratio, backbone=backbone, width=width, input_size=input_size,
         num_features=embedding_size, head=head, steps=steps, epochs=epochs, batch_size=batch_size,
-        lr=lr, warmup_steps=warmup_steps, init=str(init) if init else None, device=device, amp=amp,
+        lr=lr, warmup_steps=warmup_steps, init=init, device=device, amp=amp,
+        freeze_backbone_steps=freeze_backbone_steps, backbone_lr_mult=backbone_lr_mult, freeze_bn=freeze_bn,
         num_workers=num_workers, checkpoint_every=checkpoint_every, seed=seed)
+    hinted = False
     with progress_bar("train", enabled=not as_json) as bar:
         def update(step: int, total: int, last: dict[str, float]) -> None:
+            nonlocal hinted
             bar(step, total)
             speed = f" {last['images_per_s']:.0f} img/s" if "images_per_s" in last else ""
             bar.note(f"loss {last.get('loss', float('nan')):.3f}{speed}")
+            if not hinted and "eta_s" in last:
+                hinted = True
+                if (hint := slow_run_hint(config, last["eta_s"])) is not None:
+                    err.print(f"hint: {hint}", highlight=False)
 
         ws = Workspace.at(workspace)
         under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1

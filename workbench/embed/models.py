@@ -26,11 +26,10 @@ import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
-from workbench.faces.onnx_session import onnx_session
+from workbench.faces.onnx_session import onnx_session, recogniser_norm
 from workbench.weights import file_sha256, pack_recogniser, weights_file
 
 KINDS = ("onnx", "ckpt")  # file-backed kinds besides the built-in dlib model
-DEFAULT_NORM = (127.5, 127.5)
 
 
 class Embedder(Protocol):
@@ -117,18 +116,6 @@ class DlibEmbedder:
         return l2_normalise(out)
 
 
-def input_norm(path: str, session: object) -> tuple[float, float]:
-    """(mean, std) for a recognition model: its metadata, else raw pixels for graphs that
-    normalise their input themselves, else InsightFace's (127.5, 127.5)."""
-    meta = session.get_modelmeta().custom_metadata_map  # type: ignore[attr-defined]
-    if "input_mean" in meta and "input_std" in meta:
-        return parse_norm(f"{meta['input_mean']},{meta['input_std']}")
-    import onnx
-
-    first = {node.op_type for node in onnx.load(path, load_external_data=False).graph.node[:8]}
-    return (0.0, 1.0) if {"Sub", "Mul"} <= first else DEFAULT_NORM
-
-
 class OnnxEmbedder:
     def __init__(self, path: str, norm: tuple[float, float] | None = None):
         self._session = onnx_session(path)
@@ -138,7 +125,11 @@ class OnnxEmbedder:
             raise WorkbenchError(f"{path}: a recognition model needs one Nx3x112x112 input, not {shape}")
         self._input = inputs[0].name
         self._fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
-        self.mean, self.std = norm or input_norm(path, self._session)
+        if norm is None:
+            import onnx
+
+            norm = recogniser_norm(onnx.load(path, load_external_data=False))
+        self.mean, self.std = norm
         self.dim = int(self.embed(np.zeros((1, 112, 112, 3), np.uint8)).shape[1])
 
     def embed(self, crops: np.ndarray) -> np.ndarray:

@@ -46,13 +46,15 @@ def load_runs(workspace: Workspace, run_ids: list[str]) -> list[dict[str, Any]]:
     runs = []
     with workspace.connect(read_only=True) as con:
         for run_id in run_ids:
-            config = train_runs.require(con, run_id).config
+            trained = train_runs.require(con, run_id)
+            config = trained.config
             evaluation = evaluations.latest(con, run_id)
             if evaluation is None:
                 raise WorkbenchError(f"run {run_id!r} has no evaluation: run `wb eval {run_id}` first")
             arm = {k: v for k, v in config.items() if k != "seed"}
             runs.append({"run_id": run_id, "config": config, "arm": json.dumps(arm, sort_keys=True),
-                         "metrics": evaluation.metrics, "arrays": evaluation.arrays})
+                         "snapshot": trained.snapshot, "metrics": evaluation.metrics,
+                         "arrays": evaluation.arrays})
     return runs
 
 
@@ -128,6 +130,35 @@ def _fmt(cell: tuple[float, float] | None, n: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
+def labeled_per_step(config: dict[str, Any], snapshot: dict[str, Any]) -> int:
+    """Labeled faces in each batch: the loop gives unlabeled rows their share only when the split
+    has faces, so a run trained before `wb split` sees more labeled faces per step."""
+    uses_unlabeled = config["uir_loss"] != "none" or config["unlabeled_ratio"] > 0
+    unlabeled = round(config["batch_size"] * config["unlabeled_ratio"]) if uses_unlabeled else 0
+    return config["batch_size"] - (unlabeled if snapshot.get("unlabeled_faces") else 0)
+
+
+def data_warnings(runs: list[dict[str, Any]]) -> list[str]:
+    """Differences in what the runs trained on, which the metrics would otherwise hide."""
+    warnings = []
+    checks = {
+        "labeled data (set, samples or held-out probes)": lambda r: (
+            r["snapshot"].get("labeled_set"), r["snapshot"].get("labeled_digest"),
+            tuple(r["snapshot"].get("holdout_sample_idx", []))),
+        "unlabeled split": lambda r: (r["snapshot"].get("unlabeled_split"),
+                                      r["snapshot"].get("unlabeled_digest")),
+        "labeled faces per step": lambda r: labeled_per_step(r["config"], r["snapshot"]),
+    }
+    for what, key in checks.items():
+        groups: dict[Any, list[str]] = {}
+        for run in runs:
+            groups.setdefault(key(run), []).append(run["run_id"])
+        if len(groups) > 1:
+            sides = "; ".join(", ".join(ids) for ids in groups.values())
+            warnings.append(f"the runs differ in {what}: {sides}")
+    return warnings
+
+
 def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = None) -> dict[str, Any]:
     if len(run_ids) < 2:
         raise WorkbenchError("give at least two runs to compare")
@@ -149,6 +180,10 @@ def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = Non
             f"{header}</tr>{body}</table>"
             + "".join(f"<p><img src='{name}'></p>" for name in images)
             + f"<h2>Run configs</h2>{configs}</body></html>")
+    warnings = data_warnings(runs)
+    if warnings:
+        page = page.replace("</h1>", "</h1>" + "".join(f"<p><b>warning:</b> {html.escape(w)}</p>"
+                                                       for w in warnings), 1)
     (out / "report.html").write_text(page)
     (out / "summary.json").write_text(json.dumps(table, indent=2))
-    return {"report": str(out / "report.html"), "arms": table}
+    return {"report": str(out / "report.html"), "arms": table, "warnings": warnings}

@@ -85,7 +85,8 @@ def _face_crops(ws: Workspace, con: duckdb.DuckDBPyConnection, split: str, limit
     return [(ws.root / r).read_bytes() for r in rows]
 
 
-def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection) -> tuple[dict, dict]:
+def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
+             unlabeled_sample: int = MSP_SAMPLE) -> tuple[dict, dict]:
     held = run.snapshot.get("holdout_sample_idx", [])
     labeled = LabeledSet(ws, con, run.config.labeled)
     try:
@@ -96,7 +97,7 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection) -> 
     finally:
         labeled.close()
     unknown = run.embed_encoded(_face_crops(ws, con, "eval_unknown"))
-    unlabeled = run.embed_encoded(_face_crops(ws, con, run.config.unlabeled_split, MSP_SAMPLE))
+    unlabeled = run.embed_encoded(_face_crops(ws, con, run.config.unlabeled_split, unlabeled_sample))
     msp_known, pred_known, _ = m.softmax_stats(run.logits(known)) if len(known) else (np.empty(0),) * 3
     msp_unknown = m.softmax_stats(run.logits(unknown))[0] if len(unknown) else np.empty(0)
     msp_unlabeled = m.softmax_stats(run.logits(unlabeled))[0] if len(unlabeled) else np.empty(0)
@@ -119,7 +120,9 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection) -> 
 
 
 def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = None,
-             pairs_from: str | None = None) -> dict[str, Any]:
+             pairs_from: str | None = None, unlabeled_sample: int = MSP_SAMPLE) -> dict[str, Any]:
+    """Verification, open-set rejection and centre spread of a run; `unlabeled_sample` training
+    faces are scored for the max-probability statistics of the unlabeled split."""
     with open_run(workspace, "eval", {"run": run_id, "pairs": str(pairs_file) if pairs_file else None,
                                       "pairs_from": pairs_from}) as (con, record):
         trained = TrainedRun.load(con, run_id)
@@ -130,7 +133,7 @@ def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = Non
         except ValueError as exc:  # too few identities for 10 disjoint folds
             verify, v_arrays = {"note": f"verification skipped: {exc}"}, {}
         results["verification"] = verify
-        results["open_set"], o_arrays = open_set(trained, workspace, con)
+        results["open_set"], o_arrays = open_set(trained, workspace, con, unlabeled_sample)
         distances, bound = m.pairwise_cosine_distances(trained.centres)
         results["centre_distance"] = {"n_classes": len(trained.centres), "mean": float(distances.mean()),
                                       "median": float(np.median(distances)), "min": float(distances.min()),

@@ -1,12 +1,15 @@
-"""One way to open an ONNX model: CUDA when onnxruntime has it, all CPU cores otherwise."""
+"""One way to open an ONNX model (CUDA when onnxruntime has it, all CPU cores otherwise), and one
+way to tell the input scaling a recognition model expects."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from workbench.errors import WorkbenchError
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+DEFAULT_NORM = (127.5, 127.5)  # InsightFace's (x - 127.5) / 127.5
 
 
 def onnx_session(path: str):  # -> onnxruntime.InferenceSession
@@ -23,3 +26,21 @@ def onnx_session(path: str):  # -> onnxruntime.InferenceSession
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkbenchError(f"cannot load ONNX model {path}: {first}") from None
+
+
+def recogniser_norm(model: Any) -> tuple[float, float]:  # model: onnx.ModelProto
+    """(mean, std) of `(x - mean) / std` on 0..255 pixels: the model's metadata (`input_mean`,
+    `input_std`), else raw pixels when the graph normalises its input itself (Sub and Mul among
+    its first nodes, as InsightFace's MXNet exports do), else InsightFace's (127.5, 127.5)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "input_mean" in meta and "input_std" in meta:
+        try:
+            mean, std = float(meta["input_mean"]), float(meta["input_std"])
+        except ValueError:
+            mean, std = 0.0, 0.0
+        if std <= 0:
+            raise WorkbenchError(f"the model's input_mean/input_std metadata ({meta['input_mean']!r}, "
+                                 f"{meta['input_std']!r}) is not a usable scaling; give --model-norm")
+        return mean, std
+    first = {node.op_type for node in model.graph.node[:8]}
+    return (0.0, 1.0) if {"Sub", "Mul"} <= first else DEFAULT_NORM

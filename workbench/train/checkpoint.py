@@ -20,6 +20,7 @@ from torch import nn
 from workbench.errors import WorkbenchError
 from workbench.train.backbones import build_backbone
 from workbench.train.config import TrainConfig
+from workbench.train.onnx_backbone import OnnxBackbone
 
 BACKBONE = "backbone."
 
@@ -82,7 +83,13 @@ class Checkpoint:
     def backbone(self) -> nn.Module:
         """The trained backbone, in eval mode on the CPU."""
         c = self.config
-        model = build_backbone(c.backbone, c.num_features, c.width, c.input_size)
+        if c.backbone == "onnx":
+            graph = self.state.get("onnx_graph")
+            if not isinstance(graph, torch.Tensor):
+                raise WorkbenchError(f"{self.path}: an onnx-backbone checkpoint without its graph")
+            model: nn.Module = OnnxBackbone.from_skeleton(graph.numpy().tobytes(), tuple(c.onnx_norm or ()))
+        else:
+            model = build_backbone(c.backbone, c.num_features, c.width, c.input_size)
         model.load_state_dict(backbone_weights(self.state), strict=True)
         return model.eval()
 

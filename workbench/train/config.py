@@ -31,7 +31,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_steps: int | None = None
     grad_clip: float = 5.0
-    init: str | None = None
+    init: str | None = None  # a checkpoint, an arcface_torch backbone file, or onnx:PATH
+    onnx_norm: list[float] | None = None  # (mean, std) of an onnx: backbone's input, from the model
+    freeze_backbone_steps: int = 0  # head warm-up: the backbone neither learns nor moves its BN statistics
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr x this (fine-tuning: e.g. 0.1)
+    freeze_bn: bool = False  # keep BatchNorm running statistics as they are
     device: str = "cpu"
     amp: str = "none"
     num_workers: int = 2
@@ -42,6 +46,10 @@ class TrainConfig:
     holdout_per_identity: int = 1  # labeled faces kept out of training as known probes for `wb eval`
     holdout_min_samples: int = 4  # only identities with at least this many faces give one up
 
+    @property
+    def onnx_path(self) -> str:
+        return (self.init or "").removeprefix("onnx:")
+
     def validate(self) -> None:
         if self.uir_loss not in UIR_LOSSES:
             raise WorkbenchError(f"--uir-loss must be one of {', '.join(UIR_LOSSES)}")
@@ -49,5 +57,9 @@ class TrainConfig:
             raise WorkbenchError("--amp must be none or bf16")
         if not 0 <= self.unlabeled_ratio < 1:
             raise WorkbenchError("--unlabeled-ratio must be in [0, 1)")
+        if self.freeze_backbone_steps < 0 or self.backbone_lr_mult < 0:
+            raise WorkbenchError("--freeze-backbone-steps and --backbone-lr-mult must not be negative")
+        if (self.backbone == "onnx") != bool(self.init and self.init.startswith("onnx:")):
+            raise WorkbenchError("an onnx backbone comes from --init onnx:PATH (and only from it)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise WorkbenchError("--device cuda asked for, but torch sees no CUDA device")

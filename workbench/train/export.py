@@ -5,19 +5,26 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
 from workbench.manifest import train_runs
 from workbench.manifest.workspace import Workspace
 from workbench.train.checkpoint import Checkpoint
+from workbench.train.onnx_backbone import OnnxBackbone
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
-    """ONNX with a dynamic batch: input `input` (N, 3, S, S) in [-1, 1], output `embedding`."""
+    """ONNX with a dynamic batch. A backbone fine-tuned from `--init onnx:` is its source graph with
+    the trained weights (input scaling as the source's, in the metadata); a workbench backbone
+    takes `input` (N, 3, S, S) in [-1, 1] and gives `embedding`."""
     ckpt = Checkpoint.open(checkpoint)
     model, size = ckpt.backbone(), ckpt.config.input_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, OnnxBackbone):
+        onnx.save(model.to_onnx(), str(out))
+        return out
     dummy = torch.zeros(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -32,6 +32,7 @@ from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches, UnlabeledFaces, UnlabeledPlan
 from workbench.train.heads import MarginHead
 from workbench.train.losses import uir_loss
+from workbench.train.onnx_backbone import OnnxBackbone
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -48,14 +49,37 @@ class FaceModel(nn.Module):
 
     def __init__(self, config: TrainConfig, num_classes: int):
         super().__init__()
-        self.backbone = build_backbone(config.backbone, config.num_features, config.width,
-                                       config.input_size)
+        if config.backbone == "onnx":
+            norm = tuple(config.onnx_norm) if config.onnx_norm else None
+            self.backbone: nn.Module = OnnxBackbone.load(config.onnx_path, norm)
+        else:
+            self.backbone = build_backbone(config.backbone, config.num_features, config.width,
+                                           config.input_size)
         self.head = MarginHead(config.num_features, num_classes, config.head, config.scale)
+        self.freeze_bn = config.freeze_bn
+
+    def phase(self, frozen: bool) -> None:
+        """Training mode, except what must not move: the whole backbone while it is frozen (head
+        warm-up), and BatchNorm statistics with --freeze-bn."""
+        self.train()
+        if frozen:
+            self.backbone.eval()
+        elif self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm | OnnxBackbone):
+                    module.eval()
+
+    def checkpoint_extras(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint needs besides the state dict to rebuild the backbone."""
+        if isinstance(self.backbone, OnnxBackbone):
+            return {"onnx_graph": torch.frombuffer(bytearray(self.backbone.skeleton()), dtype=torch.uint8)}
+        return {}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, kind: str, weight: float,
-                amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                amp: bool, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device_type = images.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp), \
+                torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             embeddings = self.backbone(images)
         embeddings = embeddings.float()
         n = len(labels)
@@ -111,10 +135,13 @@ def run_training(
     model = FaceModel(config, plan.labeled.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if config.init:
+    if config.init and config.backbone != "onnx":
         checkpoint.load_into(model.backbone, config.init)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+    groups = [{"params": params}] if config.backbone_lr_mult == 1 else [
+        {"params": list(model.backbone.parameters()), "lr": config.lr * config.backbone_lr_mult},
+        {"params": list(model.head.parameters())}]
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     n_unlabeled = round(config.batch_size * config.unlabeled_ratio) if config.uir_loss != "none" or \
         config.unlabeled_ratio > 0 else 0
@@ -137,7 +164,8 @@ def run_training(
     wrapped: nn.Module = model
     if info.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=config.freeze_backbone_steps > start)  # the frozen backbone has no grads
     labeled_loader = DataLoader(
         LabeledFaces(plan.labeled, config.input_size),
         batch_sampler=ResumableBatches(len(plan.labeled.labels), n_labeled, config.seed, info.rank,
@@ -165,7 +193,7 @@ def run_training(
         if info.main:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
-                     "num_classes": plan.labeled.num_classes}
+                     "num_classes": plan.labeled.num_classes, **model.checkpoint_extras()}
             checkpoint.save(state, ckpt_dir / name)
             if name == LATEST:
                 checkpoint.save(state, ckpt_dir / f"step_{step:07d}.pt")
@@ -175,16 +203,18 @@ def run_training(
     step = start
     tic, seen = time.perf_counter(), 0
     labeled_iter = iter(labeled_loader)
-    wrapped.train()
     try:
         while step < total:
+            frozen = step < config.freeze_backbone_steps
+            model.phase(frozen)
             images, labels = next(labeled_iter)
             if unlabeled_iter is not None:
                 images = torch.cat([images, next(unlabeled_iter)])
             x = normalise_input(images.to(device, non_blocking=True))
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, margin, unknown = wrapped(x, labels.to(device), config.uir_loss, config.uir_weight, amp)
+            loss, margin, unknown = wrapped(x, labels.to(device), config.uir_loss, config.uir_weight, amp,
+                                            frozen)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss became {loss.item()} at step {step}; the last good checkpoint is "
@@ -200,6 +230,7 @@ def run_training(
                     "uir_loss": unknown.item(), "lr": scheduler.get_last_lr()[0]}
             if step % config.log_every == 0 or step == total:
                 last["images_per_s"] = seen / max(time.perf_counter() - tic, 1e-9)
+                last["eta_s"] = (total - step) * config.batch_size * info.world / last["images_per_s"]
                 tic, seen = time.perf_counter(), 0
                 if info.main:
                     with open(metrics_path, "a") as handle:

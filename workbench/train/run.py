@@ -24,6 +24,8 @@ from workbench.manifest.workspace import Workspace, WorkspaceBusy
 from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
 from workbench.train.loop import DataPlan, ProgressFn, init_distributed, run_training
+from workbench.train.onnx_backbone import OnnxBackbone
+from workbench.weights import weights_file
 
 
 def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
@@ -77,8 +79,43 @@ def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig
     return DataPlan(lplan, uplan, snapshot)
 
 
+def prepared(config: TrainConfig) -> TrainConfig:
+    """`--init onnx:PATH`: the backbone is that graph, so its embedding width, input size and input
+    scaling are the model's (recorded in the config, so a run is reproducible from it)."""
+    if not (config.init and config.init.startswith("onnx:")):
+        return config
+    path = str(weights_file(config.onnx_path))
+    backbone = OnnxBackbone.load(path, tuple(config.onnx_norm) if config.onnx_norm else None)
+    return replace(config, init=f"onnx:{path}", backbone="onnx", num_features=backbone.output_dim(),
+                   input_size=backbone.input_size, width=1.0, onnx_norm=list(backbone.norm))
+
+
+SLOW_RUN_S = 30 * 60
+
+
+def slow_run_hint(config: TrainConfig, eta_s: float) -> str | None:
+    """After the first measured steps on a CPU: how long the rest will take, and cheaper choices,
+    instead of hours of silence (the defaults, r50 at 112 px, are a GPU recipe)."""
+    if not config.device.startswith("cpu") or eta_s < SLOW_RUN_S:
+        return None
+    cheaper = []
+    if config.backbone != "onnx":
+        cheaper.append("fine-tune a pretrained recogniser (--init onnx:PATH, e.g. a MobileFaceNet, "
+                       "with --freeze-backbone-steps and --backbone-lr-mult 0.1)")
+        if config.backbone != "mbf":
+            cheaper.append("a small backbone (--backbone mbf)")
+    cheaper.append("fewer --steps")
+    cheaper.append("a GPU (--device cuda --amp bf16)")
+    hours = eta_s / 3600
+    took = f"{hours:.1f} h" if hours >= 1 else f"{eta_s / 60:.0f} min"
+    return f"at the measured speed the rest of this run takes about {took} on this CPU; cheaper: " + \
+        "; ".join(cheaper)
+
+
 def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
           progress: ProgressFn | None = None) -> dict[str, Any]:
+    if resume is None:
+        config = prepared(config)
     config.validate()
     info = init_distributed(config.device)
     payload: list[Any] = [None]
@@ -147,6 +184,7 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
                    ) -> dict[str, Any]:
     """`wb train` without `--new`: reuse a finished run of this recipe on the same data, resume
     an interrupted one, or train. One process only: under torchrun every rank trains."""
+    config = prepared(config)
     wanted = {k: v for k, v in asdict(config).items() if v is not None}
     digests = ("labeled_digest", "unlabeled_digest") if config.unlabeled_ratio > 0 else ("labeled_digest",)
     with ws.connect(read_only=True) as con:
