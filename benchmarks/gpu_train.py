@@ -1,4 +1,5 @@
-"""GPU training check: r50 at 112 px, bf16 autocast, batch 512, synthetic data; decode rate; memory.
+"""GPU training check: r50 at 112 px, bf16 autocast, batch 512, synthetic data; the fine-tuning recipe
+at r50 and r100; decode rate; memory.
 
     bash benchmarks/gpu_train.sh      (on a CUDA machine; prints one line per figure)
 """
@@ -45,6 +46,33 @@ def train_rate(batch: int, steps: int, classes: int) -> tuple[float, float]:
     return batch * steps / (time.perf_counter() - start), torch.cuda.max_memory_allocated() / 2**30
 
 
+def finetune_rates(backbone: str, steps: int, classes: int) -> tuple[float, float]:
+    """The paper's fine-tuning recipe (96 labeled + 32 unlabeled, UIR weight 0.1): images/s of the
+    head warm-up (backbone frozen, no backward through it) and of full fine-tuning at lr x 0.1."""
+    device = torch.device("cuda")
+    config = TrainConfig(backbone=backbone, uir_loss="kl-uniform")
+    model = FaceModel(config, classes).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([{"params": list(model.backbone.parameters()), "lr": 0.01},
+                                 {"params": list(model.head.parameters())}], lr=0.1, momentum=0.9)
+    images = torch.randint(0, 256, (128, 112, 112, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, classes, (96,), device=device)
+    x = normalise_input(images).contiguous(memory_format=torch.channels_last)
+    rates = []
+    for frozen in (True, False):
+        model.phase(frozen)
+        for i in range(steps + 5):
+            if i == 5:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            loss, _, _ = model(x, labels, "kl-uniform", 0.1, True, frozen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        torch.cuda.synchronize()
+        rates.append(128 * steps / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
 def decode_rate(n: int, workers: int, batch: int) -> float:
     rng = np.random.default_rng(0)
     pool = []
@@ -84,6 +112,10 @@ def main() -> None:
     rate, peak = train_rate(args.batch, args.steps, args.classes)
     print(f"r50 112px bf16 train, batch {args.batch}, {args.classes} classes: {rate:.0f} images/s")
     print(f"peak GPU memory: {peak:.1f} GiB")
+    for backbone in ("r50", "r100"):
+        warm, full = finetune_rates(backbone, args.steps, args.classes)
+        print(f"{backbone} fine-tune (96 labeled + 32 unlabeled, kl-uniform 0.1, bf16): head warm-up "
+              f"{warm:.0f} images/s, full {full:.0f} images/s")
     print(f"data loader decode ({args.workers} workers, RecordIO JPEG 112px): "
           f"{decode_rate(args.decode_images, args.workers, 256):.0f} images/s")
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One short GPU check (fits a few minutes of a lent H200): r50 training images/s at batch 512
+# One short GPU check (fits a few minutes of a lent H200): r50 training images/s at batch 512,
+# the UIR fine-tuning recipe (head warm-up and full) at r50 and r100
 # in bf16, peak memory, and the data loader's decode rate, each on one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."

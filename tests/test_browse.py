@@ -245,8 +245,9 @@ def test_forget_removes_the_face_from_fiftyone(own_copy, fo):
     image_id, face_id = sql(ws, "SELECT image_id, face_id FROM wb_faces ORDER BY face_id LIMIT 1")[0]
     erased = wb_json("forget", "--image", image_id, "-w", str(ws))
     assert erased["fiftyone_samples"] >= 1
-    datasets = [fo.load_dataset(name) for name in fo.list_datasets() if name.startswith("wb-test-")]
-    assert all(face_id not in d.values("face_id") for d in datasets)
+    synced = [name for (name,) in sql(ws, "SELECT name FROM wb_browse_datasets")]
+    assert "wb-test-forget" in synced
+    assert all(face_id not in fo.load_dataset(name).values("face_id") for name in synced)
     again = wb_json("browse", "--no-launch", "--dataset", "wb-test-forget", "-w", str(ws))
     assert again["added"] == 0 and face_id not in fo.load_dataset("wb-test-forget").values("face_id")
 
@@ -344,3 +345,5 @@ def test_the_raw_writer_writes_what_fiftyone_add_samples_writes(scored, fo):
     sample = raw.first()
     assert (sample.face_id, sample.overlap.label, sample.predicted.confidence, sample.tags) == (
         cols["face_id"][i], cols["overlap_identity"][i], cols["max_prob"][i], ["keep"])
+    raw.delete()
+    public.delete()

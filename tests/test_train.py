@@ -203,6 +203,12 @@ def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_
     args = ["train", "-w", str(ws), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
             "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "3"]
     first = wb_json(*args)
+    con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"))  # as recorded before fine-tuning options
+    stored = json.loads(con.execute("SELECT config FROM train_runs").fetchone()[0])
+    for newer in ("freeze_backbone_steps", "backbone_lr_mult", "freeze_bn", "onnx_norm"):
+        stored.pop(newer)
+    con.execute("UPDATE train_runs SET config = ?", [json.dumps(stored)])
+    con.close()
     again = wb_json(*args)
     assert again["run_id"] == first["run_id"] and again["reused"] is True
     assert again["steps"] == first["steps"] == 3

@@ -190,8 +190,9 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
     with ws.connect(read_only=True) as con:
         data = plan_data(ws, con, replace(config)).snapshot
         runs = train_runs.newest_first(con)
+    defaults = asdict(TrainConfig())  # fields added since a run was recorded held their defaults then
     for run in runs:
-        if any(run.config.get(k) != v for k, v in wanted.items()) or any(
+        if any({**defaults, **run.config}.get(k) != v for k, v in wanted.items()) or any(
                 run.snapshot.get(k) != data[k] for k in digests):
             continue
         if run.status == "done":
