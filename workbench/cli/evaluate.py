@@ -30,13 +30,16 @@ def eval_run(
     pairs: Annotated[Path | None, typer.Option(help="InsightFace verification .bin file.")] = None,
     pairs_from: Annotated[str | None, typer.Option(
         help="Generate pairs from this labeled set.", show_default="the run's labeled set")] = None,
+    flip: Annotated[bool, typer.Option(
+        "--flip/--no-flip", help="Average each face's embedding with its mirror image's (the standard "
+                                 "protocol; --no-flip halves the work).")] = True,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verification, open-set rejection (AUROC, FPR@95TPR, DIR@FPIR) and centre sparsity."""
     from workbench.evaluate.evaluate import run_eval
 
-    results = run_eval(Workspace.at(workspace), run_id, pairs_file=pairs, pairs_from=pairs_from)
+    results = run_eval(Workspace.at(workspace), run_id, pairs_file=pairs, pairs_from=pairs_from, flip=flip)
     if as_json:
         print_json(results)
         return

@@ -120,14 +120,17 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
 
 
 def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = None,
-             pairs_from: str | None = None, unlabeled_sample: int = MSP_SAMPLE) -> dict[str, Any]:
+             pairs_from: str | None = None, unlabeled_sample: int = MSP_SAMPLE,
+             flip: bool = True) -> dict[str, Any]:
     """Verification, open-set rejection and centre spread of a run; `unlabeled_sample` training
-    faces are scored for the max-probability statistics of the unlabeled split."""
+    faces are scored for the max-probability statistics of the unlabeled split; `flip` averages
+    each face's embedding with its mirror image's (2x the work)."""
     with open_run(workspace, "eval", {"run": run_id, "pairs": str(pairs_file) if pairs_file else None,
                                       "pairs_from": pairs_from}) as (con, record):
         trained = TrainedRun.load(con, run_id)
+        trained.flip = flip
         pairs_from = pairs_from or (None if pairs_file else trained.config.labeled)
-        results: dict[str, Any] = {"run_id": run_id, "checkpoint": str(trained.checkpoint)}
+        results: dict[str, Any] = {"run_id": run_id, "checkpoint": str(trained.checkpoint), "flip": flip}
         try:
             verify, v_arrays = verification(trained, workspace, con, pairs_file, pairs_from)
         except ValueError as exc:  # too few identities for 10 disjoint folds

@@ -25,6 +25,7 @@ class TrainedRun:
     checkpoint: Path
     embedder: CheckpointEmbedder
     centres: np.ndarray  # (n_classes, d) unit rows: the head's class centres
+    flip: bool = True  # flip-averaged embeddings (the standard evaluation protocol)
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, run_id: str) -> TrainedRun:
@@ -33,12 +34,12 @@ class TrainedRun:
         return cls(run_id, ckpt.config, run.snapshot, run.run_dir, ckpt.path, CheckpointEmbedder(ckpt),
                    ckpt.centres())
 
-    def embed(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
-        """Unit embeddings of (n, 112, 112, 3) crops, flip-averaged by default."""
-        return (Flipped(self.embedder) if flip else self.embedder).embed(crops)
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """Unit embeddings of (n, 112, 112, 3) crops."""
+        return (Flipped(self.embedder) if self.flip else self.embedder).embed(crops)
 
-    def embed_encoded(self, encoded: list[bytes], flip: bool = True) -> np.ndarray:
-        return self.embed(decode_crops(encoded), flip)
+    def embed_encoded(self, encoded: list[bytes]) -> np.ndarray:
+        return self.embed(decode_crops(encoded))
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """s * cos(theta) to every class centre: what the UIR loss sees for unknown faces."""
