@@ -204,10 +204,11 @@ def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_
             "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "3"]
     first = wb_json(*args)
     con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"))  # as recorded before fine-tuning options
-    stored = json.loads(con.execute("SELECT config FROM train_runs").fetchone()[0])
+    stored = json.loads(con.execute("SELECT config FROM train_runs WHERE run_id = ?",
+                                    [first["run_id"]]).fetchone()[0])
     for newer in ("freeze_backbone_steps", "backbone_lr_mult", "freeze_bn", "onnx_norm"):
         stored.pop(newer)
-    con.execute("UPDATE train_runs SET config = ?", [json.dumps(stored)])
+    con.execute("UPDATE train_runs SET config = ? WHERE run_id = ?", [json.dumps(stored), first["run_id"]])
     con.close()
     again = wb_json(*args)
     assert again["run_id"] == first["run_id"] and again["reused"] is True
