@@ -85,6 +85,7 @@ class DedupeResult(Result):
     strict: float
     loose: float
     phash_bits: int
+    k: int
     thresholds_mode: str
     calibration: dict[str, Any] | None
     run_id: str
