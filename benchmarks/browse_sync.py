@@ -122,7 +122,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = run_browse_sync(ws, dataset_name="bench")
         elapsed = time.perf_counter() - start
-        print(f"{label}: {elapsed:.1f} s (added {summary['added']:,}, updated {summary['updated_fields']})")
+        print(f"{label}: {elapsed:.1f} s (added {summary.added:,}, updated {summary.updated_fields})")
         return elapsed
 
     first = timed("workbench first sync")

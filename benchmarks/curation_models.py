@@ -72,8 +72,8 @@ def main() -> None:
     overlap = run_overlap(ws, "S", model=spec)
     dedupe = run_dedupe(ws, model=spec, labeled_set="S")
     print(f"workbench time (register, ingest, overlap, dedupe): {time.perf_counter() - start:.0f} s")
-    print("overlap calibration:", json.dumps(overlap["calibration"], indent=1, default=float))
-    print("dedupe calibration:", json.dumps(dedupe["calibration"], indent=1, default=float))
+    print("overlap calibration:", json.dumps(overlap.calibration, indent=1, default=float))
+    print("dedupe calibration:", json.dumps(dedupe.calibration, indent=1, default=float))
 
     con = duckdb.connect(str(ws.manifest_path), read_only=True)
     rows = con.execute("""

@@ -80,8 +80,8 @@ def main() -> None:
     for label, model in (("dlib", "dlib"), ("mobilefacenet", f"onnx:{MODELS / 'mobilefacenet_128d.onnx'}")):
         start = time.perf_counter()
         counts = run_embed(ws, model=model)
-        timings[label] = counts["unlabeled_computed"] / (time.perf_counter() - start)
-        print(f"\nembed {label:<14} {timings[label]:7.1f} faces/s ({counts['unlabeled_computed']} faces)")
+        timings[label] = counts.unlabeled_computed / (time.perf_counter() - start)
+        print(f"\nembed {label:<14} {timings[label]:7.1f} faces/s ({counts.unlabeled_computed} faces)")
     print(f"MobileFaceNet / dlib embedding speed: {timings['mobilefacenet'] / timings['dlib']:.1f}x")
 
 

@@ -75,10 +75,10 @@ def main() -> None:
     targets = OverlapTargets(fpir=args.fpir, per_identity=1000)
     summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(targets=targets))
     dedupe = run_dedupe(ws, flip=True)
-    print("overlap:", json.dumps({k: summary[k] for k in (
+    print("overlap:", json.dumps({k: getattr(summary, k) for k in (
         "faces", "copy", "overlap", "ambiguous", "clean", "threshold", "ambiguous_from", "link_cosine",
         "clusters")}))
-    print("calibration:", json.dumps(summary["calibration"], default=float))
+    print("calibration:", json.dumps(summary.calibration, default=float))
 
     con = duckdb.connect(str(ws.manifest_path), read_only=True)
     rows = con.execute("""
@@ -96,7 +96,7 @@ def main() -> None:
     print(f"evaluated faces: {len(rows)} ({positive.sum()} of known identities)")
 
     # Effective score: a face's own score or its cluster's, whichever is higher (the decision rule).
-    effective = np.where(np.isin(decision, ["copy", "overlap"]), np.maximum(z, summary["threshold"]), z)
+    effective = np.where(np.isin(decision, ["copy", "overlap"]), np.maximum(z, summary.threshold), z)
     sizes = dict(zip(*np.unique(clusters, return_counts=True), strict=True))
     spec = ModelSpec.parse("dlib", flip=True)
     store = EmbeddingStore.open_existing(ws, con, spec)
@@ -143,8 +143,8 @@ def main() -> None:
     print(f"\nnear-duplicate recall: {dup_recall:.3f} ({len(copies)} copies)")
     print(f"distinct photos of one person merged: {len(merged) / max(eligible, 1):.4f} "
           f"({len(merged)} of {eligible})")
-    print(f"dedupe: {json.dumps({k: dedupe[k] for k in ('duplicate_pairs', 'duplicates')})}")
-    print(f"report: {summary['report']}")
+    print(f"dedupe: {json.dumps({k: getattr(dedupe, k) for k in ('duplicate_pairs', 'duplicates')})}")
+    print(f"report: {summary.report}")
 
 
 if __name__ == "__main__":

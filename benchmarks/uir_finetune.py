@@ -113,7 +113,7 @@ def curate(ws: Workspace, args: argparse.Namespace, data: dict[str, Any], spec: 
     out: dict[str, Any] = {}
     workers = os.cpu_count() or 1
     out["S"] = register_labeled(ws, "S", data["S"], fmt="folder", aligned=False, detector=args.detector,
-                                workers=workers)
+                                workers=workers).as_dict()
     for folder in data["U"]:
         out[f"ingest {folder.name}"] = run_ingest(ws, folder, source=folder.name, detector=args.detector,
                                                   workers=workers).as_dict()
@@ -121,10 +121,11 @@ def curate(ws: Workspace, args: argparse.Namespace, data: dict[str, Any], spec: 
                      workers=workers)
     pairs = args.work / "pairs.bin"
     if not pairs.exists():
-        out["pairs"] = write_pairs(ws, "pairs", pairs, n_folds=10, pairs_per_fold=args.pairs_per_fold, seed=0)
-    out["overlap"] = run_overlap(ws, "S", model=spec)
-    out["dedupe"] = run_dedupe(ws, model=spec, labeled_set="S")
-    out["split"] = run_split(ws, eval_unknown=0.1, seed=0)
+        out["pairs"] = write_pairs(ws, "pairs", pairs, n_folds=10, pairs_per_fold=args.pairs_per_fold,
+                                   seed=0).as_dict()
+    out["overlap"] = run_overlap(ws, "S", model=spec).as_dict()
+    out["dedupe"] = run_dedupe(ws, model=spec, labeled_set="S").as_dict()
+    out["split"] = run_split(ws, eval_unknown=0.1, seed=0).as_dict()
     if args.truth:
         out["truth"] = curation_truth(ws, args.truth, data)
     return out
@@ -217,13 +218,13 @@ def main() -> None:
             tic = time.perf_counter()
             result = train_or_reuse(ws, TrainConfig(seed=seed, **base, **overrides))
             trained = time.perf_counter() - tic
-            results = run_eval(ws, result["run_id"], pairs_file=args.work / "pairs.bin",
+            results = run_eval(ws, result.run_id, pairs_file=args.work / "pairs.bin",
                                unlabeled_sample=500, flip=False)
-            table.setdefault(name, {})[seed] = {label: value(results, path)
+            table.setdefault(name, {})[seed] = {label: value(results.as_dict(), path)
                                                 for label, path in METRICS.items()}
-            run_ids.append(result["run_id"])
+            run_ids.append(result.run_id)
             timings[f"{name} seed {seed}"] = time.perf_counter() - tic
-            reused = " (reused)" if result.get("reused") else ""
+            reused = " (reused)" if result.reused else ""
             print(f"{name:<16} seed {seed}: train {trained:4.0f} s{reused}, with eval "
                   f"{timings[f'{name} seed {seed}']:4.0f} s, AUROC {table[name][seed]['AUROC (MSP)']:.4f}",
                   flush=True)
@@ -245,11 +246,11 @@ def main() -> None:
     text = "\n".join(lines + diffs)
     total = time.perf_counter() - started
     summary = {"curation": curated, "table": table, "timings_s": timings, "total_s": total,
-               "report": report["report"], "warnings": report["warnings"], "settings": vars(args)}
+               "report": report.report, "warnings": report.warnings, "settings": vars(args)}
     (args.work / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     (args.work / "results.md").write_text(text + "\n")
     print("\n" + text)
-    print(f"\nreport: {report['report']}\n"
+    print(f"\nreport: {report.report}\n"
           f"total: {total / 60:.1f} min ({timings['curation'] / 60:.1f} min curation)")
 
 

@@ -37,27 +37,27 @@ def main() -> None:
     ws = Workspace.at(args.work / "ws")
     if not ws.exists():
         raise SystemExit(f"no workspace at {ws.root}: run benchmarks/overlap_lfw.py --work {args.work}")
-    print("split:", json.dumps(run_split(ws, eval_unknown=0.1, seed=0)["splits"]))
+    print("split:", json.dumps(run_split(ws, eval_unknown=0.1, seed=0).splits))
     runs = []
     for kind in ("none", "reference", "kl-uniform"):
         for seed in args.seeds:
             start = time.perf_counter()
             result = run_train(ws, TrainConfig(uir_loss=kind, steps=args.steps, seed=seed, **CONFIG))
-            metrics = run_eval(ws, result["run_id"])
-            runs.append(result["run_id"])
+            metrics = run_eval(ws, result.run_id)
+            runs.append(result.run_id)
             print(f"{kind:<11} seed {seed}: {time.perf_counter() - start:5.0f} s, "
-                  f"AUROC {metrics['open_set'].get('auroc_msp', float('nan')):.4f}, "
-                  f"verification {metrics['verification'].get('accuracy', float('nan')):.4f}", flush=True)
+                  f"AUROC {metrics.open_set.get('auroc_msp', float('nan')):.4f}, "
+                  f"verification {metrics.verification.get('accuracy', float('nan')):.4f}", flush=True)
     report = run_compare(ws, runs, args.work / "uir_vs_baseline")
-    names = [a["arm"] for a in report["arms"]]
+    names = [a["arm"] for a in report.arms]
     print(f"\n{'metric':<26}" + "".join(f"{n:>26}" for n in names))
     for label, _ in ROWS:
         cells = []
-        for arm in report["arms"]:
+        for arm in report.arms:
             cell = arm[label]
             cells.append("n/a" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}")
         print(f"{label:<26}" + "".join(f"{c:>26}" for c in cells))
-    print(f"\nreport: {report['report']}")
+    print(f"\nreport: {report.report}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Lowest first. A module may import its own package and the packages of lower layers only.
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "results"},
     {"parallel", "weights"},
     {"formats"},
     {"faces"},

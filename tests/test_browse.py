@@ -38,7 +38,7 @@ def scored(tmp_path_factory) -> tuple[Path, str]:
     """A curated workspace with a tiny trained run and its rejection scores."""
     ws = curated_workspace(tmp_path_factory.mktemp("browse"), identities=6, per_identity=4, web=20,
                            prefix="person", seed=7, near_duplicates=2)
-    run_id = run_train(Workspace.at(ws), TrainConfig(**SMALL))["run_id"]
+    run_id = run_train(Workspace.at(ws), TrainConfig(**SMALL)).run_id
     wb("score", run_id, "--set", "train_unlabeled,eval_unknown,excluded", "-w", str(ws))
     return ws, run_id
 

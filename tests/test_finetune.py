@@ -137,7 +137,7 @@ def test_an_unsupported_operator_is_named_in_one_line(tmp_path, curated):
 
 
 def stored_backbone(result: dict) -> dict[str, torch.Tensor]:
-    return backbone_weights(Checkpoint.open(Path(result["run_dir"]) / "checkpoints" / "final.pt").state)
+    return backbone_weights(Checkpoint.open(Path(result.run_dir) / "checkpoints" / "final.pt").state)
 
 
 def test_a_frozen_warm_up_trains_the_head_only(tiny, curated):
@@ -148,7 +148,7 @@ def test_a_frozen_warm_up_trains_the_head_only(tiny, curated):
     after = stored_backbone(result)
     assert set(after) == set(start)
     assert all(torch.equal(after[k], start[k]) for k in start)  # weights and BatchNorm statistics
-    ckpt = Checkpoint.open(Path(result["run_dir"]) / "checkpoints" / "final.pt")
+    ckpt = Checkpoint.open(Path(result.run_dir) / "checkpoints" / "final.pt")
     assert ckpt.config.backbone == "onnx" and ckpt.config.num_features == 12
 
 
@@ -171,9 +171,9 @@ def test_fine_tuning_lowers_the_loss_and_exports_to_onnx_that_matches(tiny, cura
     result = run_train(Workspace.at(curated), TrainConfig(init=f"onnx:{path}", steps=40, seed=2,
                                                           **{**TINY, "lr": 0.02}))
     losses = [json.loads(line)["margin_loss"] for line in
-              (Path(result["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+              (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
-    exported = wb_json("export-model", result["run_id"], "--out", str(tmp_path / "tuned.onnx"),
+    exported = wb_json("export-model", result.run_id, "--out", str(tmp_path / "tuned.onnx"),
                        "-w", str(curated))
     crops = np.random.default_rng(3).integers(0, 256, (4, 112, 112, 3)).astype(np.uint8)
     via_onnx = load_embedder(ModelSpec.parse(f"onnx:{exported['onnx']}")).embed(crops)

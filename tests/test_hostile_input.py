@@ -126,7 +126,7 @@ def test_a_nan_image_label_is_a_reason_for_that_sample(tmp_path):
     nan = pack(IRHeader(0, float("nan"), 3, 0), jpeg(3))
     (folder / "train.rec").write_bytes(data.replace(bad, nan, 1))
     summary = register_labeled(Workspace.at(tmp_path / "ws"), "s", folder)
-    assert summary["images"] == 2 and summary["rejected"] == {"label out of range (nan)": 1}
+    assert summary.images == 2 and summary.rejected == {"label out of range (nan)": 1}
 
 
 @pytest.mark.parametrize("index, message", [
@@ -157,7 +157,7 @@ def test_absurd_class_counts_and_labels_are_refused_without_allocating(tmp_path)
         for key, label in enumerate([0.0, 1.0, 5e7]):
             writer.write(key, pack(IRHeader(0, label, key, 0), jpeg(key)))
     summary = register_labeled(Workspace.at(tmp_path / "ws3"), "s", plain)
-    assert summary["identities"] == 2 and summary["rejected"] == {"label out of range (5e+07)": 1}
+    assert summary.identities == 2 and summary.rejected == {"label out of range (5e+07)": 1}
 
 
 def test_hf_labels_out_of_range_and_device_paths_are_reasons(tmp_path):
@@ -172,8 +172,8 @@ def test_hf_labels_out_of_range_and_device_paths_are_reasons(tmp_path):
     ds = datasets.Dataset.from_dict({"image": rows, "label": [0, -1, 1]}, features=features)
     ds.save_to_disk(str(tmp_path / "hf"))
     summary = register_labeled(Workspace.at(tmp_path / "ws"), "s", tmp_path / "hf", aligned=True)
-    assert summary["images"] == 1
-    assert summary["rejected"] == {"label out of range (-1)": 1,
+    assert summary.images == 1
+    assert summary.rejected == {"label out of range (-1)": 1,
                                    "no image bytes (not a regular file (a character device))": 1}
 
 
@@ -183,7 +183,7 @@ def test_jpeg_with_bytes_after_its_end_is_a_good_labeled_image(tmp_path):
     (folder / "0.jpg").write_bytes(jpeg(7) + b"\x00phone maker notes\xff\xd8")
     (folder / "1.jpg").write_bytes(jpeg(8)[:-400])
     summary = register_labeled(Workspace.at(tmp_path / "ws"), "s", tmp_path / "set", aligned=True)
-    assert summary["images"] == 1 and summary["rejected"] == {"corrupt image (truncated JPEG)": 1}
+    assert summary.images == 1 and summary.rejected == {"corrupt image (truncated JPEG)": 1}
 
 
 def test_float_tiff_is_not_black(tmp_path):

@@ -43,7 +43,7 @@ def metrics(run_dir: str) -> list[dict]:
 
 def test_uir_training_end_to_end(curated):
     result = run_train(Workspace.at(curated), TrainConfig(uir_loss="reference", steps=30, **SMALL))
-    run_dir = Path(result["run_dir"])
+    run_dir = Path(result.run_dir)
     lines = metrics(run_dir)
     assert len(lines) == 30 and all(np.isfinite(m["loss"]) for m in lines)
     assert np.mean([m["margin_loss"] for m in lines[-5:]]) < np.mean([m["margin_loss"] for m in lines[:5]])
@@ -52,7 +52,7 @@ def test_uir_training_end_to_end(curated):
     assert any((run_dir / "tensorboard").iterdir())
     con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
     status, snapshot = con.execute("SELECT status, data_snapshot FROM wb_train_runs WHERE run_id = ?",
-                                   [result["run_id"]]).fetchone()
+                                   [result.run_id]).fetchone()
     con.close()
     assert status == "done" and json.loads(snapshot)["identities"] == 8
 
@@ -60,7 +60,7 @@ def test_uir_training_end_to_end(curated):
 def test_resume_continues_exactly(curated):
     ws = Workspace.at(curated)
     config = dict(uir_loss="kl-uniform", steps=12, checkpoint_every=6, **SMALL)
-    straight = metrics(run_train(ws, TrainConfig(**config))["run_dir"])
+    straight = metrics(run_train(ws, TrainConfig(**config)).run_dir)
 
     def interrupt_at_6(step, total, last):
         if step == 6:
@@ -71,7 +71,7 @@ def test_resume_continues_exactly(curated):
     con = duckdb.connect(str(curated / "manifests" / "wb.duckdb"), read_only=True)
     run_id = con.execute("SELECT run_id FROM train_runs WHERE status = 'interrupted'").fetchone()[0]
     con.close()
-    resumed = metrics(run_train(ws, TrainConfig(), resume=run_id)["run_dir"])
+    resumed = metrics(run_train(ws, TrainConfig(), resume=run_id).run_dir)
     assert [m["step"] for m in resumed] == list(range(1, 13))
     for a, b in zip(straight, resumed, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
@@ -102,7 +102,7 @@ def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
 
 def test_export_onnx_and_embed_with_onnx_and_ckpt(curated, tmp_path):
     result = run_train(Workspace.at(curated), TrainConfig(uir_loss="none", steps=3, **SMALL))
-    exported = wb_json("export-model", result["run_id"], "--onnx", "--out", str(tmp_path / "m.onnx"),
+    exported = wb_json("export-model", result.run_id, "--onnx", "--out", str(tmp_path / "m.onnx"),
                        "-w", str(curated))
     import onnx
 
@@ -144,7 +144,7 @@ def test_torchrun_two_processes_end_with_identical_weights(curated):
 @pytest.mark.slow
 def test_eval_score_and_compare(curated, tmp_path):
     ws = Workspace.at(curated)
-    runs = [run_train(ws, TrainConfig(uir_loss=kind, steps=8, seed=seed, **SMALL))["run_id"]
+    runs = [run_train(ws, TrainConfig(uir_loss=kind, steps=8, seed=seed, **SMALL)).run_id
             for kind in ("none", "reference") for seed in (0, 1)]
     for run_id in runs:
         results = wb_json("eval", run_id, "-w", str(curated))

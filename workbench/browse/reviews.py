@@ -16,6 +16,7 @@ tags removed in the App are removed. Faces not in the dataset keep their reviews
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,11 +24,22 @@ import duckdb
 import pyarrow as pa
 
 from workbench.manifest.query import registered, transaction
+from workbench.results import Result
 
 REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep")
 
 
-def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> dict[str, Any]:
+@dataclass
+class ReviewPull(Result):
+    """`wb review pull`: tags added and removed, and the manifest's reviews by tag."""
+
+    dataset: str
+    added: int
+    removed: int
+    reviews_by_tag: dict[str, int]
+
+
+def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> ReviewPull:
     """Mirror the review tags of `dataset`'s samples into `reviews`; counts of what changed."""
     face_ids, tags, modified = dataset.values(["face_id", "tags", "last_modified_at"])
     seen = {(f, t): m for f, ts, m in zip(face_ids, tags, modified, strict=True)
@@ -48,7 +60,7 @@ def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> d
         if removed:
             con.executemany("DELETE FROM reviews WHERE face_id = ? AND tag = ?", removed)
     by_tag = dict(con.execute("SELECT tag, count(*) FROM reviews GROUP BY tag ORDER BY tag").fetchall())
-    return {"dataset": dataset.name, "added": len(added), "removed": len(removed), "reviews_by_tag": by_tag}
+    return ReviewPull(dataset.name, len(added), len(removed), by_tag)
 
 
 def _naive_utc(moment: datetime | None) -> datetime:

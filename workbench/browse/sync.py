@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -19,7 +20,7 @@ import numpy as np
 from workbench.browse.app import database_label, load_fiftyone
 from workbench.browse.fields import sample_schema
 from workbench.browse.raw_writer import Facts, RawWriter
-from workbench.browse.reviews import pull_reviews, review_tags
+from workbench.browse.reviews import ReviewPull, pull_reviews, review_tags
 from workbench.browse.selection import face_facts, latest_score_run
 from workbench.embed.store import UNLABELED_ITEMS_SQL, read_vectors
 from workbench.errors import WorkbenchError
@@ -27,6 +28,7 @@ from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 PLOT_KEY = "face_embeddings"
 
@@ -102,9 +104,26 @@ def embeddings_plot(workspace: Workspace, con: duckdb.DuckDBPyConnection, datase
     return len(have)
 
 
+@dataclass
+class SyncResult(Result):
+    """`wb browse`: the dataset's size and what this sync changed in it."""
+
+    dataset: str
+    samples: int
+    added: int
+    deleted: int
+    updated_fields: dict[str, int]
+    reviews_pulled: int
+    reviews_removed: int
+    score_run: str | None
+    saved_views: list[str]
+    plotted: int
+    run_id: str
+
+
 def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, where: str | None = None,
                     score_run: str | None = None, plot: bool = True,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[int, int], None] | None = None) -> SyncResult:
     fo = load_fiftyone()
     name = dataset_name or default_dataset_name(workspace)
     params = {"dataset": name, "where": where, "score_run": score_run, "plot": plot}
@@ -130,23 +149,23 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
                         "n_samples, synced_at, run_id) "
                         "VALUES (?, ?, ?, ?, ?, now(), ?)",
                         [name, database_label(), where, score_run, len(dataset), run.run_id])
-        summary = {"dataset": name, "samples": len(dataset), "added": len(new), "deleted": len(gone),
-                   "updated_fields": changed, "reviews_pulled": pulled["added"],
-                   "reviews_removed": pulled["removed"], "score_run": score_run, "saved_views": views,
-                   "plotted": plotted, "run_id": run.run_id}
-        run.counts = summary
-        return summary
+        result = SyncResult(dataset=name, samples=len(dataset), added=len(new), deleted=len(gone),
+                            updated_fields=changed, reviews_pulled=pulled.added,
+                            reviews_removed=pulled.removed,
+                            score_run=score_run, saved_views=views, plotted=plotted, run_id=run.run_id)
+        run.counts = result.as_dict()
+        return result
 
 
-def run_review_pull(workspace: Workspace, *, dataset_name: str | None = None) -> dict[str, Any]:
+def run_review_pull(workspace: Workspace, *, dataset_name: str | None = None) -> ReviewPull:
     fo = load_fiftyone()
     name = dataset_name or default_dataset_name(workspace)
     with open_run(workspace, "review pull", {"dataset": name}) as (con, run):
         if not fo.dataset_exists(name):
             raise WorkbenchError(f"no FiftyOne dataset {name!r}: run `wb browse` first")
-        summary = pull_reviews(con, open_dataset(fo, name, workspace), run.run_id)
-        run.counts = summary
-        return summary
+        result = pull_reviews(con, open_dataset(fo, name, workspace), run.run_id)
+        run.counts = result.as_dict()
+        return result
 
 
 def forget_samples(con: duckdb.DuckDBPyConnection, face_ids: list[str]) -> int:

@@ -50,7 +50,7 @@ def browse(
                                   score_run=run, plot=plot, progress=update)
     report("browse", summary, as_json)
     if launch:
-        serve_app(summary["dataset"], address=address, port=port)
+        serve_app(summary.dataset, address=address, port=port)
 
 
 review_app = typer.Typer(help="Reviewers' tags from the FiftyOne App.", no_args_is_help=True)

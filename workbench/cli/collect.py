@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from workbench.cli.options import DetectorOpt, JsonOpt, WorkspaceOpt
 from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, rows_table
 from workbench.manifest.workspace import Workspace
+
+if TYPE_CHECKING:
+    from workbench.labeled.register import LabeledSetSummary
 
 app = typer.Typer()
 
@@ -47,7 +50,7 @@ def ingest(
                              detector=detector, det_threshold=det_threshold, upsample=upsample,
                              chunk_size=chunk_size, progress=update)
     if as_json:
-        print_json(summary.as_dict())
+        print_json(summary)
         return
     rows: list[tuple[str, Any]] = [
         ("source", summary.source), ("files seen", summary.files_seen),
@@ -107,7 +110,7 @@ def crawl(
     if as_json:
         print_json(summary)
     else:
-        out.print(kv_table("crawl", [(k, v) for k, v in summary.items() if k != "ingest"]))
+        out.print(kv_table("crawl", [(k, v) for k, v in summary.as_dict().items() if k != "ingest"]))
 
 
 labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred to by name later.",
@@ -117,17 +120,16 @@ labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred 
 app.add_typer(labeled_app, name="labeled", rich_help_panel="Collect")
 
 
-def print_set(summary: dict[str, Any]) -> None:
+def print_set(summary: LabeledSetSummary) -> None:
     rows: list[tuple[str, Any]] = [
-        ("path", summary["path"]), ("format", summary["format"]),
-        ("aligned", summary["aligned"]), ("identities", summary["identities"]),
-        ("images", summary["images"]),
+        ("path", summary.path), ("format", summary.format), ("aligned", summary.aligned),
+        ("identities", summary.identities), ("images", summary.images),
     ]
-    rows += [(f"rejected: {reason}", n) for reason, n in summary["rejected"].items()]
-    if summary["empty_identities"]:
-        examples = ", ".join(summary["empty_identity_examples"][:3])
-        rows.append(("identities without images", f"{summary['empty_identities']} ({examples})"))
-    out.print(kv_table(f"labeled set {summary['name']}", rows))
+    rows += [(f"rejected: {reason}", n) for reason, n in summary.rejected.items()]
+    if summary.empty_identities:
+        examples = ", ".join(summary.empty_identity_examples[:3])
+        rows.append(("identities without images", f"{summary.empty_identities} ({examples})"))
+    out.print(kv_table(f"labeled set {summary.name}", rows))
 
 
 @labeled_app.command("add")
@@ -162,7 +164,7 @@ def labeled_add(
         print_json(summary)
     else:
         print_set(summary)
-        if summary["already_registered"]:
+        if summary.already_registered:
             out.print(f"{name} was already registered from this path: nothing changed")
 
 
@@ -178,7 +180,7 @@ def labeled_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> No
         print_json(sets)
         return
     out.print(rows_table("labeled sets", [
-        {k: s[k] for k in ("name", "format", "identities", "images", "path")} for s in sets]))
+        {k: getattr(s, k) for k in ("name", "format", "identities", "images", "path")} for s in sets]))
 
 
 @labeled_app.command("remove")
@@ -191,8 +193,8 @@ def labeled_remove(
     from workbench.labeled.register import remove_set
 
     summary = remove_set(Workspace.at(workspace), name)
-    out.print(f"removed labeled set {name} ({summary['identities']} identities, "
-              f"{summary['images']} images)")
+    out.print(f"removed labeled set {name} ({summary.identities} identities, "
+              f"{summary.images} images)")
 
 
 @labeled_app.command("pairs")
@@ -212,7 +214,7 @@ def labeled_pairs(
     counts = write_pairs(Workspace.at(workspace), name, out_file, n_folds=folds,
                          pairs_per_fold=pairs_per_fold, seed=seed)
     if as_json:
-        print_json({"out": str(out_file), **counts})
+        print_json(counts)
     else:
-        out.print(f"wrote {counts['pairs']} pairs ({counts['same']} same, "
-                  f"{counts['different']} different) to {out_file}")
+        out.print(f"wrote {counts.pairs} pairs ({counts.same} same, "
+                  f"{counts.different} different) to {out_file}")

@@ -155,8 +155,8 @@ def split(
     if as_json:
         print_json(summary)
         return
-    out.print(kv_table("splits", list(summary["splits"].items())))
-    out.print(kv_table("excluded by reason", list(summary["excluded_by_reason"].items())))
+    out.print(kv_table("splits", list(summary.splits.items())))
+    out.print(kv_table("excluded by reason", list(summary.excluded_by_reason.items())))
 
 
 @app.command(rich_help_panel="Curate")
@@ -197,7 +197,7 @@ def calibrate(
                                 overlap=overlap_targets,
                                 dedupe=DedupeTargets(recall=recall, merge_rate=merge_rate, seed=seed),
                                 fresh=fresh, workers=workers, progress=update)
-    report(f"calibration of {summary['model_key']} on {summary['labeled_set']}", summary, as_json)
+    report(f"calibration of {summary.model_key} on {summary.labeled_set}", summary, as_json)
 
 
 audit_app = typer.Typer(help="Measure the curation steps on your own data.", no_args_is_help=True)

@@ -44,9 +44,9 @@ def eval_run(
         print_json(results)
         return
     for section in ("verification", "open_set", "centre_distance"):
-        flat = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in results[section].items()
+        flat = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in getattr(results, section).items()
                 if not isinstance(v, dict)]
-        flat += [(f"{k} mean", f"{v['mean']:.4f}") for k, v in results[section].items()
+        flat += [(f"{k} mean", f"{v['mean']:.4f}") for k, v in getattr(results, section).items()
                  if isinstance(v, dict) and "mean" in v]
         out.print(kv_table(f"{section} ({run_id})", flat))
 
@@ -85,6 +85,6 @@ def compare(
         print_json(result)
         return
     out.print(comparison_table(result))
-    out.print(f"report: {result['report']}")
-    for warning in result["warnings"]:
+    out.print(f"report: {result.report}")
+    for warning in result.warnings:
         err.print(f"warning: {warning}", highlight=False)

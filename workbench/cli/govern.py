@@ -58,8 +58,8 @@ def forget(
         print_json(summary)
         return
     out.print(kv_table("would erase" if dry_run else "erased",
-                       [(k, v) for k, v in summary.items() if k != "stale_exports"]))
-    for export_row in summary["stale_exports"]:
+                       [(k, v) for k, v in summary.as_dict().items() if k != "stale_exports"]))
+    for export_row in summary.stale_exports:
         out.print(f"stale export {export_row['export_id']}: {export_row['out']} (delete or re-export)")
 
 
@@ -78,4 +78,4 @@ def card(
     if as_json:
         print_json(result)
     else:
-        out.print(f"{'updated' if result['changed'] else 'unchanged'}: {result['path']}")
+        out.print(f"{'updated' if result.changed else 'unchanged'}: {result.path}")

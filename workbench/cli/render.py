@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workbench.errors import WorkbenchError
+from workbench.results import Result
 
 out = Console()
 
@@ -93,8 +94,17 @@ def serve_app(dataset_name: str, *, address: str, port: int, hint: str = "") -> 
     out.print("App stopped")
 
 
+def plain(data: Any) -> Any:
+    """A command's result as plain values (results are dataclasses; lists of them too)."""
+    if isinstance(data, Result):
+        return data.as_dict()
+    if isinstance(data, list):
+        return [plain(item) for item in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(plain(data), indent=2, default=str))
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -115,13 +125,13 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def report(title: str, summary: dict[str, Any], as_json: bool) -> None:
+def report(title: str, summary: Result | dict[str, Any], as_json: bool) -> None:
     """A command's summary: JSON on stdout for scripts, a key/value table for people."""
     if as_json:
         print_json(summary)
         return
     out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
-                               for k, v in flatten(summary).items()]))
+                               for k, v in flatten(plain(summary)).items()]))
 
 
 def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -137,10 +147,11 @@ def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def comparison_table(result: dict[str, Any]) -> Table:
+def comparison_table(result: Result | dict[str, Any]) -> Table:
     """Metrics by arm (mean ± std over seeds), as `wb compare` and `wb demo` print them."""
     from workbench.evaluate.compare import ROWS
 
+    result = plain(result)
     table = Table(title="comparison (mean ± std over seeds)", title_justify="left")
     table.add_column("metric")
     for arm in result["arms"]:

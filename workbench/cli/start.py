@@ -99,12 +99,12 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         print_json(info)
         return
     out.print(kv_table(f"workspace {ws.root}", [
-        ("files", info["files"]), ("images", info["images"]), ("faces", info["faces"])]))
-    out.print(rows_table("by source", info["by_source"]))
-    out.print(rows_table("rejected by reason", info["rejected_by_reason"]))
+        ("files", info.files), ("images", info.images), ("faces", info.faces)]))
+    out.print(rows_table("by source", info.by_source))
+    out.print(rows_table("rejected by reason", info.rejected_by_reason))
     for key in ("labeled_sets", "overlap", "splits", "reviews", "browse", "train_runs"):
-        if info[key]:
-            out.print(rows_table(key.replace("_", " "), info[key]))
+        if getattr(info, key):
+            out.print(rows_table(key.replace("_", " "), getattr(info, key)))
     runs = [{k: r[k] for k in ("run_id", "command", "status", "started_at", "ended_at")}
-            for r in info["last_runs"]]
+            for r in info.last_runs]
     out.print(rows_table("last runs", runs))

@@ -92,7 +92,7 @@ def train(
             result = run_train(ws, config, resume=resume, progress=update)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
-    report(f"train {result['run_id']}", result, as_json)
+    report(f"train {result.run_id}", result, as_json)
 
 
 @app.command("export-model", rich_help_panel="Train")
@@ -114,4 +114,4 @@ def export_model(
     if as_json:
         print_json(result)
     else:
-        out.print(f"wrote {result['onnx']} (from {result['checkpoint']})")
+        out.print(f"wrote {result.onnx} (from {result.checkpoint})")

@@ -53,6 +53,7 @@ from workbench.ingest.pipeline import run_ingest
 from workbench.manifest.query import one
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 MAX_RETRY_AFTER = 60.0
@@ -429,11 +430,28 @@ def _content_length(value: str | None) -> int:
         return 0
 
 
+@dataclass
+class CrawlResult(Result):
+    """`wb crawl`: URLs by outcome, what is left pending, and (with --ingest) the ingest's summary."""
+
+    pages: int
+    images: int
+    failed: int
+    disallowed: int
+    skipped: int
+    pending: int
+    requests: int
+    hosts: list[str]
+    stored_files: int
+    run_id: str
+    ingest: dict[str, Any] | None = None
+
+
 def run_crawl(
     workspace: Workspace, *, urls_file: Path | None, seeds: list[str], settings: CrawlSettings,
     progress: Callable[[dict[str, int]], None] | None = None, resolver: Resolver = system_resolver,
     policy: Policy | None = None, then_ingest: bool = False,
-) -> dict[str, Any]:
+) -> CrawlResult:
     """`wb crawl`: add the inputs to the frontier, crawl until done or a bound is reached; with
     `then_ingest`, ingest what is stored (source `crawl`)."""
     inputs = list(seeds)
@@ -456,10 +474,10 @@ def run_crawl(
         if one(con, "SELECT count(*) FROM crawl_urls")[0] == 0:
             raise WorkbenchError("nothing to crawl: give a URLS_FILE or --seed URL")
         crawler = Crawler(con, settings, run.run_id, progress, resolver, policy)
-        summary = asyncio.run(crawler.run())
-        summary["stored_files"] = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
-        run.counts = summary
-        summary["run_id"] = run.run_id
-    if then_ingest and summary["stored_files"]:
-        summary["ingest"] = run_ingest(workspace, settings.out, source="crawl").as_dict()
-    return summary
+        counts = asyncio.run(crawler.run())
+        stored = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
+        result = CrawlResult(**counts, run_id=run.run_id, stored_files=stored)
+        run.counts = result.as_dict()
+    if then_ingest and result.stored_files:
+        result.ingest = run_ingest(workspace, settings.out, source="crawl").as_dict()
+    return result

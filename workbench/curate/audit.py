@@ -11,7 +11,7 @@ a lower bound.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 
 def plant_split(labels: np.ndarray, plant_fraction: float, hold_out: float,
@@ -42,11 +43,27 @@ def plant_split(labels: np.ndarray, plant_fraction: float, hold_out: float,
     return planted
 
 
+@dataclass
+class AuditResult(Result):
+    """`wb audit overlap`: recall on planted known faces and the calibrated false-overlap rates."""
+
+    labeled_set: str
+    planted: int
+    planted_identities: int
+    threshold: float
+    recall_overlap: float
+    recall_excluded: float
+    correct_identity: float
+    calibrated_fpir: float
+    calibrated_excluded_fpir: float
+    run_id: str
+
+
 def run_audit(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, plant_fraction: float = 0.2, hold_out: float = 0.3,
     workers: int | None = None, progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> AuditResult:
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
               "fpir": settings.targets.fpir, "threshold": settings.threshold}
@@ -69,17 +86,13 @@ def run_audit(
         ambiguous_from = min(threshold, calibration.ambiguous_from)
         z, found, _ = best_identity(vectors[planted], gallery)
         flagged = z >= ambiguous_from
-        summary = {
-            "labeled_set": labeled_set, "planted": int(planted.sum()),
-            "planted_identities": len(np.unique(labels[planted])),
-            "threshold": threshold,
-            "recall_overlap": float((z >= threshold).mean()),
-            "recall_excluded": float(flagged.mean()),
-            "correct_identity": float((found[flagged] == labels[planted][flagged]).mean())
+        result = AuditResult(
+            labeled_set=labeled_set, planted=int(planted.sum()),
+            planted_identities=len(np.unique(labels[planted])), threshold=threshold,
+            recall_overlap=float((z >= threshold).mean()), recall_excluded=float(flagged.mean()),
+            correct_identity=float((found[flagged] == labels[planted][flagged]).mean())
             if flagged.any() else float("nan"),
-            "calibrated_fpir": calibration.measured_fpir,
-            "calibrated_excluded_fpir": calibration.excluded_fpir,
-            "run_id": run.run_id,
-        }
-        run.counts = summary
-        return summary
+            calibrated_fpir=calibration.measured_fpir, calibrated_excluded_fpir=calibration.excluded_fpir,
+            run_id=run.run_id)
+        run.counts = result.as_dict()
+        return result

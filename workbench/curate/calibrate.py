@@ -43,6 +43,7 @@ from workbench.ingest.hashing import phash64
 from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import one
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 T = TypeVar("T")
 METHOD = 3  # bump when the way a calibration is measured changes: stored ones are then redone
@@ -174,10 +175,21 @@ def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
 
 
+@dataclass
+class CalibrateResult(Result):
+    """`wb calibrate`: both calibrations with their measured error rates."""
+
+    labeled_set: str
+    model_key: str
+    overlap: dict[str, Any]
+    dedupe: dict[str, Any]
+    run_id: str
+
+
 def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str | ModelSpec = "dlib",
                   flip: bool = False, overlap: OverlapTargets | None = None,
                   dedupe: DedupeTargets | None = None, fresh: bool = False, workers: int | None = None,
-                  progress: ProgressFn | None = None) -> dict[str, Any]:
+                  progress: ProgressFn | None = None) -> CalibrateResult:
     overlap, dedupe = overlap or OverlapTargets(), dedupe or DedupeTargets()
     params = {"labeled": labeled_set, "overlap": asdict(overlap), "dedupe": asdict(dedupe), "fresh": fresh}
     with embedding_run(workspace, "calibrate", params, model=model, flip=flip, workers=workers,
@@ -187,13 +199,12 @@ def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str |
             raise WorkbenchError("name the labeled set to calibrate on: --labeled NAME")
         labeled = LabeledSet(workspace, ctx.con, name)
         try:
-            summary = {
-                "labeled_set": name, "model_key": ctx.store().key,
-                "overlap": overlap_calibration(ctx, labeled, overlap, run.run_id, fresh).as_dict(),
-                "dedupe": dedupe_calibration(ctx, labeled, dedupe, run.run_id, fresh).as_dict(),
-                "run_id": run.run_id,
-            }
+            result = CalibrateResult(
+                labeled_set=name, model_key=ctx.store().key,
+                overlap=overlap_calibration(ctx, labeled, overlap, run.run_id, fresh).as_dict(),
+                dedupe=dedupe_calibration(ctx, labeled, dedupe, run.run_id, fresh).as_dict(),
+                run_id=run.run_id)
         finally:
             labeled.close()
-        run.counts = summary
-        return summary
+        run.counts = result.as_dict()
+        return result

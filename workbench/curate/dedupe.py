@@ -10,7 +10,7 @@ Groups are connected components; the best-quality face represents each.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -28,6 +28,7 @@ from workbench.embed.models import ModelSpec
 from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 
 def duplicate_pairs(
@@ -72,12 +73,30 @@ def crop_phash_from_file(path: str) -> int:
     return phash64(gray)
 
 
+@dataclass
+class DedupeResult(Result):
+    """`wb dedupe`: duplicate pairs and groups, and the thresholds that made them."""
+
+    faces: int
+    duplicate_pairs: int
+    groups_with_duplicates: int
+    duplicates: int
+    model_key: str
+    strict: float
+    loose: float
+    phash_bits: int
+    k: int
+    thresholds_mode: str
+    calibration: dict[str, Any] | None
+    run_id: str
+
+
 def run_dedupe(
     workspace: Workspace, *, model: str | ModelSpec = "dlib", flip: bool = False,
     thresholds: DedupeThresholds | None = None, labeled_set: str | None = None,
     targets: DedupeTargets | None = None, workers: int | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> DedupeResult:
     """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives.
 
     Thresholds: `thresholds` if given, else calibrated for the model on `labeled_set`
@@ -124,13 +143,13 @@ def run_dedupe(
                         "SELECT face_id, group_id, is_representative, ? FROM dup_rows",
                         [run.run_id])
         sizes = np.bincount(groups) if len(groups) else np.empty(0, np.int64)
-        summary = {"faces": len(face_ids), "duplicate_pairs": len(i),
-                   "groups_with_duplicates": int((sizes >= 2).sum()),
-                   "duplicates": int(len(face_ids) - rep.sum()), "model_key": store.key,
-                   **asdict(thresholds), "thresholds_mode": mode,
-                   "calibration": calibration.as_dict() if calibration else None, "run_id": run.run_id}
-        run.counts = summary
-        return summary
+        result = DedupeResult(
+            faces=len(face_ids), duplicate_pairs=len(i), groups_with_duplicates=int((sizes >= 2).sum()),
+            duplicates=int(len(face_ids) - rep.sum()), model_key=store.key, **asdict(thresholds),
+            thresholds_mode=mode, calibration=calibration.as_dict() if calibration else None,
+            run_id=run.run_id)
+        run.counts = result.as_dict()
+        return result
 
 
 def _fill_crop_phash(workspace: Workspace, con: duckdb.DuckDBPyConnection) -> None:

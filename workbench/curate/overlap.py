@@ -50,9 +50,32 @@ from workbench.errors import WorkbenchError
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 MAJORITY = 0.8  # share of a cluster's members that must be close for the whole cluster to go
 DECISIONS = ("copy", "overlap", "ambiguous", "clean")
+
+
+@dataclass
+class OverlapResult(Result):
+    """`wb overlap`: faces per decision, the thresholds used and where the report is."""
+
+    labeled_set: str
+    model_key: str
+    faces: int
+    copy: int
+    overlap: int
+    ambiguous: int
+    clean: int
+    threshold: float
+    threshold_mode: str
+    ambiguous_from: float
+    copy_threshold: float | None
+    calibration: dict[str, Any]
+    link_cosine: float
+    clusters: int
+    run_id: str
+    report: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +155,7 @@ def run_overlap(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, workers: int | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> OverlapResult:
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, **asdict(settings)}
     with embedding_run(workspace, "overlap", params, model=model, flip=flip, workers=workers,
@@ -164,21 +187,18 @@ def run_overlap(
         _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
                model_key=store.key, run_id=run.run_id, copies=copies,
                sample_idx=labeled.samples.column("sample_idx").to_numpy())
-        summary = {
-            "labeled_set": labeled_set, "model_key": store.key, "faces": len(face_ids),
+        result = OverlapResult(
+            labeled_set=labeled_set, model_key=store.key, faces=len(face_ids),
             **{d: int((decision == d).sum()) for d in DECISIONS},
-            "threshold": threshold, "threshold_mode": "fixed" if settings.threshold is not None
+            threshold=threshold, threshold_mode="fixed" if settings.threshold is not None
             else f"calibrated (FPIR {settings.targets.fpir:g})",
-            "ambiguous_from": ambiguous_from, "copy_threshold": calibration.copy_threshold,
-            "calibration": calibration.as_dict(),
-            "link_cosine": link,
-            "clusters": len(np.unique(scores.cluster)),
-            "run_id": run.run_id,
-        }
-        summary["report"] = str(write_report(workspace, summary, scores, decision, label,
-                                             labeled.identities, threshold))
-        run.counts = summary
-        return summary
+            ambiguous_from=ambiguous_from, copy_threshold=calibration.copy_threshold,
+            calibration=calibration.as_dict(), link_cosine=link,
+            clusters=len(np.unique(scores.cluster)), run_id=run.run_id)
+        result.report = str(write_report(workspace, result, scores, decision, label, labeled.identities,
+                                         threshold))
+        run.counts = result.as_dict()
+        return result
 
 
 def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
@@ -213,7 +233,7 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
                     [model_key, run_id])
 
 
-def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScores, decision: np.ndarray,
+def write_report(workspace: Workspace, summary: OverlapResult, scores: FaceScores, decision: np.ndarray,
                  label: np.ndarray, identities: list[str], threshold: float) -> Path:
     """summary.json, top_matches.json and a histogram of the faces' scores with the thresholds."""
     import matplotlib
@@ -221,9 +241,9 @@ def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScor
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = workspace.root / "reports" / f"overlap-{summary['labeled_set']}-{summary['run_id']}"
+    out = workspace.root / "reports" / f"overlap-{summary.labeled_set}-{summary.run_id}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2, default=float))
     order = np.argsort(-scores.score)[:50]
     top = [{"face_id": scores.face_ids[i], "identity": identities[label[i]],
             "score": float(scores.score[i]), "cosine": float(scores.cosine[i]),
@@ -231,11 +251,11 @@ def write_report(workspace: Workspace, summary: dict[str, Any], scores: FaceScor
     (out / "top_matches.json").write_text(json.dumps(top, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4))
     finite = scores.score[np.isfinite(scores.score)]
-    bins = np.linspace(min(finite.min(initial=1), summary["ambiguous_from"]) - 0.02, 1.0, 80)
+    bins = np.linspace(min(finite.min(initial=1), summary.ambiguous_from) - 0.02, 1.0, 80)
     ax.hist(finite, bins=bins, alpha=0.7, label="unlabeled faces (best match)")
     ax.axvline(threshold, color="red", label=f"overlap from {threshold:.3f}")
-    ax.axvline(summary["ambiguous_from"], color="orange", linestyle="--",
-               label=f"ambiguous from {summary['ambiguous_from']:.3f}")
+    ax.axvline(summary.ambiguous_from, color="orange", linestyle="--",
+               label=f"ambiguous from {summary.ambiguous_from:.3f}")
     ax.set_xlabel("identity score of the best-matching labeled identity")
     ax.set_yscale("log")
     ax.legend()

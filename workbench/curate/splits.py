@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 
 def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: int) -> set[str]:
@@ -38,8 +39,21 @@ def choose_eval_clusters(cluster_sizes: dict[str, int], fraction: float, seed: i
     return chosen
 
 
+@dataclass
+class SplitResult(Result):
+    """`wb split`: faces per split, exclusions per reason, and the settings used."""
+
+    splits: dict[str, int]
+    excluded_by_reason: dict[str, int]
+    eval_unknown_clusters: int
+    eval_unknown: float
+    seed: int
+    min_quality: float
+    run_id: str
+
+
 def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
-              min_quality: float = MIN_QUALITY) -> dict[str, Any]:
+              min_quality: float = MIN_QUALITY) -> SplitResult:
     if not 0 <= eval_unknown < 1:
         raise WorkbenchError("--eval-unknown must be in [0, 1)")
     params = {"eval_unknown": eval_unknown, "seed": seed, "min_quality": min_quality}
@@ -103,7 +117,7 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
         counts = dict(con.execute("SELECT split, count(*) FROM splits GROUP BY split").fetchall())
         reasons = dict(con.execute("SELECT reason, count(*) FROM splits WHERE split = 'excluded' "
                                    "GROUP BY reason ORDER BY 2 DESC").fetchall())
-        summary = {"splits": counts, "excluded_by_reason": reasons,
-                   "eval_unknown_clusters": len(held_out), **params, "run_id": run.run_id}
-        run.counts = summary
-        return summary
+        result = SplitResult(splits=counts, excluded_by_reason=reasons, eval_unknown_clusters=len(held_out),
+                             **params, run_id=run.run_id)
+        run.counts = result.as_dict()
+        return result

@@ -32,6 +32,7 @@ from workbench.ingest.pipeline import run_ingest
 from workbench.labeled.register import register_labeled
 from workbench.manifest.train_runs import FINAL, checkpoint_dir
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 from workbench.train.config import TrainConfig
 from workbench.train.run import train_or_reuse
 
@@ -109,20 +110,21 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     steps: list[dict[str, Any]] = []
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
+        """Run one step, timed; its result as plain values (the demo's result is one JSON document)."""
         t0 = time.perf_counter()
         say(f"{name} ...")
         result = fn()
         steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 1)})
-        return result
+        return result.as_dict() if isinstance(result, Result) else result
 
     if (data / "truth.json").exists():
         truth = json.loads((data / "truth.json").read_text())
     else:
         truth = step("generate faces", lambda: write_demo_data(data, settings.size, settings.seed))
     web = step("ingest webfaces (aligned)",
-               lambda: run_ingest(ws, data / "webfaces", source="web", aligned=True).as_dict())
+               lambda: run_ingest(ws, data / "webfaces", source="web", aligned=True))
     scenes = step("ingest scenes (detect + align)",
-                  lambda: run_ingest(ws, data / "scenes", source="scenes").as_dict())
+                  lambda: run_ingest(ws, data / "scenes", source="scenes"))
     labeled = step("labeled add (RecordIO)", lambda: register_labeled(
         ws, LABELED, data / "labeled" / "train.rec", fmt="rec", aligned=True))
     curator = step("train a model to curate with (ArcFace on S)",

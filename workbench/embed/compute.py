@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -23,6 +24,7 @@ from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import Run, open_run
 from workbench.manifest.workspace import Workspace
 from workbench.parallel import Mapper, chunked, process_mapper
+from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
 COMMIT_EVERY = 512
@@ -165,6 +167,25 @@ def embedding_run(
         yield EmbedContext(workspace, con, spec, mapper, progress), run
 
 
+@dataclass
+class EmbedResult(Result):
+    """`wb embed`: unlabeled faces embedded now; per labeled set, identities with a centre and
+    the sampled faces behind them."""
+
+    model_key: str
+    unlabeled_computed: int | None = None
+    identities: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {"model_key": self.model_key}
+        if self.unlabeled_computed is not None:
+            flat["unlabeled_computed"] = self.unlabeled_computed
+        for name in self.identities:
+            flat |= {f"{name}_identities": self.identities[name], f"{name}_samples": self.samples[name]}
+        return flat
+
+
 def run_embed(
     workspace: Workspace,
     *,
@@ -175,19 +196,19 @@ def run_embed(
     seed: int = 0,
     workers: int | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, object]:
+) -> EmbedResult:
     """`wb embed`: embed unlabeled faces (`unlabeled`) and/or labeled sets' sampled faces."""
     sets = sets or ["unlabeled"]
     params = {"sets": sets, "per_identity": per_identity, "seed": seed}
     with embedding_run(workspace, "embed", params, model=model, flip=flip, workers=workers,
                        progress=progress) as (ctx, run):
-        counts: dict[str, object] = {"model_key": ctx.spec.key}
+        result = EmbedResult(ctx.spec.key)
         for name in sets:
             if name == "unlabeled":
-                counts["unlabeled_computed"] = embed_unlabeled(ctx)
+                result.unlabeled_computed = embed_unlabeled(ctx)
             else:
                 centres = ensure_centres(ctx, name, per_identity, seed)
-                counts[f"{name}_identities"] = int(centres.valid.sum())
-                counts[f"{name}_samples"] = len(centres.sample_positions)
-        run.counts = counts
-        return counts
+                result.identities[name] = int(centres.valid.sum())
+                result.samples[name] = len(centres.sample_positions)
+        run.counts = result.as_dict()
+        return result

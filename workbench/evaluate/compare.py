@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate.metrics import roc_curve
 from workbench.manifest import evaluations, train_runs
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 ROWS = [
     ("verification accuracy", ("verification", "accuracy")),
@@ -159,7 +161,16 @@ def data_warnings(runs: list[dict[str, Any]]) -> list[str]:
     return warnings
 
 
-def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = None) -> dict[str, Any]:
+@dataclass
+class CompareResult(Result):
+    """`wb compare`: metrics by arm (mean, std over seeds), data warnings, and the HTML report."""
+
+    report: str
+    arms: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = None) -> CompareResult:
     if len(run_ids) < 2:
         raise WorkbenchError("give at least two runs to compare")
     runs = load_runs(workspace, run_ids)
@@ -186,4 +197,4 @@ def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = Non
                                                        for w in warnings), 1)
     (out / "report.html").write_text(page)
     (out / "summary.json").write_text(json.dumps(table, indent=2))
-    return {"report": str(out / "report.html"), "arms": table, "warnings": warnings}
+    return CompareResult(str(out / "report.html"), table, warnings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from workbench.manifest import evaluations
 from workbench.manifest.evaluations import Evaluation
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 MSP_SAMPLE = 5000
 
@@ -119,9 +121,22 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
     }, {"msp_known": msp_known, "msp_unknown": msp_unknown, "msp_unlabeled": msp_unlabeled})
 
 
+@dataclass
+class EvalResult(Result):
+    """`wb eval`: verification, open-set rejection and class-centre spread (stored in wb_evaluations)."""
+
+    run_id: str
+    checkpoint: str
+    flip: bool
+    verification: dict[str, Any]
+    open_set: dict[str, Any]
+    centre_distance: dict[str, Any]
+    eval_id: str
+
+
 def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = None,
              pairs_from: str | None = None, unlabeled_sample: int = MSP_SAMPLE,
-             flip: bool = True) -> dict[str, Any]:
+             flip: bool = True) -> EvalResult:
     """Verification, open-set rejection and centre spread of a run; `unlabeled_sample` training
     faces are scored for the max-probability statistics of the unlabeled split; `flip` averages
     each face's embedding with its mirror image's (2x the work)."""
@@ -130,24 +145,24 @@ def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = Non
         trained = TrainedRun.load(con, run_id)
         trained.flip = flip
         pairs_from = pairs_from or (None if pairs_file else trained.config.labeled)
-        results: dict[str, Any] = {"run_id": run_id, "checkpoint": str(trained.checkpoint), "flip": flip}
         try:
             verify, v_arrays = verification(trained, workspace, con, pairs_file, pairs_from)
         except ValueError as exc:  # too few identities for 10 disjoint folds
             verify, v_arrays = {"note": f"verification skipped: {exc}"}, {}
-        results["verification"] = verify
-        results["open_set"], o_arrays = open_set(trained, workspace, con, unlabeled_sample)
+        open_set_metrics, o_arrays = open_set(trained, workspace, con, unlabeled_sample)
         distances, bound = m.pairwise_cosine_distances(trained.centres)
-        results["centre_distance"] = {"n_classes": len(trained.centres), "mean": float(distances.mean()),
-                                      "median": float(np.median(distances)), "min": float(distances.min()),
-                                      "sampled_mean_error_95": bound}
-        eval_id = f"eval-{uuid.uuid4().hex[:10]}"
-        out = trained.run_dir / "eval" / eval_id
+        result = EvalResult(
+            run_id=run_id, checkpoint=str(trained.checkpoint), flip=flip, verification=verify,
+            open_set=open_set_metrics,
+            centre_distance={"n_classes": len(trained.centres), "mean": float(distances.mean()),
+                             "median": float(np.median(distances)), "min": float(distances.min()),
+                             "sampled_mean_error_95": bound},
+            eval_id=f"eval-{uuid.uuid4().hex[:10]}")
+        out = trained.run_dir / "eval" / result.eval_id
         out.mkdir(parents=True, exist_ok=True)
         hist, edges = np.histogram(distances, bins=100, range=(0, 2))
         np.savez(out / "arrays.npz", centre_hist=hist, centre_edges=edges, **v_arrays, **o_arrays)
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        evaluations.insert(con, Evaluation(eval_id, run_id, results, out))
-        results["eval_id"] = eval_id
-        record.counts = {"eval_id": eval_id}
-        return results
+        (out / "metrics.json").write_text(json.dumps(result.as_dict(), indent=2))
+        evaluations.insert(con, Evaluation(result.eval_id, run_id, result.as_dict(), out))
+        record.counts = {"eval_id": result.eval_id}
+        return result

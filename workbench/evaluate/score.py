@@ -9,6 +9,7 @@ or a resumed run scores only the faces not yet scored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from workbench.evaluate.model import TrainedRun
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 BATCH = 512
 
@@ -40,8 +42,20 @@ def faces_of(con: Any, sets: list[str]) -> list[tuple[str, str]]:
                        f"WHERE s.split IN ({marks}) ORDER BY f.face_id", sets).fetchall()
 
 
+@dataclass
+class ScoreResult(Result):
+    """`wb score`: faces scored now and before, and the store key of the run's embeddings."""
+
+    run_id: str
+    sets: list[str]
+    faces: int
+    scored_now: int
+    already_scored: int
+    embedding_model: str
+
+
 def run_score(workspace: Workspace, run_id: str, sets: list[str],
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int, int], None] | None = None) -> ScoreResult:
     with open_run(workspace, "score", {"run": run_id, "sets": sets}) as (con, rec):
         trained = TrainedRun.load(con, run_id)
         faces = faces_of(con, sets)
@@ -68,7 +82,7 @@ def run_score(workspace: Workspace, run_id: str, sets: list[str],
                             "FROM scored", [run_id])
             if progress:
                 progress(start + len(batch), len(todo))
-        summary = {"run_id": run_id, "sets": sets, "faces": len(faces), "scored_now": len(todo),
-                   "already_scored": len(faces) - len(todo), "embedding_model": store.key}
-        rec.counts = summary
-        return summary
+        result = ScoreResult(run_id=run_id, sets=sets, faces=len(faces), scored_now=len(todo),
+                             already_scored=len(faces) - len(todo), embedding_model=store.key)
+        rec.counts = result.as_dict()
+        return result

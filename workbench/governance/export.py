@@ -11,8 +11,8 @@ import csv
 import hashlib
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
@@ -21,12 +21,26 @@ from workbench.formats.recordio import write_insightface_rec
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 FORMATS = ("rec", "folder", "hf")
 
 
+@dataclass
+class ExportResult(Result):
+    """`wb export`: what was written where (also a row of wb_exports)."""
+
+    export_id: str
+    split: str
+    format: str
+    labels: str
+    out: str
+    faces: int
+    identities: int
+
+
 def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: str = "none"
-               ) -> dict[str, Any]:
+               ) -> ExportResult:
     if fmt not in FORMATS:
         raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
     if labels not in ("none", "clusters"):
@@ -81,7 +95,7 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
                         [export_id, split, fmt, labels, str(out), len(rows), run.run_id])
             con.execute("INSERT INTO export_items (export_id, face_id) "
                         "SELECT ?, face_id FROM exported", [export_id])
-        summary = {"export_id": export_id, "split": split, "format": fmt, "labels": labels,
-                   "out": str(out), "faces": len(rows), "identities": len(identities)}
-        run.counts = summary
-        return summary
+        result = ExportResult(export_id=export_id, split=split, format=fmt, labels=labels, out=str(out),
+                              faces=len(rows), identities=len(identities))
+        run.counts = result.as_dict()
+        return result

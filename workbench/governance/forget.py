@@ -18,7 +18,6 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -28,6 +27,7 @@ from workbench.embed.store import EmbeddingStore, labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 
 @dataclass
@@ -94,9 +94,27 @@ def _copy_to_fresh(con: duckdb.DuckDBPyConnection, fresh: Path) -> None:
         con.execute("DETACH wb_fresh")
 
 
+@dataclass
+class ForgetResult(Result):
+    """`wb forget`: what was (or, with --dry-run, would be) erased, and exports now stale."""
+
+    run_id: str
+    request: str
+    images: int
+    faces: int
+    labeled_samples: int
+    urls: int
+    crop_files: int
+    stale_exports: list[dict[str, str]]
+    dry_run: bool
+    fiftyone_samples: int = 0
+    embedding_rows: int = 0
+    reports_removed: int = 0
+
+
 def run_forget(workspace: Workspace, *, identity: str | None = None, source: str | None = None,
                image: str | None = None, url: str | None = None, reason: str | None = None,
-               dry_run: bool = False) -> dict[str, Any]:
+               dry_run: bool = False) -> ForgetResult:
     """Erase, then compact the manifest into a fresh file, all under the writer lock: no
     writer can start in between, and "erased" is only reported once compaction is done."""
     path = workspace.manifest_path
@@ -110,7 +128,7 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
                     _copy_to_fresh(con, fresh)
                 except Exception as exc:
                     con.execute("UPDATE runs SET status = 'failed', error = ? WHERE run_id = ?",
-                                [f"compaction: {exc}", summary["run_id"]])
+                                [f"compaction: {exc}", summary.run_id])
                     raise WorkbenchError(f"erased from the manifest, but rewriting it failed ({exc}): "
                                          "the old file's free pages may still hold the rows; run "
                                          "`wb forget` again to retry") from None
@@ -122,7 +140,7 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
 
 def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: str | None,
            source: str | None, image: str | None, url: str | None, reason: str | None,
-           dry_run: bool) -> dict[str, Any]:
+           dry_run: bool) -> ForgetResult:
     from workbench.manifest.runs import recorded_run
 
     request = next(k for k, v in (("identity", identity), ("source", source), ("image", image),
@@ -143,17 +161,17 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
             "SELECT crop_rel FROM labeled_samples WHERE crop_rel IS NOT NULL AND "
             "(set_name, sample_idx) IN (SELECT (s, i) FROM (SELECT unnest(?::VARCHAR[]) s, "
             "unnest(?::BIGINT[]) i))", [[s for s, _ in t.samples], [i for _, i in t.samples]]).fetchall()]
-        summary = {"run_id": run.run_id, "request": request, "images": len(t.image_ids),
-                   "faces": len(t.face_ids),
-                   "labeled_samples": len(t.samples), "urls": len(t.urls), "crop_files": len(crops),
-                   "stale_exports": [{"export_id": e, "out": o} for e, o in stale], "dry_run": dry_run}
+        summary = ForgetResult(
+            run_id=run.run_id, request=request, images=len(t.image_ids), faces=len(t.face_ids),
+            labeled_samples=len(t.samples), urls=len(t.urls), crop_files=len(crops),
+            stale_exports=[{"export_id": e, "out": o} for e, o in stale], dry_run=dry_run)
         if dry_run:
-            run.counts = summary
+            run.counts = summary.as_dict()
             return summary
         # first, so that an unreachable FiftyOne database stops the erasure before anything changed
-        summary["fiftyone_samples"] = forget_samples(con, t.face_ids)
+        summary.fiftyone_samples = forget_samples(con, t.face_ids)
         item_ids = t.face_ids + [labeled_item_id(s, i) for s, i in t.samples]
-        summary["embedding_rows"] = EmbeddingStore.zero(workspace, con, item_ids)
+        summary.embedding_rows = EmbeddingStore.zero(workspace, con, item_ids)
         sample_sets = sorted({s for s, _ in t.samples})
         gone = {"gone_faces": t.face_ids, "gone_images": t.image_ids, "gone_items": item_ids,
                 "gone_urls": t.urls}
@@ -191,8 +209,8 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
                          len(t.face_ids), len(t.samples), len(t.urls), len(exports)])
         for rel in crops:
             (workspace.root / rel).unlink(missing_ok=True)
-        summary["reports_removed"] = _drop_reports(workspace, t.face_ids)
-        run.counts = {k: v for k, v in summary.items() if k != "stale_exports"}
+        summary.reports_removed = _drop_reports(workspace, t.face_ids)
+        run.counts = {k: v for k, v in summary.as_dict().items() if k != "stale_exports"}
     return summary
 
 

@@ -25,12 +25,13 @@ from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
+from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
-class IngestSummary:
+class IngestSummary(Result):
     source: str
     files_seen: int = 0
     already_ingested: int = 0

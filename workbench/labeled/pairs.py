@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.binpairs import write_bin
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 
 
 def generate_pairs(
@@ -59,10 +61,18 @@ def _unique_pairs(draw: Callable[[], tuple[int, int]], count: int) -> list[tuple
     return list(found)
 
 
+@dataclass
+class PairsResult(Result):
+    out: str
+    pairs: int
+    same: int
+    different: int
+
+
 def write_pairs(
     workspace: Workspace, name: str, out: str | os.PathLike[str], *, n_folds: int = 10,
     pairs_per_fold: int = 600, seed: int = 0,
-) -> dict[str, int]:
+) -> PairsResult:
     """Write a `.bin` of LFW-style pairs drawn from the registered labeled set `name`."""
     with workspace.connect(read_only=True) as con:
         labeled = LabeledSet(workspace, con, name)
@@ -76,4 +86,4 @@ def write_pairs(
         labeled.close()
     issame = labeled.labels[left] == labeled.labels[right]
     write_bin(out, images, issame)
-    return {"pairs": len(issame), "same": int(issame.sum()), "different": int((~issame).sum())}
+    return PairsResult(str(out), len(issame), int(issame.sum()), int((~issame).sum()))

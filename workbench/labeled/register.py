@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.parallel import chunked, process_mapper
+from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
 CHUNK = 4096
@@ -45,7 +47,7 @@ def register_labeled(
     workers: int | None = None,
     detector: str = "dlib",
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> LabeledSetSummary:
     """Register `path` as labeled set `name`; re-registering the same path is a no-op."""
     root = Path(path).expanduser().resolve()
     fmt = detect_format(root) if fmt == "auto" else fmt
@@ -59,7 +61,7 @@ def register_labeled(
         existing = one(con, "SELECT path, format FROM labeled_sets WHERE name = ?", [name])
         if existing:
             if existing == (str(root), fmt):
-                return {**set_summary(con, name), "already_registered": True}
+                return replace(set_summary(con, name), already_registered=True)
             raise WorkbenchError(
                 f"labeled set {name!r} already exists ({existing[1]} at {existing[0]}); "
                 f"choose another name or run `wb labeled remove {name}`"
@@ -98,32 +100,46 @@ def register_labeled(
                      n_ids, n_ok, sum(rejected.values()), run.run_id])
         finally:
             source.close()
-        summary = {**set_summary(con, name), "already_registered": False}
-        run.counts = summary
+        summary = set_summary(con, name)
+        run.counts = summary.as_dict()
         return summary
 
 
-def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
+@dataclass
+class LabeledSetSummary(Result):
+    """A registered labeled set (`wb labeled add` and `list`)."""
+
+    name: str
+    path: str
+    format: str
+    aligned: bool
+    identities: int
+    images: int
+    rejected: dict[str, int]
+    empty_identities: int
+    empty_identity_examples: list[str]
+    run_id: str
+    already_registered: bool = False
+
+
+def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:
     row = one(con, "SELECT name, path, format, aligned, n_identities, n_images, n_rejected, "
                    "options, run_id FROM labeled_sets WHERE name = ?", [name])
     if row is None:
         raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
     options = json.loads(row[7] or "{}")
-    return {
-        "name": row[0], "path": row[1], "format": row[2], "aligned": row[3],
-        "identities": row[4], "images": row[5], "rejected": options.get("rejected", {}),
-        "empty_identities": options.get("n_empty_identities", 0),
-        "empty_identity_examples": options.get("empty_identities", [])[:10],
-        "run_id": row[8],
-    }
+    return LabeledSetSummary(
+        name=row[0], path=row[1], format=row[2], aligned=row[3], identities=row[4], images=row[5],
+        rejected=options.get("rejected", {}), empty_identities=options.get("n_empty_identities", 0),
+        empty_identity_examples=options.get("empty_identities", [])[:10], run_id=row[8])
 
 
-def list_sets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+def list_sets(con: duckdb.DuckDBPyConnection) -> list[LabeledSetSummary]:
     names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
     return [set_summary(con, n) for n in names]
 
 
-def remove_set(workspace: Workspace, name: str) -> dict[str, Any]:
+def remove_set(workspace: Workspace, name: str) -> LabeledSetSummary:
     """Forget a registration (the set's files are untouched)."""
     with open_run(workspace, "labeled remove", {"name": name}) as (con, _):
         summary = set_summary(con, name)

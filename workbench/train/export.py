@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -10,6 +11,7 @@ import torch
 
 from workbench.manifest import train_runs
 from workbench.manifest.workspace import Workspace
+from workbench.results import Result
 from workbench.train.checkpoint import Checkpoint
 from workbench.train.onnx_backbone import OnnxBackbone
 
@@ -34,11 +36,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Pat
     return out
 
 
-def export_run(workspace: Workspace, run_id: str, out: Path | None = None) -> dict[str, str]:
+@dataclass
+class ModelExport(Result):
+    run_id: str
+    onnx: str
+    checkpoint: str
+
+
+def export_run(workspace: Workspace, run_id: str, out: Path | None = None) -> ModelExport:
     """`wb export-model`: the run's final (else latest) checkpoint as ONNX, by default
     `runs/RUN/model.onnx`."""
     with workspace.connect(read_only=True) as con:
         run = train_runs.require(con, run_id)
     checkpoint = run.require_checkpoint()
     path = export_onnx(checkpoint, out or run.run_dir / "model.onnx")
-    return {"run_id": run_id, "onnx": str(path), "checkpoint": str(checkpoint)}
+    return ModelExport(run_id, str(path), str(checkpoint))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -21,11 +22,38 @@ from workbench.labeled.access import LabeledSet, only_labeled_set
 from workbench.manifest import train_runs
 from workbench.manifest.runs import new_run_id, versions
 from workbench.manifest.workspace import Workspace, WorkspaceBusy
+from workbench.results import Result
 from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
 from workbench.train.loop import DataPlan, ProgressFn, init_distributed, run_training
 from workbench.train.onnx_backbone import OnnxBackbone
 from workbench.weights import weights_file
+
+
+@dataclass
+class TrainResult(Result):
+    """`wb train`: the run, its steps, the last logged losses, learning rate and speed."""
+
+    run_id: str
+    run_dir: str
+    steps: int
+    total_steps: int
+    last: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+    rank_weight_digests: list[str] | None = None  # torchrun: equal on every rank after training
+
+    @classmethod
+    def of(cls, run_id: str, run_dir: Path | str, metrics: dict[str, Any],
+           reused: bool = False) -> TrainResult:
+        last = {k: v for k, v in metrics.items()
+                if k not in ("steps", "total_steps", "rank_weight_digests", "error")}
+        return cls(run_id, str(run_dir), metrics.get("steps", 0), metrics.get("total_steps", 0), last,
+                   reused, metrics.get("rank_weight_digests"))
+
+    def as_dict(self) -> dict[str, Any]:
+        flat = {"run_id": self.run_id, "run_dir": self.run_dir, "steps": self.steps,
+                "total_steps": self.total_steps, **self.last, "reused": self.reused}
+        return flat | ({"rank_weight_digests": self.rank_weight_digests} if self.rank_weight_digests else {})
 
 
 def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
@@ -113,7 +141,7 @@ def slow_run_hint(config: TrainConfig, eta_s: float) -> str | None:
 
 
 def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
-          progress: ProgressFn | None = None) -> dict[str, Any]:
+          progress: ProgressFn | None = None) -> TrainResult:
     if resume is None:
         config = prepared(config)
     config.validate()
@@ -142,7 +170,7 @@ def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
             if status == "done":
                 dist.barrier()  # no rank tears down gloo while another still uses it
             dist.destroy_process_group()
-    return {"run_id": run_id, "run_dir": str(run_dir), **result}
+    return TrainResult.of(run_id, run_dir, result)
 
 
 def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
@@ -181,7 +209,7 @@ def _finish(ws: Workspace, run_id: str, status: str, error: str | None, result: 
 
 
 def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn | None = None
-                   ) -> dict[str, Any]:
+                   ) -> TrainResult:
     """`wb train` without `--new`: reuse a finished run of this recipe on the same data, resume
     an interrupted one, or train. One process only: under torchrun every rank trains."""
     config = prepared(config)
@@ -196,7 +224,7 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
                 run.snapshot.get(k) != data[k] for k in digests):
             continue
         if run.status == "done":
-            return {"run_id": run.run_id, "run_dir": str(run.run_dir), **run.metrics, "reused": True}
+            return TrainResult.of(run.run_id, run.run_dir, run.metrics, reused=True)
         if run.status == "interrupted":
             return run_train(ws, TrainConfig(), resume=run.run_id, progress=progress)
     return run_train(ws, config, progress=progress)
