@@ -166,6 +166,7 @@ def test_backbone_lr_mult_scales_only_the_backbone_and_freeze_bn_keeps_statistic
     assert any(not torch.equal(moved[k], start[k]) for k in weights)
 
 
+@pytest.mark.slow
 def test_fine_tuning_lowers_the_loss_and_exports_to_onnx_that_matches(tiny, curated, tmp_path):
     path, _ = tiny
     result = run_train(Workspace.at(curated), TrainConfig(init=f"onnx:{path}", steps=40, seed=2,
