@@ -72,7 +72,7 @@ class FaceModel(nn.Module):
     def checkpoint_extras(self) -> dict[str, torch.Tensor]:
         """What a checkpoint needs besides the state dict to rebuild the backbone."""
         if isinstance(self.backbone, OnnxBackbone):
-            return {"onnx_graph": torch.frombuffer(bytearray(self.backbone.skeleton()), dtype=torch.uint8)}
+            return {"onnx_graph": torch.frombuffer(bytearray(self.backbone.skeleton), dtype=torch.uint8)}
         return {}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, kind: str, weight: float,

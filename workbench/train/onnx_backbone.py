@@ -11,12 +11,13 @@ rescales it to what the graph expects (its metadata, a graph that normalises
 itself, or InsightFace's default). `to_onnx()` writes the same graph with the
 trained weights (and that scaling as metadata), so the export is the original
 model, fine-tuned. Checkpoints keep a weightless copy of the graph
-(`skeleton()`): their state dict holds the weights.
+(`skeleton`): their state dict holds the weights.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -306,8 +307,10 @@ class OnnxBackbone(nn.Module):
         onnx.helper.set_model_props(model, meta)
         return model
 
+    @functools.cached_property
     def skeleton(self) -> bytes:
-        """The graph without its float weights (the checkpoint's state dict holds them)."""
+        """The graph without its float weights (the checkpoint's state dict holds them); made once,
+        not at every checkpoint (the graph never changes, only the weights do)."""
         model = copy.deepcopy(self.model)
         for i, tensor in enumerate(model.graph.initializer):
             if tensor.data_type in WEIGHTLESS:

@@ -110,7 +110,8 @@ def plan_data(ws: Workspace, con: duckdb.DuckDBPyConnection, config: TrainConfig
 def prepared(config: TrainConfig) -> TrainConfig:
     """`--init onnx:PATH`: the backbone is that graph, so its embedding width, input size and input
     scaling are the model's (recorded in the config, so a run is reproducible from it)."""
-    if not (config.init and config.init.startswith("onnx:")):
+    resolved = config.backbone == "onnx" and config.onnx_norm  # train_or_reuse, then run_train
+    if not (config.init and config.init.startswith("onnx:")) or resolved:
         return config
     path = str(weights_file(config.onnx_path))
     backbone = OnnxBackbone.load(path, tuple(config.onnx_norm) if config.onnx_norm else None)
