@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"embed"},
     {"curate"},
+    {"labeled_audit"},
     {"evaluate"},
     {"browse"},
     {"governance"},

@@ -9,6 +9,11 @@ Tags and what `wb split` does with them:
   overlap or ambiguous exclusion is lifted.
 - `keep`: lifts an automatic duplicate or low-quality exclusion.
 
+On a labeled set's faces (`wb browse --labeled`), for `wb labeled clean`:
+`keep` protects a face from being dropped, `wrong_label` drops it, and
+`same_person` merges its label with the labels the audit found to be the
+same person.
+
 A pull makes the manifest match the tags on the samples it sees: new tags are
 added with the sample's last-modified time and the dataset as the source,
 tags removed in the App are removed. Faces not in the dataset keep their reviews.
@@ -23,10 +28,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from workbench.embed.store import LABELED_PREFIX
 from workbench.manifest.query import registered, transaction
 from workbench.results import Result
 
-REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep")
+REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep", "wrong_label", "same_person")
 
 
 @dataclass
@@ -48,7 +54,9 @@ def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> R
         stored = set(con.execute(
             "SELECT r.face_id, r.tag FROM reviews r JOIN seen_faces USING (face_id)").fetchall())
         known = {r[0] for r in con.execute(
-            "SELECT face_id FROM faces JOIN seen_faces USING (face_id)").fetchall()}
+            "SELECT face_id FROM faces JOIN seen_faces USING (face_id) UNION "
+            "SELECT s.face_id FROM seen_faces s JOIN labeled_samples l "
+            "ON s.face_id = ? || l.set_name || ':' || l.sample_idx", [LABELED_PREFIX]).fetchall()}
     source = f"fiftyone:{dataset.name}"
     added = [(f, t, _naive_utc(m), source, run_id) for (f, t), m in seen.items()
              if (f, t) not in stored and f in known]

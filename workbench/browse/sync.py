@@ -38,8 +38,10 @@ def default_dataset_name(workspace: Workspace) -> str:
     return f"wb-{workspace.root.name}-{digest}"
 
 
-def open_dataset(fo: Any, name: str, workspace: Workspace) -> Any:
-    """The persistent dataset `name`, refusing one that mirrors another workspace."""
+def open_dataset(fo: Any, name: str, workspace: Workspace,
+                 schema: dict[str, tuple[Any, dict[str, Any]]] | None = None) -> Any:
+    """The persistent dataset `name` with the fields of `schema` (default: the face fields),
+    refusing one that mirrors another workspace."""
     if fo.dataset_exists(name):
         dataset = fo.load_dataset(name)
         owner = dataset.info.get("workbench_root")
@@ -51,7 +53,7 @@ def open_dataset(fo: Any, name: str, workspace: Workspace) -> Any:
         dataset.info["workbench_root"] = str(workspace.root)
         dataset.save()
     present = dataset.get_field_schema()
-    for field, (ftype, kwargs) in sample_schema(fo).items():
+    for field, (ftype, kwargs) in (sample_schema(fo) if schema is None else schema).items():
         if field not in present:
             dataset.add_sample_field(field, ftype, **kwargs)
     dataset.create_index("face_id", unique=True)
@@ -104,6 +106,15 @@ def embeddings_plot(workspace: Workspace, con: duckdb.DuckDBPyConnection, datase
     return len(have)
 
 
+def record_dataset(con: duckdb.DuckDBPyConnection, name: str, database: str, where: str | None,
+                   score_run: str | None, n_samples: int, run_id: str) -> None:
+    """Remember a synced dataset (erasures reach into it later)."""
+    with transaction(con):
+        con.execute("INSERT OR REPLACE INTO browse_datasets (name, database, where_sql, score_run, "
+                    "n_samples, synced_at, run_id) VALUES (?, ?, ?, ?, ?, now(), ?)",
+                    [name, database, where, score_run, n_samples, run_id])
+
+
 @dataclass
 class SyncResult(Result):
     """`wb browse`: the dataset's size and what this sync changed in it."""
@@ -144,11 +155,7 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
         dataset.reload()
         views = save_views(fo, dataset)
         plotted = embeddings_plot(workspace, con, dataset) if plot else 0
-        with transaction(con):
-            con.execute("INSERT OR REPLACE INTO browse_datasets (name, database, where_sql, score_run, "
-                        "n_samples, synced_at, run_id) "
-                        "VALUES (?, ?, ?, ?, ?, now(), ?)",
-                        [name, database_label(), where, score_run, len(dataset), run.run_id])
+        record_dataset(con, name, database_label(), where, score_run, len(dataset), run.run_id)
         result = SyncResult(dataset=name, samples=len(dataset), added=len(new), deleted=len(gone),
                             updated_fields=changed, reviews_pulled=pulled.added,
                             reviews_removed=pulled.removed,

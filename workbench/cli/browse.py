@@ -31,6 +31,11 @@ def browse(
                       ] = True,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Embeddings map from stored vectors (PCA).")
                     ] = True,
+    labeled: Annotated[str | None, typer.Option(
+        help="Show this labeled set's audit findings (`wb audit labeled`) instead of the unlabeled "
+             "faces: the faces with findings and a few of each involved identity's others.")] = None,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="With --labeled: every face of the set, not only those around findings.")] = False,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,7 +47,23 @@ def browse(
     hardest-unknowns, low-quality. Re-syncs update in place, pull reviewers' tags first, and
     never duplicate samples. Tags `not_face`, `wrong_identity`, `overlap`, `duplicate`, `keep`
     come back with `wb review pull` and change `wb split`.
+
+    With --labeled NAME: a dataset of the set's faces with their findings (`findings`,
+    `wrong_label_score`, `likely_identity`, `same_person_as`, `second_person`, `leaked_from`,
+    `duplicate_of`) and saved views wrong-labels, same-person-pairs, mixed-identities, leakage,
+    duplicates. Tags `keep`, `wrong_label`, `same_person` come back with `wb review pull
+    --dataset` and steer `wb labeled clean`.
     """
+    if labeled is not None:
+        from workbench.browse.labeled import run_labeled_sync
+
+        with progress_bar("browse: new samples", enabled=not as_json) as update:
+            result = run_labeled_sync(Workspace.at(workspace), labeled, dataset_name=dataset,
+                                      everything=everything, progress=update)
+        report(f"browse {labeled}", result, as_json)
+        if launch:
+            serve_app(result.dataset, address=address, port=port)
+        return
     from workbench.browse.sync import run_browse_sync
 
     with progress_bar("browse: new samples", enabled=not as_json) as update:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from workbench.cli.options import DetectorOpt, JsonOpt, WorkspaceOpt
-from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, rows_table
+from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, report, rows_table
 from workbench.manifest.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -218,3 +218,35 @@ def labeled_pairs(
     else:
         out.print(f"wrote {counts.pairs} pairs ({counts.same} same, "
                   f"{counts.different} different) to {out_file}")
+
+
+@labeled_app.command("clean")
+@handled
+def labeled_clean(
+    name: Annotated[str, typer.Argument(help="An audited labeled set (`wb audit labeled NAME`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the cleaned copy.")],
+    fmt: Annotated[str, typer.Option("--format", help="rec (InsightFace RecordIO), folder or hf.")] = "rec",
+    drop: Annotated[str, typer.Option(
+        help="Finding kinds whose faces are left out, comma-separated: wrong_label, duplicate, "
+             "leakage, mixed_identity.")] = "wrong_label,duplicate,leakage",
+    merge: Annotated[str, typer.Option(
+        help="'same_person': merge every label pair the audit found to be one person (reviewers' "
+             "`same_person` tags merge theirs regardless).")] = "",
+    new_name: Annotated[str | None, typer.Option(
+        "--name", help="Name to register the copy under.", show_default="NAME-clean")] = None,
+    model_key: Annotated[str | None, typer.Option(
+        help="Use the audit made with this model key.", show_default="the newest audit")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a cleaned copy of a labeled set and register it; the source is never modified.
+
+    Beside the images: labels.csv (old label -> new label), dropped.csv (each dropped face and
+    why) and lineage.json (source, model, audit run, reviews), also kept with the registration.
+    Reviewers' tags on the set's faces count: `keep` protects a face, `wrong_label` drops it.
+    """
+    from workbench.labeled_audit.clean import run_clean
+
+    result = run_clean(Workspace.at(workspace), name, out_dir, fmt=fmt, drop=drop, merge=merge,
+                       new_name=new_name, model_key=model_key)
+    report(f"cleaned copy of {name}", result, as_json)

@@ -234,3 +234,39 @@ def audit_overlap(
                             plant_fraction=plant_fraction, hold_out=hold_out, workers=workers,
                             progress=update)
     report(f"audit overlap with {labeled}", summary, as_json)
+
+
+@audit_app.command("labeled")
+@handled
+def audit_labeled(
+    name: Annotated[str, typer.Argument(help="The registered labeled set to audit.")],
+    against: Annotated[list[str] | None, typer.Option(
+        help="An evaluation set whose people must not be in NAME: a verification .bin, an identity "
+             "folder tree or a registered set name; repeat for several.")] = None,
+    precision: Annotated[float, typer.Option(
+        help="Estimated share of flagged faces that must really be wrongly labeled; sets the "
+             "wrong-label threshold.")] = 0.9,
+    same_recall: Annotated[float, typer.Option(
+        help="Share of one-person-two-labels pairs to find, measured on random halves of NAME's "
+             "own identities; sets the same-person threshold.")] = 0.98,
+    model: ModelOpt = "dlib",
+    flip: FlipOpt = False,
+    model_norm: ModelNormOpt = None,
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find wrong labels, one person under two labels, mixed identities, evaluation leakage and
+    duplicate images in a labeled set; findings go to the view wb_labeled_findings.
+
+    Every threshold is measured for the model on NAME itself and reported with its estimated
+    error rates. Re-runs reuse the embeddings and replace the findings for the model.
+    """
+    from workbench.labeled_audit.run import run_audit_labeled
+
+    with progress_bar("audit: embeddings", enabled=not as_json) as update:
+        result = run_audit_labeled(Workspace.at(workspace), name, model=model_spec(model, flip, model_norm),
+                                   against=against, precision=precision, same_recall=same_recall,
+                                   seed=seed, workers=workers, progress=update)
+    report(f"audit of labeled set {name}", result, as_json)

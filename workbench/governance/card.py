@@ -46,6 +46,21 @@ def _last_counts(con: duckdb.DuckDBPyConnection, command: str) -> dict[str, Any]
     return {**json.loads(row[0][0] or "{}"), **json.loads(row[0][1] or "{}")}
 
 
+def _lineage(con: duckdb.DuckDBPyConnection) -> str:
+    """Where cleaned labeled sets came from: source, audit, model, what was dropped and merged."""
+    lines = []
+    for name, lineage in con.execute(
+            "SELECT name, json_extract(options, '$.lineage') FROM labeled_sets "
+            "WHERE json_extract(options, '$.lineage') IS NOT NULL ORDER BY name").fetchall():
+        info = json.loads(lineage)
+        dropped = ", ".join(f"{n} {kind}" for kind, n in sorted(info.get("dropped", {}).items())) or "nothing"
+        lines.append(f"- {name}: cleaned from {info['cleaned_from']} by audit {info['audit_run']} "
+                     f"(model {info['model_key']}); dropped {dropped}; {info['merged_pairs']} label pairs "
+                     f"merged; reviews kept {info['kept_by_review']} and dropped "
+                     f"{info['dropped_by_review']} faces.")
+    return ("\n".join(lines) + "\n") if lines else ""
+
+
 def generated_section(con: duckdb.DuckDBPyConnection) -> str:
     parts = ["## Generated from the manifest\n"]
     parts.append("### Sources and declared licenses\n")
@@ -64,6 +79,7 @@ def generated_section(con: duckdb.DuckDBPyConnection) -> str:
     parts.append("### Labeled sets\n")
     parts.append(_table(con, "SELECT name, format, n_identities, n_images FROM labeled_sets ORDER BY name",
                         ["name", "format", "identities", "images"]))
+    parts.append(_lineage(con))
     dedupe, overlap = _last_counts(con, "dedupe"), _last_counts(con, "overlap")
     parts.append("### Curation\n")
     if dedupe:

@@ -190,6 +190,9 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
             con.execute("DELETE FROM crawl_urls WHERE url IN (SELECT id FROM gone_urls)")
             con.execute("DELETE FROM labeled_samples WHERE (set_name, sample_idx) IN "
                         "(SELECT (set_name, sample_idx) FROM gone_samples)")
+            con.execute("DELETE FROM labeled_findings WHERE (set_name, sample_idx) IN "
+                        "(SELECT (set_name, sample_idx) FROM gone_samples) OR (set_name, other_sample_idx) "
+                        "IN (SELECT (set_name, sample_idx) FROM gone_samples)")
             if identity:
                 con.execute("UPDATE labeled_identities SET identity = '(erased)', n_images = 0 "
                             "WHERE identity = ?", [identity])

@@ -47,8 +47,12 @@ def register_labeled(
     workers: int | None = None,
     detector: str = "dlib",
     progress: ProgressFn | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> LabeledSetSummary:
-    """Register `path` as labeled set `name`; re-registering the same path is a no-op."""
+    """Register `path` as labeled set `name`; re-registering the same path is a no-op.
+
+    `lineage` (where a derived set came from: `wb labeled clean`) is kept with the registration.
+    """
     root = Path(path).expanduser().resolve()
     fmt = detect_format(root) if fmt == "auto" else fmt
     aligned = (fmt == "rec") if aligned is None else aligned
@@ -96,7 +100,8 @@ def register_labeled(
                                  "rejected": dict(rejected),
                                  "detector": spec.key if spec else None,
                                  "empty_identities": source.notes.empty_identities[:100],
-                                 "n_empty_identities": len(source.notes.empty_identities)}),
+                                 "n_empty_identities": len(source.notes.empty_identities),
+                                 **({"lineage": lineage} if lineage else {})}),
                      n_ids, n_ok, sum(rejected.values()), run.run_id])
         finally:
             source.close()
@@ -120,6 +125,7 @@ class LabeledSetSummary(Result):
     empty_identity_examples: list[str]
     run_id: str
     already_registered: bool = False
+    lineage: dict[str, Any] | None = None
 
 
 def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:
@@ -131,7 +137,8 @@ def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:
     return LabeledSetSummary(
         name=row[0], path=row[1], format=row[2], aligned=row[3], identities=row[4], images=row[5],
         rejected=options.get("rejected", {}), empty_identities=options.get("n_empty_identities", 0),
-        empty_identity_examples=options.get("empty_identities", [])[:10], run_id=row[8])
+        empty_identity_examples=options.get("empty_identities", [])[:10], run_id=row[8],
+        lineage=options.get("lineage"))
 
 
 def list_sets(con: duckdb.DuckDBPyConnection) -> list[LabeledSetSummary]:
@@ -144,7 +151,8 @@ def remove_set(workspace: Workspace, name: str) -> LabeledSetSummary:
     with open_run(workspace, "labeled remove", {"name": name}) as (con, _):
         summary = set_summary(con, name)
         with transaction(con):
-            for table, column in (("labeled_samples", "set_name"), ("labeled_identities", "set_name"),
+            for table, column in (("labeled_findings", "set_name"), ("labeled_samples", "set_name"),
+                                  ("labeled_identities", "set_name"),
                                   ("labeled_sets", "name")):
                 con.execute(f"DELETE FROM {table} WHERE {column} = ?", [name])
         return summary

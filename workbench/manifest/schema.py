@@ -300,6 +300,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        10,
+        "findings of the labeled-set audit",
+        [
+            """CREATE TABLE labeled_findings (
+                set_name VARCHAR NOT NULL,
+                model_key VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                sample_idx BIGINT,
+                label INTEGER NOT NULL,
+                other_label INTEGER,
+                other_sample_idx BIGINT,
+                other_name VARCHAR,
+                score REAL NOT NULL,
+                evidence JSON,
+                run_id VARCHAR NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 

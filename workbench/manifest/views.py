@@ -89,4 +89,12 @@ VIEWS: list[str] = [
     """CREATE OR REPLACE VIEW wb_runs AS
     SELECT run_id, command, params, versions, started_at, ended_at, status, counts, error
     FROM runs""",
+    """CREATE OR REPLACE VIEW wb_labeled_findings AS
+    SELECT f.set_name, f.sample_idx, s.locator, f.kind, f.score, f.label, i.identity,
+           f.other_label, o.identity AS other_identity, f.other_sample_idx, f.other_name,
+           f.evidence, f.model_key, f.run_id
+    FROM labeled_findings f
+    LEFT JOIN labeled_samples s ON s.set_name = f.set_name AND s.sample_idx = f.sample_idx
+    LEFT JOIN labeled_identities i ON i.set_name = f.set_name AND i.label = f.label
+    LEFT JOIN labeled_identities o ON o.set_name = f.set_name AND o.label = f.other_label""",
 ]
