@@ -142,9 +142,14 @@ def test_clean_writes_and_registers_a_cleaned_recordio_copy(planted, own_ws):
         labeled = LabeledSet(ws, con, "S-clean")
         assert decode_crop(labeled.crop_bytes(0)).shape == (112, 112, 3)
         labeled.close()
-    card = wb("card", "--workspace", str(own_ws)).stdout
-    written = Path(json.loads(wb("card", "--workspace", str(own_ws), "--json").stdout)["path"]).read_text()
-    assert "S-clean" in written and "cleaned from S" in written, card
+    written = Path(wb_json("card", "--workspace", str(own_ws))["path"]).read_text()
+    assert "- S-clean: cleaned from S by audit" in written
+    trained = wb_json("train", "--labeled", "S-clean", "-w", str(own_ws), "--backbone", "r18", "--width",
+                      "0.125", "--input-size", "32", "--embedding-size", "32", "--batch-size", "8",
+                      "--num-workers", "0", "--steps", "2")
+    assert trained["steps"] == 2
+    assert manifest_rows(own_ws, "SELECT json_extract_string(config, '$.labeled') FROM wb_train_runs") == \
+        [("S-clean",)]
 
 
 @pytest.mark.parametrize("fmt", ["folder", "hf"])

@@ -29,6 +29,7 @@ TRIM = 0.2  # share of each identity's least typical members left out of its cen
 TRIM_FROM = 5  # identities with fewer faces keep all of them
 MIN_HALF = 0.2  # a mixed identity's smaller person holds at least this share of its faces
 MIN_COHESION = 0.2  # ... and each half's members match each other at least this often
+CHUNK = 262_144  # faces per block of per-face arithmetic
 PRIOR_PAIRS = 10  # pseudo-pairs at the set's typical rate added to every group's own pairs
 
 
@@ -88,15 +89,24 @@ class OwnScores:
 def own_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int) -> OwnScores:
     """Leave-one-out cosine of every face to its identity's trimmed centre."""
     first = unit(label_sums(vectors, labels, n_ids))
-    typical = np.einsum("nd,nd->n", vectors, first[labels])
+    typical = np.empty(len(labels), np.float32)
+    for c in _chunks(len(labels)):
+        typical[c] = np.einsum("nd,nd->n", vectors[c], first[labels[c]])
     rank, size = rank_in_label(typical, labels)
     weights = np.where((size >= TRIM_FROM) & (rank < np.floor(TRIM * size)), 0.0, 1.0)
     sums = label_sums(vectors, labels, n_ids, weights)
-    rest = sums[labels] - weights[:, None] * vectors
-    norms = np.linalg.norm(rest, axis=1)
-    own = np.einsum("nd,nd->n", vectors, rest) / np.maximum(norms, 1e-12)
-    own[norms < 1e-6] = np.nan
-    return OwnScores(own.astype(np.float32), unit(sums), sums, weights)
+    own = np.empty(len(labels), np.float32)
+    for c in _chunks(len(labels)):
+        rest = sums[labels[c]] - weights[c, None] * vectors[c]
+        norms = np.linalg.norm(rest, axis=1)
+        score = np.einsum("nd,nd->n", vectors[c], rest) / np.maximum(norms, 1e-12)
+        own[c] = np.where(norms < 1e-6, np.nan, score)
+    return OwnScores(own, unit(sums), sums, weights)
+
+
+def _chunks(n: int, size: int = CHUNK) -> list[slice]:
+    """Row slices, so per-face temporaries stay small at millions of faces."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def impostor_own_scores(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray,
