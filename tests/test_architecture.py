@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 LAYERS: list[set[str]] = [
     {"errors", "results"},
     {"parallel", "weights"},
+    {"cluster"},
     {"formats"},
     {"faces"},
     {"manifest"},

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from workbench.cli.options import DetectorOpt, JsonOpt, WorkspaceOpt
+from workbench.cli.options import DetectorOpt, JsonOpt, RayOpt, WorkspaceOpt
 from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, report, rows_table
 from workbench.manifest.workspace import Workspace
 
@@ -36,6 +36,7 @@ def ingest(
         help="dlib only: upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
     chunk_size: Annotated[int, typer.Option(
         help="Images per transaction: a crash redoes at most this many.")] = 512,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -47,7 +48,7 @@ def ingest(
 
     with progress_bar("ingest", enabled=not as_json) as update:
         summary = run_ingest(Workspace.at(workspace), path, source=source, aligned=aligned, workers=workers,
-                             detector=detector, det_threshold=det_threshold, upsample=upsample,
+                             ray=ray, detector=detector, det_threshold=det_threshold, upsample=upsample,
                              chunk_size=chunk_size, progress=update)
     if as_json:
         print_json(summary)
@@ -150,6 +151,7 @@ def labeled_add(
     workers: Annotated[int | None, typer.Option(
         help="Worker processes for detection.", show_default="all cores")] = None,
     detector: DetectorOpt = "dlib",
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -159,7 +161,7 @@ def labeled_add(
     with progress_bar(f"labeled add {name}", enabled=not as_json) as update:
         summary = register_labeled(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
                                    image_column=image_column, label_column=label_column,
-                                   workers=workers, detector=detector, progress=update)
+                                   workers=workers, ray=ray, detector=detector, progress=update)
     if as_json:
         print_json(summary)
     else:

@@ -16,6 +16,7 @@ from workbench.cli.options import (
     ModelNormOpt,
     ModelOpt,
     PerIdentityOpt,
+    RayOpt,
     SeedOpt,
     WorkersOpt,
     WorkspaceOpt,
@@ -44,6 +45,7 @@ def embed(
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(help="Worker processes.",
                                                 show_default="all cores")] = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -52,7 +54,7 @@ def embed(
 
     with progress_bar("embed", enabled=not as_json) as update:
         counts = run_embed(Workspace.at(workspace), model=model_spec(model, flip, model_norm), sets=set_names,
-                           per_identity=per_identity, seed=seed, workers=workers, progress=update)
+                           per_identity=per_identity, seed=seed, workers=workers, ray=ray, progress=update)
     report("embed", counts, as_json)
 
 
@@ -72,6 +74,7 @@ def overlap(
     model_norm: ModelNormOpt = None,
     seed: SeedOpt = 0,
     workers: WorkersOpt = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -88,7 +91,7 @@ def overlap(
     settings = OverlapSettings(threshold=parse_threshold(threshold), targets=targets)
     with progress_bar("overlap: embeddings", enabled=not as_json) as update:
         summary = run_overlap(Workspace.at(workspace), labeled, model=model_spec(model, flip, model_norm),
-                              settings=settings, workers=workers, progress=update)
+                              settings=settings, workers=workers, ray=ray, progress=update)
     report(f"overlap with {labeled}", summary, as_json)
 
 
@@ -111,6 +114,7 @@ def dedupe(
     flip: FlipOpt = False,
     model_norm: ModelNormOpt = None,
     workers: WorkersOpt = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -133,7 +137,7 @@ def dedupe(
         summary = run_dedupe(Workspace.at(workspace), model=model_spec(model, flip, model_norm),
                              thresholds=fixed, labeled_set=labeled,
                              targets=DedupeTargets(recall=recall, merge_rate=merge_rate),
-                             workers=workers, progress=update)
+                             workers=workers, ray=ray, progress=update)
     report("dedupe", summary, as_json)
 
 
@@ -178,6 +182,7 @@ def calibrate(
     model_norm: ModelNormOpt = None,
     seed: SeedOpt = 0,
     workers: WorkersOpt = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -196,7 +201,7 @@ def calibrate(
         summary = run_calibrate(Workspace.at(workspace), labeled, model=model_spec(model, flip, model_norm),
                                 overlap=overlap_targets,
                                 dedupe=DedupeTargets(recall=recall, merge_rate=merge_rate, seed=seed),
-                                fresh=fresh, workers=workers, progress=update)
+                                fresh=fresh, workers=workers, ray=ray, progress=update)
     report(f"calibration of {summary.model_key} on {summary.labeled_set}", summary, as_json)
 
 
@@ -219,6 +224,7 @@ def audit_overlap(
     flip: FlipOpt = False,
     seed: SeedOpt = 0,
     workers: WorkersOpt = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -231,7 +237,7 @@ def audit_overlap(
                                targets=OverlapTargets(fpir=fpir, per_identity=per_identity, seed=seed))
     with progress_bar("audit: embeddings", enabled=not as_json) as update:
         summary = run_audit(Workspace.at(workspace), labeled, model=model, flip=flip, settings=settings,
-                            plant_fraction=plant_fraction, hold_out=hold_out, workers=workers,
+                            plant_fraction=plant_fraction, hold_out=hold_out, workers=workers, ray=ray,
                             progress=update)
     report(f"audit overlap with {labeled}", summary, as_json)
 
@@ -254,6 +260,7 @@ def audit_labeled(
     model_norm: ModelNormOpt = None,
     seed: SeedOpt = 0,
     workers: WorkersOpt = None,
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -268,5 +275,5 @@ def audit_labeled(
     with progress_bar("audit: embeddings", enabled=not as_json) as update:
         result = run_audit_labeled(Workspace.at(workspace), name, model=model_spec(model, flip, model_norm),
                                    against=against, precision=precision, same_recall=same_recall,
-                                   seed=seed, workers=workers, progress=update)
+                                   seed=seed, workers=workers, ray=ray, progress=update)
     report(f"audit of labeled set {name}", result, as_json)

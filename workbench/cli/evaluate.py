@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.options import JsonOpt, WorkspaceOpt
+from workbench.cli.options import JsonOpt, RayOpt, WorkspaceOpt
 from workbench.cli.render import (
     comparison_table,
     err,
@@ -57,6 +57,7 @@ def score(
     run_id: Annotated[str, typer.Argument(help="A training run id.")],
     set_names: Annotated[str, typer.Option(
         "--set", help="Comma-separated: 'unlabeled' (every face) or split names.")] = "unlabeled",
+    ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -65,7 +66,7 @@ def score(
 
     with progress_bar("score", enabled=not as_json) as update:
         summary = run_score(Workspace.at(workspace), run_id, [s.strip() for s in set_names.split(",")],
-                            progress=update)
+                            progress=update, ray=ray)
     report(f"score {run_id}", summary, as_json)
 
 

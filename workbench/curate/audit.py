@@ -62,13 +62,13 @@ class AuditResult(Result):
 def run_audit(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, plant_fraction: float = 0.2, hold_out: float = 0.3,
-    workers: int | None = None, progress: ProgressFn | None = None,
+    workers: int | None = None, progress: ProgressFn | None = None, ray: str | None = None,
 ) -> AuditResult:
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
               "fpir": settings.targets.fpir, "threshold": settings.threshold}
     with embedding_run(workspace, "audit overlap", params, model=model, flip=flip, workers=workers,
-                       progress=progress) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run):
         con = ctx.con
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
         labeled = LabeledSet(workspace, con, labeled_set)

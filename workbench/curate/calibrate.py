@@ -189,11 +189,11 @@ class CalibrateResult(Result):
 def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str | ModelSpec = "dlib",
                   flip: bool = False, overlap: OverlapTargets | None = None,
                   dedupe: DedupeTargets | None = None, fresh: bool = False, workers: int | None = None,
-                  progress: ProgressFn | None = None) -> CalibrateResult:
+                  progress: ProgressFn | None = None, ray: str | None = None) -> CalibrateResult:
     overlap, dedupe = overlap or OverlapTargets(), dedupe or DedupeTargets()
     params = {"labeled": labeled_set, "overlap": asdict(overlap), "dedupe": asdict(dedupe), "fresh": fresh}
     with embedding_run(workspace, "calibrate", params, model=model, flip=flip, workers=workers,
-                       progress=progress) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run):
         name = labeled_set or only_labeled_set(ctx.con)
         if name is None:
             raise WorkbenchError("name the labeled set to calibrate on: --labeled NAME")

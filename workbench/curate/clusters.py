@@ -6,6 +6,8 @@ single-linkage chaining from merging different people through one outlier.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -13,12 +15,12 @@ from scipy.sparse.csgraph import connected_components
 from workbench.curate.search import nearest
 
 
-def cluster_labels(vectors: np.ndarray, threshold: float, k: int = 10) -> np.ndarray:
+def cluster_labels(vectors: np.ndarray, threshold: float, k: int = 10, cluster: Any = None) -> np.ndarray:
     """A cluster label per vector (0..n_clusters-1); singletons get their own label."""
     n = len(vectors)
     if n == 0:
         return np.empty(0, np.int64)
-    sims, idx = nearest(vectors, vectors, min(k + 1, n))
+    sims, idx = nearest(vectors, vectors, min(k + 1, n), cluster=cluster)
     rows = np.repeat(np.arange(n), idx.shape[1])
     cols, s = idx.ravel(), sims.ravel()
     keep = (cols >= 0) & (cols != rows) & (s >= threshold)

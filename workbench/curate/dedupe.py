@@ -95,7 +95,7 @@ def run_dedupe(
     workspace: Workspace, *, model: str | ModelSpec = "dlib", flip: bool = False,
     thresholds: DedupeThresholds | None = None, labeled_set: str | None = None,
     targets: DedupeTargets | None = None, workers: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, ray: str | None = None,
 ) -> DedupeResult:
     """`wb dedupe`: embed what is missing, group near-duplicates, pick representatives.
 
@@ -106,7 +106,7 @@ def run_dedupe(
     params = {"thresholds": asdict(thresholds) if thresholds else None, "labeled": labeled_set,
               "targets": asdict(targets)}
     with embedding_run(workspace, "dedupe", params, model=model, flip=flip,
-                       workers=workers, progress=progress) as (ctx, run):
+                       workers=workers, progress=progress, ray=ray) as (ctx, run):
         con = ctx.con
         embed_unlabeled(ctx)
         calibration = None

@@ -33,6 +33,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from workbench.cluster import RayMapper
 from workbench.curate.calibrate import OverlapTargets, overlap_calibration
 from workbench.curate.clusters import cluster_labels, cluster_means
 from workbench.curate.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
@@ -86,9 +87,10 @@ class Copies:
     similarity: np.ndarray  # cosine to it
 
 
-def find_copies(vectors: np.ndarray, labeled: np.ndarray, threshold: float, same_photo: float) -> Copies:
+def find_copies(vectors: np.ndarray, labeled: np.ndarray, threshold: float, same_photo: float,
+                cluster: Any = None) -> Copies:
     """Closest single labeled face of each unlabeled face (FAISS; IVF beyond a size)."""
-    sims, idx = nearest(vectors, labeled, 1)
+    sims, idx = nearest(vectors, labeled, 1, cluster=cluster)
     found = sims[:, 0] >= threshold
     return Copies(found, found & (sims[:, 0] >= same_photo), idx[:, 0], sims[:, 0])
 
@@ -140,11 +142,12 @@ def decide(scores: FaceScores, cluster_score: np.ndarray, cluster_label: np.ndar
 
 
 def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
-                link: float) -> tuple[FaceScores, np.ndarray, np.ndarray]:
-    """Face scores, and each cluster's score and identity (-inf for singletons)."""
-    score, label, cosine = best_identity(vectors, gallery)
-    score = neighbour_consensus(vectors, gallery, score, label, link)
-    clusters = cluster_labels(vectors, link)
+                link: float, cluster: Any = None) -> tuple[FaceScores, np.ndarray, np.ndarray]:
+    """Face scores, and each cluster's score and identity (-inf for singletons); `cluster`: the
+    searches run as Ray tasks against the broadcast centres and faces."""
+    score, label, cosine = best_identity(vectors, gallery, cluster=cluster)
+    score = neighbour_consensus(vectors, gallery, score, label, link, cluster=cluster)
+    clusters = cluster_labels(vectors, link, cluster=cluster)
     sizes = np.bincount(clusters)
     c_score, c_label, _ = best_identity(cluster_means(vectors, clusters), gallery)
     c_score = np.where(sizes >= 2, c_score, -np.inf)
@@ -154,12 +157,12 @@ def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
 def run_overlap(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     settings: OverlapSettings | None = None, workers: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, ray: str | None = None,
 ) -> OverlapResult:
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, **asdict(settings)}
     with embedding_run(workspace, "overlap", params, model=model, flip=flip, workers=workers,
-                       progress=progress) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run):
         con = ctx.con
         embed_unlabeled(ctx)
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
@@ -176,12 +179,13 @@ def run_overlap(
         link = link_threshold(sample_vecs, sample_labels, settings.link_far, settings.seed)
         face_ids = [r[0] for r in con.execute("SELECT face_id FROM faces ORDER BY face_id").fetchall()]
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
-        scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link)
+        cluster = ctx.mapper if isinstance(ctx.mapper, RayMapper) else None
+        scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link, cluster)
         decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
         copies = None
         if settings.targets.copies and calibration.copy_threshold is not None:
             copies = find_copies(vectors, labeled_vectors(ctx, labeled, np.arange(len(labeled))),
-                                 calibration.copy_threshold, calibration.same_photo_from)
+                                 calibration.copy_threshold, calibration.same_photo_from, cluster)
             decision = np.where(copies.copy, "copy", np.where(copies.found, "overlap", decision))
             label = np.where(copies.found, labeled.labels[np.maximum(copies.index, 0)], label)
         _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,

@@ -16,6 +16,7 @@ Z-normalising per identity and per query was tried and lost precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,11 +68,12 @@ def pair_scores(queries: np.ndarray, gallery: Gallery, candidates: np.ndarray) -
     return out
 
 
-def best_identity(queries: np.ndarray, gallery: Gallery, k: int = TOP_K
+def best_identity(queries: np.ndarray, gallery: Gallery, k: int = TOP_K, cluster: Any = None,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(best identity score, identity, centre cosine) per query over its top-k centres."""
+    """(best identity score, identity, centre cosine) per query over its top-k centres
+    (`cluster`: search with Ray tasks, see `search.nearest`)."""
     ids = np.flatnonzero(gallery.valid)
-    cos, idx = nearest(queries, gallery.centres[ids], k)
+    cos, idx = nearest(queries, gallery.centres[ids], k, cluster=cluster)
     candidates = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
     scores = pair_scores(queries, gallery, candidates)
     best = np.argmax(scores, axis=1)
@@ -80,11 +82,11 @@ def best_identity(queries: np.ndarray, gallery: Gallery, k: int = TOP_K
 
 
 def neighbour_consensus(vectors: np.ndarray, gallery: Gallery, score: np.ndarray, label: np.ndarray,
-                        link: float, k: int = NEIGHBOURS) -> np.ndarray:
+                        link: float, k: int = NEIGHBOURS, cluster: Any = None) -> np.ndarray:
     """Mean of a face's score and its near-identical neighbours' scores for the same identity."""
     if len(vectors) < 2:
         return score
-    sims, idx = nearest(vectors, vectors, min(k + 1, len(vectors)))
+    sims, idx = nearest(vectors, vectors, min(k + 1, len(vectors)), cluster=cluster)
     total, count = score.astype(np.float64).copy(), np.ones(len(vectors))
     for col in range(1, idx.shape[1]):
         ok = (sims[:, col] >= link) & (idx[:, col] >= 0) & (label >= 0)

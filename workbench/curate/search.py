@@ -8,7 +8,10 @@ similarities are then recomputed from the float vectors.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import faiss
 import numpy as np
@@ -20,35 +23,59 @@ QUERY_BATCH = 65536
 
 def nearest(
     queries: np.ndarray, base: np.ndarray, k: int, *, exact: bool | None = None,
-    nprobe: int = 16, progress: Callable[[int, int], None] | None = None,
+    nprobe: int = 16, progress: Callable[[int, int], None] | None = None, cluster: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (similarities, indices) of each query among `base`, best first.
 
     `exact` forces the choice; by default it is made from the problem size.
     Missing neighbours (k > len(base)) get similarity -inf and index -1.
+    `cluster` (a `cluster.RayMapper`): query batches are searched by Ray tasks against `base`,
+    put in the object store once; each worker builds its index once and keeps it.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
     k_eff = min(k, len(base))
     if exact is None:
         exact = float(len(queries)) * len(base) <= EXACT_LIMIT
-    index = _flat(base) if exact else _ivf_sq8(base, nprobe)
     sims = np.full((len(queries), k), -np.inf, np.float32)
     idx = np.full((len(queries), k), -1, np.int64)
     if k_eff == 0:
         return sims, idx
-    for start in range(0, len(queries), QUERY_BATCH):
-        batch = queries[start : start + QUERY_BATCH]
-        if exact:
-            s, i = index.search(batch, k_eff)
-        else:
-            _, cand = index.search(batch, min(len(base), RERANK_FACTOR * k_eff))
-            s, i = _rerank(batch, base, cand, k_eff)
-        sims[start : start + len(batch), :k_eff] = s
-        idx[start : start + len(batch), :k_eff] = i
+    starts = range(0, len(queries), QUERY_BATCH)
+    if cluster is not None:
+        found = cluster.map_with(partial(_search_batch, k=k_eff, exact=exact, nprobe=nprobe), base,
+                                 (queries[start : start + QUERY_BATCH] for start in starts))
+    else:
+        index = _flat(base) if exact else _ivf_sq8(base, nprobe)
+        found = (_search(index, base, queries[start : start + QUERY_BATCH], k_eff, exact) for start in starts)
+    for start, (s, i) in zip(starts, found, strict=True):
+        sims[start : start + len(s), :k_eff] = s
+        idx[start : start + len(s), :k_eff] = i
         if progress:
             progress(min(start + QUERY_BATCH, len(queries)), len(queries))
     return sims, idx
+
+
+def _search(index: faiss.Index, base: np.ndarray, batch: np.ndarray, k: int,
+            exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    if exact:
+        return index.search(batch, k)
+    _, cand = index.search(batch, min(len(base), RERANK_FACTOR * k))
+    return _rerank(batch, base, cand, k)
+
+
+_WORKER_INDEX: dict[tuple, faiss.Index] = {}
+
+
+def _search_batch(base: np.ndarray, batch: np.ndarray, k: int, exact: bool,
+                  nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """In a Ray task: search one query batch, reusing this worker's index over the same base."""
+    key = (base.shape, exact, nprobe, hashlib.blake2b(base[:: max(1, len(base) // 4096)].tobytes(),
+                                                      digest_size=16).hexdigest())
+    if key not in _WORKER_INDEX:
+        _WORKER_INDEX.clear()
+        _WORKER_INDEX[key] = _flat(base) if exact else _ivf_sq8(base, nprobe)
+    return _search(_WORKER_INDEX[key], base, batch, k, exact)
 
 
 def _flat(base: np.ndarray) -> faiss.Index:

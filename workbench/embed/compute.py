@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from workbench.cluster import RayMapper, nodes_used, work_mapper
 from workbench.embed.models import ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
 from workbench.formats.images import decode_crops
@@ -23,15 +24,17 @@ from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import Run, open_run
 from workbench.manifest.workspace import Workspace
-from workbench.parallel import Mapper, chunked, process_mapper
+from workbench.parallel import Mapper, chunked
 from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
 COMMIT_EVERY = 512
 WORKER_BATCH = 8
+RAY_SHARD_BATCHES = 8  # worker batches per Ray task: 64 crops
 
 
-def _embed_encoded(encoded: list[bytes], spec: ModelSpec) -> np.ndarray:
+def embed_encoded(encoded: list[bytes], spec: ModelSpec) -> np.ndarray:
+    """Embeddings of encoded crops, in a worker (process pool or Ray task)."""
     return load_embedder(spec).embed(decode_crops(encoded))
 
 
@@ -54,7 +57,7 @@ def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], by
     """Embed the items without a vector; returns how many were computed."""
     store = ctx.store()
     todo = store.missing(item_ids)
-    work = partial(_embed_encoded, spec=ctx.spec)
+    work = partial(embed_encoded, spec=ctx.spec)
     done = 0
     for chunk in chunked(todo, COMMIT_EVERY):
         batches = [[load(i) for i in part] for part in chunked(chunk, WORKER_BATCH)]
@@ -68,7 +71,7 @@ def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], by
 
 
 def _mapped(ctx: EmbedContext, work: Callable, batches: list[list[bytes]]) -> Iterable[np.ndarray]:
-    if ctx.spec.parallel:
+    if ctx.spec.parallel or isinstance(ctx.mapper, RayMapper):
         return ctx.mapper(work, batches)
     return map(work, batches)
 
@@ -152,19 +155,23 @@ def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: in
 @contextmanager
 def embedding_run(
     workspace: Workspace, command: str, params: dict[str, object], *, model: str | ModelSpec,
-    flip: bool, workers: int | None, progress: ProgressFn | None,
+    flip: bool, workers: int | None, progress: ProgressFn | None, ray: str | None = None,
 ) -> Iterator[tuple[EmbedContext, Run]]:
-    """Worker processes (forked before the manifest opens), the locked manifest and a run record.
+    """Worker processes (forked before the manifest opens) or Ray tasks (`ray`: a cluster
+    address; one GPU per task where the cluster has them), the locked manifest and a run record.
 
     `model` is a spec, or its text (`dlib`, `onnx:PATH`, ...) with `flip`.
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model, flip=flip)
     workers = workers or os.cpu_count() or 1
     recorded = {"model": model if isinstance(model, str) else f"{spec.kind}:{spec.path}",
-                "flip": spec.flip, "model_key": spec.key}
-    with process_mapper(workers if spec.parallel else 1, chunksize=1) as mapper, \
+                "flip": spec.flip, "model_key": spec.key, "ray": ray}
+    with work_mapper(workers if spec.parallel else 1, ray, chunksize=1, shard_size=RAY_SHARD_BATCHES,
+                     gpus_per_task=1.0) as mapper, \
             open_run(workspace, command, {**recorded, **params}) as (con, run):
         yield EmbedContext(workspace, con, spec, mapper, progress), run
+        if nodes_used(mapper):
+            run.counts = {**(run.counts or {}), "ray_nodes": nodes_used(mapper)}
 
 
 @dataclass
@@ -196,12 +203,13 @@ def run_embed(
     seed: int = 0,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    ray: str | None = None,
 ) -> EmbedResult:
     """`wb embed`: embed unlabeled faces (`unlabeled`) and/or labeled sets' sampled faces."""
     sets = sets or ["unlabeled"]
     params = {"sets": sets, "per_identity": per_identity, "seed": seed}
     with embedding_run(workspace, "embed", params, model=model, flip=flip, workers=workers,
-                       progress=progress) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run):
         result = EmbedResult(ctx.spec.key)
         for name in sets:
             if name == "unlabeled":

@@ -17,7 +17,9 @@ BATCH = 128
 class CheckpointEmbedder:
     def __init__(self, checkpoint: str | Path | Checkpoint):
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
-        self.model, self.config = ckpt.backbone(), ckpt.config
+        # A GPU where there is one (a Ray task given one sees exactly that one), else the CPU.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.config = ckpt.backbone().to(self.device), ckpt.config
         self.dim = self.config.num_features
 
     @torch.no_grad()
@@ -26,9 +28,10 @@ class CheckpointEmbedder:
         size = self.config.input_size
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(crops), BATCH):
-            x = normalise_input(torch.from_numpy(np.ascontiguousarray(crops[start : start + BATCH])))
+            batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + BATCH])).to(self.device)
+            x = normalise_input(batch)
             if size != x.shape[-1]:
                 x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                                                     align_corners=False)
-            out.append(self.model(x).float().numpy())
+            out.append(self.model(x).float().cpu().numpy())
         return l2_normalise(np.concatenate(out))

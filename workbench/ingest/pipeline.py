@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from workbench.cluster import nodes_used, work_mapper
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
 from workbench.formats.files import display_path
@@ -24,7 +25,7 @@ from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
-from workbench.parallel import chunked, process_mapper
+from workbench.parallel import chunked
 from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
@@ -45,6 +46,7 @@ class IngestSummary(Result):
     odd_names: int = 0  # file names that are not valid UTF-8, stored with \x.. escapes
     run_id: str | None = None
     hints: list[str] = field(default_factory=list)
+    ray_nodes: dict[str, int] = field(default_factory=dict)  # shards run per Ray node
 
     def require_images(self, path: Path) -> None:
         """A path with no image files, or none readable, is a mistake worth one clear line (what
@@ -73,8 +75,12 @@ def run_ingest(
     upsample: int = 0,
     chunk_size: int = 512,
     progress: ProgressFn | None = None,
+    ray: str | None = None,
 ) -> IngestSummary:
-    """Ingest every image under `path` into the workspace; safe to re-run and to kill."""
+    """Ingest every image under `path` into the workspace; safe to re-run and to kill.
+
+    `ray`: run the per-file work as Ray tasks on that cluster (`local`, `auto`, `HOST:PORT`).
+    """
     root = Path(path).expanduser()
     if not root.exists():
         raise WorkbenchError(f"no such file or directory: {root}")
@@ -84,12 +90,12 @@ def run_ingest(
     options = IngestOptions(root=str(workspace.root), aligned=aligned, detector=spec)
     params = {"path": str(root.resolve()), "source": source, "aligned": aligned,
               "workers": workers, "detector": spec.key if spec else None,
-              "det_threshold": det_threshold, "upsample": upsample}
+              "det_threshold": det_threshold, "upsample": upsample, "ray": ray}
     summary = IngestSummary(source=source)
     stats = WalkStats()
     work = partial(_process_entry, options=options)
     # Worker processes are forked before the manifest is opened: no DuckDB threads are copied.
-    with process_mapper(workers) as mapper, open_run(workspace, "ingest", params) as (con, run):
+    with work_mapper(workers, ray) as mapper, open_run(workspace, "ingest", params) as (con, run):
         summary.run_id = run.run_id
         if spec is not None:
             check_one_detector(con, spec.key)
@@ -105,6 +111,7 @@ def run_ingest(
                 if progress:
                     progress(summary.processed, total)
             _commit(con, results, source, run.run_id, summary, spec.key if spec else None)
+            summary.ray_nodes = nodes_used(mapper)
             run.counts = summary.as_dict()
 
         # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from workbench.cluster import work_mapper
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import check_encoded
@@ -28,7 +29,7 @@ from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
 from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
-from workbench.parallel import chunked, process_mapper
+from workbench.parallel import chunked
 from workbench.results import Result
 
 ProgressFn = Callable[[int, int], None]
@@ -48,10 +49,12 @@ def register_labeled(
     detector: str = "dlib",
     progress: ProgressFn | None = None,
     lineage: dict[str, Any] | None = None,
+    ray: str | None = None,
 ) -> LabeledSetSummary:
     """Register `path` as labeled set `name`; re-registering the same path is a no-op.
 
     `lineage` (where a derived set came from: `wb labeled clean`) is kept with the registration.
+    `ray`: detect and align unaligned sets as Ray tasks on that cluster.
     """
     root = Path(path).expanduser().resolve()
     fmt = detect_format(root) if fmt == "auto" else fmt
@@ -61,7 +64,8 @@ def register_labeled(
     params = {"name": name, "path": str(root), "format": fmt, "aligned": aligned,
               "image_column": image_column, "label_column": label_column,
               "detector": spec.key if spec else None}
-    with process_mapper(workers) as mapper, open_run(workspace, "labeled add", params) as (con, run):
+    with work_mapper(workers, None if aligned else ray) as mapper, \
+            open_run(workspace, "labeled add", params) as (con, run):
         existing = one(con, "SELECT path, format FROM labeled_sets WHERE name = ?", [name])
         if existing:
             if existing == (str(root), fmt):

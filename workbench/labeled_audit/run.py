@@ -90,6 +90,7 @@ def run_audit_labeled(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     against: list[str] | None = None, precision: float = 0.9, same_recall: float = 0.98,
     seed: int = 0, workers: int | None = None, progress: ProgressFn | None = None,
+    ray: str | None = None,
 ) -> LabeledAuditResult:
     if not 0 < precision < 1 or not 0 < same_recall < 1:
         raise WorkbenchError("--precision and --same-recall must be between 0 and 1")
@@ -98,7 +99,7 @@ def run_audit_labeled(
               "same_recall": same_recall, "seed": seed}
     started = time.perf_counter()
     with embedding_run(workspace, "audit labeled", params, model=model, flip=flip, workers=workers,
-                       progress=progress) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run):
         labeled = LabeledSet(workspace, ctx.con, labeled_set)
         try:
             labels, n_ids = labeled.labels.astype(np.int64), len(labeled.identities)
