@@ -78,6 +78,15 @@ def test_a_local_ray_instance_gives_the_same_manifest(images, reference, tmp_pat
     assert sum(counts["ray_nodes"].values()) >= 1
 
 
+def test_ray_workers_read_a_filesystem_uri(images, reference, tmp_path):
+    ws = tmp_path / "ws"
+    wb("ingest", images.resolve().as_uri(), "-w", str(ws), "--ray", "local", "--workers", "2")
+    paths = [r[0] for r in manifest_rows(ws, "SELECT path FROM files ORDER BY path")]
+    assert paths and all(p.startswith("file://") for p in paths)
+    for table in ("images", "faces", "crop_files"):
+        assert manifest_snapshot(ws)[table] == manifest_snapshot(reference)[table]
+
+
 def test_two_nodes_share_the_work_and_agree_with_one(images, reference, tmp_path):
     from ray.cluster_utils import Cluster
 

@@ -94,6 +94,22 @@ def test_aligned_ingest_keeps_pixels_and_dedupes_exact_copies(aligned_folder, tm
     assert sorted(r[2] for r in rows) == [1] * 11 + [2]
 
 
+def test_a_filesystem_uri_is_read_through_pyarrow_and_recorded_as_given(aligned_folder, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    wb("ingest", str(aligned_folder), "--aligned", "-w", str(local))
+    uri = aligned_folder.as_uri()
+    summary = wb_json("ingest", uri, "--aligned", "-w", str(remote))
+    assert summary["source"] == "aligned" and summary["new_images"] == 12
+    paths = [r[0] for r in query(remote, "SELECT path FROM wb_files ORDER BY path")]
+    assert paths == sorted(f"{uri}/id{i % 2}/{i:03d}.jpg" for i in range(12))
+    for table in ("images", "faces"):
+        assert manifest_snapshot(remote)[table] == manifest_snapshot(local)[table]
+    assert wb_json("ingest", uri, "--aligned", "-w", str(remote))["already_ingested"] == 12
+    bad = wb("ingest", "nosuchscheme://bucket/faces", "-w", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 1 and "cannot open nosuchscheme://bucket/faces" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_rerun_adds_nothing_and_changed_files_are_reprocessed(aligned_folder, tmp_path):
     ws = tmp_path / "ws"
     wb("ingest", str(aligned_folder), "--aligned", "-w", str(ws))

@@ -20,7 +20,9 @@ app = typer.Typer()
 @app.command(rich_help_panel="Collect")
 @handled
 def ingest(
-    path: Annotated[Path, typer.Argument(help="Folder (walked recursively) or single image.")],
+    path: Annotated[str, typer.Argument(
+        help="Folder (walked recursively), single image, or a filesystem URI pyarrow reads "
+             "(file://, s3://, gs://, hdfs://), recorded as given.")],
     source: Annotated[str | None, typer.Option(
         help="Name of where the images came from.", show_default="folder name")] = None,
     aligned: Annotated[bool, typer.Option(

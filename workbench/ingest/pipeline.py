@@ -20,7 +20,7 @@ from workbench.cluster import nodes_used, work_mapper
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
 from workbench.formats.files import display_path
-from workbench.formats.walk import FileEntry, WalkStats, walk_images
+from workbench.formats.walk import FileEntry, WalkStats, is_uri, walk_images, walk_uri
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
@@ -48,7 +48,7 @@ class IngestSummary(Result):
     hints: list[str] = field(default_factory=list)
     ray_nodes: dict[str, int] = field(default_factory=dict)  # shards run per Ray node
 
-    def require_images(self, path: Path) -> None:
+    def require_images(self, path: Path | str) -> None:
         """A path with no image files, or none readable, is a mistake worth one clear line (what
         was processed is recorded first)."""
         if self.files_seen == 0:
@@ -79,16 +79,18 @@ def run_ingest(
 ) -> IngestSummary:
     """Ingest every image under `path` into the workspace; safe to re-run and to kill.
 
-    `ray`: run the per-file work as Ray tasks on that cluster (`local`, `auto`, `HOST:PORT`).
+    `path` is a local path or a filesystem URI pyarrow can read (`file://`, `s3://`, `gs://`,
+    `hdfs://`, ...), recorded as given. `ray`: run the per-file work as Ray tasks on that cluster
+    (`local`, `auto`, `HOST:PORT`); every node must reach `path` the same way.
     """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise WorkbenchError(f"no such file or directory: {root}")
-    source = source or root.resolve().name
+    root = _input_root(path)
+    source = source or (Path(root.split("://", 1)[1].rstrip("/")).name if isinstance(root, str)
+                        else root.resolve().name)
     workers = workers or os.cpu_count() or 1
     spec = None if aligned else DetectorSpec.parse(detector, det_threshold, upsample)
     options = IngestOptions(root=str(workspace.root), aligned=aligned, detector=spec)
-    params = {"path": str(root.resolve()), "source": source, "aligned": aligned,
+    params = {"path": root if isinstance(root, str) else str(root.resolve()), "source": source,
+              "aligned": aligned,
               "workers": workers, "detector": spec.key if spec else None,
               "det_threshold": det_threshold, "upsample": upsample, "ray": ray}
     summary = IngestSummary(source=source)
@@ -115,7 +117,8 @@ def run_ingest(
             run.counts = summary.as_dict()
 
         # Chunk k+1 is queued to the workers before chunk k is committed: no idle cores.
-        for chunk in chunked(walk_images(root, stats), chunk_size):
+        walk = walk_uri(root, stats) if isinstance(root, str) else walk_images(root, stats)
+        for chunk in chunked(walk, chunk_size):
             summary.files_seen += len(chunk)
             summary.odd_names += sum(display_path(e.path) != e.path for e in chunk)
             todo = _not_yet_ingested(con, chunk)
@@ -131,6 +134,22 @@ def run_ingest(
         run.counts = summary.as_dict()
     summary.require_images(root)
     return summary
+
+
+def _input_root(path: str | os.PathLike[str]) -> Path | str:
+    """A local folder or file (which must exist), or a URI whose filesystem pyarrow knows."""
+    if is_uri(path):
+        import pyarrow.fs as pafs
+
+        try:
+            pafs.FileSystem.from_uri(str(path))
+        except (ValueError, OSError) as exc:
+            raise WorkbenchError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+        return str(path)
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise WorkbenchError(f"no such file or directory: {root}")
+    return root
 
 
 def detection_hints(summary: IngestSummary, spec: DetectorSpec | None) -> list[str]:

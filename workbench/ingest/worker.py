@@ -13,6 +13,7 @@ from workbench.faces.align import CROP_SIZE, align_face
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.faces.quality import face_quality
 from workbench.formats.files import read_regular_file
+from workbench.formats.walk import is_uri, read_uri
 from workbench.ingest.decode import Decoded, Rejected, decode_image
 from workbench.ingest.hashing import phash64, sha256_hex
 
@@ -96,7 +97,8 @@ def process_file(path: str, size: int, mtime_ns: int, options: IngestOptions) ->
     """Read, hash, decode, find faces, write crops; never raises for bad input."""
     result = FileResult(path=path, size=size, mtime_ns=mtime_ns)
     try:
-        data = read_regular_file(path, options.max_file_bytes)
+        data = read_uri(path, options.max_file_bytes) if is_uri(path) else \
+            read_regular_file(path, options.max_file_bytes)
     except OSError as exc:
         result.reason = f"unreadable: {exc.strerror or exc}"
         return result
