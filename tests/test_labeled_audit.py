@@ -216,3 +216,10 @@ def test_findings_in_the_app_and_reviews_back_into_clean(planted, own_ws):
     assert result["kept_by_review"] == 1
     with open(own_ws.parent / "reviewed" / "dropped.csv") as handle:
         assert planted["moved"] not in {r["locator"] for r in csv.DictReader(handle)}
+    audited = wb_json("audit", "labeled", "S-clean", "--model", planted["model"], "--workspace", str(own_ws))
+    assert audited["wrong_labels"] < planted["result"]["wrong_labels"] + 2
+    shown = wb_json("browse", "--labeled", "S-clean", "--all", "--no-launch", "--dataset", "wb-test-clean",
+                    "--workspace", str(own_ws))
+    assert shown["samples"] == result["faces_out"]
+    paths = fo.load_dataset("wb-test-clean").values("filepath")
+    assert all("/cache/labeled-crops/S-clean/" in p and Path(p).stat().st_size > 0 for p in paths)
