@@ -190,11 +190,12 @@ def test_findings_in_the_app_and_reviews_back_into_clean(planted, own_ws):
     from workbench.browse.app import load_fiftyone
 
     fo = load_fiftyone()
-    synced = wb_json("browse", "--labeled", "S", "--no-launch", "--dataset", "wb-test-labeled",
+    name = f"wb-test-labeled-{own_ws.parent.name}"  # unique: the FiftyOne database may be shared
+    synced = wb_json("browse", "--labeled", "S", "--no-launch", "--dataset", name,
                      "--workspace", str(own_ws))
     assert synced["saved_views"] == ["duplicates", "leakage", "mixed-identities", "same-person-pairs",
                                      "wrong-labels"]
-    dataset = fo.load_dataset("wb-test-labeled")
+    dataset = fo.load_dataset(name)
     assert len(dataset) == synced["samples"] > 0
     wrong = dataset.load_saved_view("wrong-labels")
     moved_idx = manifest_rows(own_ws, "SELECT sample_idx FROM wb_labeled_samples WHERE set_name = 'S' "
@@ -206,9 +207,9 @@ def test_findings_in_the_app_and_reviews_back_into_clean(planted, own_ws):
     assert {s.identity.label for s in pairs} == {planted["split"], f"{planted['split']}__b"}
     assert {s.leaked_from for s in dataset.load_saved_view("leakage")} != {None}
     dataset.select_by("face_id", [moved[0].face_id]).tag_samples("keep")
-    pulled = wb_json("review", "pull", "--dataset", "wb-test-labeled", "--workspace", str(own_ws))
+    pulled = wb_json("review", "pull", "--dataset", name, "--workspace", str(own_ws))
     assert pulled["added"] == 1 and pulled["reviews_by_tag"] == {"keep": 1}
-    again = wb_json("browse", "--labeled", "S", "--no-launch", "--dataset", "wb-test-labeled",
+    again = wb_json("browse", "--labeled", "S", "--no-launch", "--dataset", name,
                     "--workspace", str(own_ws))
     assert (again["added"], again["deleted"], again["samples"]) == (0, 0, synced["samples"])
     result = wb_json("labeled", "clean", "S", "--out", str(own_ws.parent / "reviewed"),
@@ -218,8 +219,8 @@ def test_findings_in_the_app_and_reviews_back_into_clean(planted, own_ws):
         assert planted["moved"] not in {r["locator"] for r in csv.DictReader(handle)}
     audited = wb_json("audit", "labeled", "S-clean", "--model", planted["model"], "--workspace", str(own_ws))
     assert audited["wrong_labels"] < planted["result"]["wrong_labels"] + 2
-    shown = wb_json("browse", "--labeled", "S-clean", "--all", "--no-launch", "--dataset", "wb-test-clean",
+    shown = wb_json("browse", "--labeled", "S-clean", "--all", "--no-launch", "--dataset", f"{name}-clean",
                     "--workspace", str(own_ws))
     assert shown["samples"] == result["faces_out"]
-    paths = fo.load_dataset("wb-test-clean").values("filepath")
+    paths = fo.load_dataset(f"{name}-clean").values("filepath")
     assert all("/cache/labeled-crops/S-clean/" in p and Path(p).stat().st_size > 0 for p in paths)
