@@ -197,6 +197,7 @@ def test_embed_with_an_onnx_model(curated, tmp_path):
     assert again["unlabeled_computed"] == 0
 
 
+@pytest.mark.slow
 def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(curated, ws)
