@@ -25,6 +25,7 @@ from workbench.browse.reviews import pull_reviews, review_tags
 from workbench.browse.sync import open_dataset, record_dataset
 from workbench.embed.store import labeled_item_id
 from workbench.labeled.access import LabeledSet
+from workbench.labeled_audit.evidence import Members
 from workbench.labeled_audit.findings import audited_model, read_findings
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
@@ -103,13 +104,13 @@ def _samples(workspace: Workspace, labeled: LabeledSet, findings: list[dict[str,
     """The faces to show, with their fields."""
     sample_idx = labeled.samples.column("sample_idx").to_numpy()
     labels, names = labeled.labels, labeled.identities
-    position = {int(s): p for p, s in enumerate(sample_idx)}
+    members = Members.of(labels, len(names))
     per_face: dict[int, dict[str, Any]] = defaultdict(lambda: {"findings": []})
     involved: set[int] = set()
     for f in findings:
         involved.add(f["label"])
-        if f["sample_idx"] is not None and f["sample_idx"] in position:
-            p = position[f["sample_idx"]]
+        p = int(np.searchsorted(sample_idx, f["sample_idx"])) if f["sample_idx"] is not None else -1
+        if 0 <= p < len(sample_idx) and sample_idx[p] == f["sample_idx"]:
             entry = per_face[p]
             entry["findings"].append(f["kind"])
             if f["kind"] == "wrong_label":
@@ -119,26 +120,28 @@ def _samples(workspace: Workspace, labeled: LabeledSet, findings: list[dict[str,
             elif f["kind"] == "duplicate":
                 entry["duplicate_of"] = f["other_sample_idx"]
             continue
-        members = np.flatnonzero(labels == f["label"])
+        if f["sample_idx"] is not None:
+            continue  # a face no longer in the set
+        own = members.positions(f["label"]).tolist()
         if f["kind"] == "same_person":
             involved.add(f["other_label"])
             for label, other in ((f["label"], f["other_label"]), (f["other_label"], f["label"])):
-                for p in np.flatnonzero(labels == label)[:CONTEXT]:
-                    per_face[int(p)]["findings"].append("same_person")
-                    per_face[int(p)]["same_person_as"] = names[other]
+                for p in members.positions(label)[:CONTEXT].tolist():
+                    per_face[p]["findings"].append("same_person")
+                    per_face[p]["same_person_as"] = names[other]
         elif f["kind"] == "mixed_identity":
             second = set(json.loads(f["evidence"])["second_person"])
-            for p in members:
-                per_face[int(p)]["findings"].append("mixed_identity")
-                per_face[int(p)]["second_person"] = int(p) in second
+            for p in own:
+                per_face[p]["findings"].append("mixed_identity")
+                per_face[p]["second_person"] = p in second
         elif f["kind"] == "leakage":
-            for p in members[:CONTEXT]:
-                per_face[int(p)]["findings"].append("leakage")
-                per_face[int(p)]["leaked_from"] = f["other_name"]
+            for p in own[:CONTEXT]:
+                per_face[p]["findings"].append("leakage")
+                per_face[p]["leaked_from"] = f["other_name"]
     chosen = set(range(len(labels))) if everything else set(per_face)
     if not everything:
         for label in involved:
-            chosen.update(int(p) for p in np.flatnonzero(labels == label)[:CONTEXT])
+            chosen.update(members.positions(label)[:CONTEXT].tolist())
     out = []
     for p in sorted(chosen):
         face_id = labeled_item_id(labeled.name, int(sample_idx[p]))

@@ -30,6 +30,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats.recordio import write_insightface_rec
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.register import register_labeled
+from workbench.labeled_audit.evidence import Members
 from workbench.labeled_audit.findings import audited_model, read_findings
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
@@ -96,22 +97,29 @@ def reviewed(con: duckdb.DuckDBPyConnection, set_name: str) -> dict[int, set[str
 def plan_clean(labels: np.ndarray, sample_idx: np.ndarray, identities: list[str],
                findings: list[dict[str, Any]], tags: dict[int, set[str]], drop: list[str],
                merge: list[str]) -> Plan:
-    """Which samples to keep and under which new label (a pure function of findings and tags)."""
-    position = {int(s): p for p, s in enumerate(sample_idx)}
+    """Which samples to keep and under which new label (a pure function of findings and tags;
+    `sample_idx` ascending, as `LabeledSet` gives it)."""
+
+    def position(idx: int) -> int | None:
+        p = int(np.searchsorted(sample_idx, idx))
+        return p if p < len(sample_idx) and sample_idx[p] == idx else None
+
     n_ids = len(identities)
+    members = Members.of(labels, n_ids)
     reasons: dict[int, list[str]] = defaultdict(list)
     for f in findings:
         if f["kind"] not in drop:
             continue
         if f["sample_idx"] is not None:
-            if f["sample_idx"] in position:
-                reasons[position[f["sample_idx"]]].append(f["kind"])
+            p = position(f["sample_idx"])
+            if p is not None:
+                reasons[p].append(f["kind"])
         else:
-            for p in np.flatnonzero(labels == f["label"]):
-                reasons[int(p)].append(f["kind"])
+            for p in members.positions(f["label"]).tolist():
+                reasons[p].append(f["kind"])
     kept_by_review = dropped_by_review = 0
     for idx, marks in tags.items():
-        p = position.get(idx)
+        p = position(idx)
         if p is None:
             continue
         if "keep" in marks and p in reasons:
@@ -120,22 +128,24 @@ def plan_clean(labels: np.ndarray, sample_idx: np.ndarray, identities: list[str]
         elif "wrong_label" in marks and "keep" not in marks and p not in reasons:
             reasons[p].append("wrong_label (review)")
             dropped_by_review += 1
-    confirmed = {int(labels[position[i]]) for i, marks in tags.items()
-                 if "same_person" in marks and i in position}
+    confirmed = {int(labels[p]) for i, marks in tags.items()
+                 if "same_person" in marks and (p := position(i)) is not None}
     pairs = [(f["label"], f["other_label"]) for f in findings if f["kind"] == "same_person"
              and ("same_person" in merge or f["label"] in confirmed or f["other_label"] in confirmed)]
     a = np.array([p[0] for p in pairs], np.int64)
     b = np.array([p[1] for p in pairs], np.int64)
-    _, group = connected_components(coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n_ids, n_ids)),
-                                     directed=False)
+    n_groups, group = connected_components(
+        coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n_ids, n_ids)), directed=False)
     kept = np.ones(len(labels), bool)
     kept[list(reasons)] = False
+    first_label = np.full(n_groups, n_ids, np.int64)  # a group is named after its first label
+    np.minimum.at(first_label, group, np.arange(n_ids))
     alive = np.unique(group[labels[kept]])
-    first_label = {g: int(np.flatnonzero(group == g)[0]) for g in alive}
-    new_of_group = {g: i for i, g in enumerate(sorted(alive, key=lambda g: first_label[g]))}
-    new_label = np.array([new_of_group[group[label]] if k else -1
-                          for label, k in zip(labels, kept, strict=True)], np.int64)
-    names = [identities[first_label[g]] for g in sorted(alive, key=lambda g: first_label[g])]
+    alive = alive[np.argsort(first_label[alive], kind="stable")]
+    new_of_group = np.full(n_groups, -1, np.int64)
+    new_of_group[alive] = np.arange(len(alive))
+    new_label = np.where(kept, new_of_group[group[labels]], -1)
+    names = [identities[int(first_label[g])] for g in alive]
     return Plan(new_label, dict(reasons), names, len(pairs), kept_by_review, dropped_by_review)
 
 
@@ -183,22 +193,27 @@ def _write_parquet(labeled: LabeledSet, plan: Plan, order: np.ndarray, path: Pat
 
 def write_mapping(labeled: LabeledSet, plan: Plan, out: Path) -> None:
     labels, sample_idx = labeled.labels, labeled.samples.column("sample_idx").to_numpy()
+    n_ids = len(labeled.identities)
+    kept = plan.new_label >= 0
+    n_kept = np.bincount(labels[kept], minlength=n_ids)
+    n_dropped = np.bincount(labels[~kept], minlength=n_ids)
+    new_of_old = np.full(n_ids, -1, np.int64)
+    new_of_old[labels[kept]] = plan.new_label[kept]
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["old_label", "old_identity", "new_label", "new_identity", "kept", "dropped"])
         for old, identity in enumerate(labeled.identities):
-            members = labels == old
-            new = np.unique(plan.new_label[members & (plan.new_label >= 0)])
-            writer.writerow([old, identity, int(new[0]) if len(new) else "",
-                             plan.new_identities[int(new[0])] if len(new) else "",
-                             int((members & (plan.new_label >= 0)).sum()),
-                             int((members & (plan.new_label < 0)).sum())])
-    locators = labeled.samples.column("locator").to_pylist()
+            new = int(new_of_old[old])
+            writer.writerow([old, identity, new if new >= 0 else "",
+                             plan.new_identities[new] if new >= 0 else "", int(n_kept[old]),
+                             int(n_dropped[old])])
+    locators = labeled.samples.column("locator")
     with open(out / "dropped.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample_idx", "locator", "old_label", "reasons"])
         for p in sorted(plan.reasons):
-            writer.writerow([int(sample_idx[p]), locators[p], int(labels[p]), ";".join(plan.reasons[p])])
+            writer.writerow([int(sample_idx[p]), locators[p].as_py(), int(labels[p]),
+                             ";".join(plan.reasons[p])])
 
 
 def run_clean(workspace: Workspace, name: str, out: Path, *, fmt: str = "rec",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.pairs import DedupeThresholds, popcount64
 from workbench.curate.search import nearest
@@ -187,7 +189,7 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
     scores = own_scores(vectors, sub, n_sub)
     sub_valid = np.bincount(sub, minlength=n_sub) > 0
     impostor = impostor_own_scores(vectors, sub, scores.centres, sub_valid, CALIBRATION_PAIRS, seed)
-    person = _people(n_sub, parent, pairs)
+    person = _people(n_sub, pairs)
     other, other_person = best_other(vectors, person[sub], scores.centres, sub_valid, person)
     wrong = wrong_label_rule(scores.own, impostor, precision, other)
     flagged = wrong.flags(scores.own, other) & np.isfinite(scores.own)
@@ -202,12 +204,12 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
                       int(np.isnan(scores.own).sum()), int((counts == 1).sum()))
 
 
-def _people(n_sub: int, parent: list[int], pairs: list[tuple[int, int, float, Match]]) -> np.ndarray:
+def _people(n_sub: int, pairs: list[tuple[int, int, float, Match]]) -> np.ndarray:
     """A person id per (sub-)label: labels found to be one person share one."""
-    person = np.arange(n_sub)
-    for a, b, _, _ in pairs:
-        person[person == person[b]] = person[a]
-    return person
+    a = np.array([p[0] for p in pairs], np.int64)
+    b = np.array([p[1] for p in pairs], np.int64)
+    return connected_components(coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n_sub, n_sub)),
+                                directed=False)[1]
 
 
 @dataclass(frozen=True)
