@@ -16,7 +16,6 @@ joins the cluster this machine belongs to, `HOST:PORT` joins that one.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +25,6 @@ from typing import Any
 from workbench.errors import WorkbenchError
 from workbench.parallel import Mapper, chunked, process_mapper
 
-RAY_ENV = "WB_RAY_ADDRESS"
 MAX_RETRIES = 3  # a task whose worker process dies is run again, up to this many times
 INSTALL_HINT = 'Ray is not installed: pip install -e ".[ray]"'
 
@@ -141,11 +139,6 @@ def work_mapper(workers: int, ray: str | None, *, chunksize: int = 16, shard_siz
         with ray_mapper(ray, num_cpus=workers if ray in ("", "local") else None, shard_size=shard_size,
                         gpus_per_task=gpus_per_task) as mapper:
             yield mapper
-
-
-def ray_address(given: str | None) -> str | None:
-    """The `--ray` value, else `WB_RAY_ADDRESS`, else None (no Ray)."""
-    return given if given is not None else os.environ.get(RAY_ENV) or None
 
 
 def nodes_used(mapper: Mapper) -> dict[str, int]:
