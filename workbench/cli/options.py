@@ -38,7 +38,8 @@ WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_d
 RayOpt = Annotated[str | None, typer.Option(
     "--ray", envvar="WB_RAY_ADDRESS", show_default="no Ray: worker processes on this machine",
     help="Run the per-face work as Ray tasks: 'local' starts Ray on this machine, 'auto' joins the "
-         "cluster this machine is in, HOST:PORT joins that one (needs pip install -e '.[ray]').")]
+         "cluster this machine is in, HOST:PORT joins that one (needs the ray extra: "
+         "pip install -e '.\\[ray]').")]
 FpirOpt = Annotated[float, typer.Option(
     help="Calibrated threshold: the share of unknown people's faces that may be flagged 'overlap' "
          "(open-set FPIR, per face, valid at any number of identities).")]
