@@ -1,5 +1,5 @@
 """GPU training check: r50 at 112 px, bf16 autocast, batch 512, synthetic data; the fine-tuning recipe
-at r50 and r100; decode rate; memory.
+at r50 and r100; embedding rates at r50 and r100; decode rate; memory.
 
     bash benchmarks/gpu_train.sh      (on a CUDA machine; prints one line per figure)
 """
@@ -73,6 +73,23 @@ def finetune_rates(backbone: str, steps: int, classes: int) -> tuple[float, floa
     return rates[0], rates[1]
 
 
+@torch.no_grad()
+def embed_rate(backbone: str, batch: int, steps: int) -> float:
+    """Faces/s of embedding alone (eval mode, bf16): what `wb embed`/`wb score`/`wb audit labeled`
+    get from a GPU recogniser (the MS1MV2 projections assume 5,000 faces/s)."""
+    device = torch.device("cuda")
+    model = FaceModel(TrainConfig(backbone=backbone), 10).backbone.to(device).eval()
+    x = normalise_input(torch.randint(0, 256, (batch, 112, 112, 3), dtype=torch.uint8, device=device))
+    for i in range(steps + 5):
+        if i == 5:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x)
+    torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
 def decode_rate(n: int, workers: int, batch: int) -> float:
     rng = np.random.default_rng(0)
     pool = []
@@ -116,6 +133,9 @@ def main() -> None:
         warm, full = finetune_rates(backbone, args.steps, args.classes)
         print(f"{backbone} fine-tune (96 labeled + 32 unlabeled, kl-uniform 0.1, bf16): head warm-up "
               f"{warm:.0f} images/s, full {full:.0f} images/s")
+    for backbone in ("r50", "r100"):
+        rate = embed_rate(backbone, 512, args.steps)
+        print(f"{backbone} embedding (eval, bf16, batch 512): {rate:.0f} faces/s")
     print(f"data loader decode ({args.workers} workers, RecordIO JPEG 112px): "
           f"{decode_rate(args.decode_images, args.workers, 256):.0f} images/s")
 
