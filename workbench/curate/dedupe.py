@@ -31,21 +31,28 @@ from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 
 
+def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) of each pair i < j where one is among the other's `k` nearest neighbours
+    at cosine >= `loose`: the candidates of the duplicate rule."""
+    if len(vectors) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    sims, idx = nearest(vectors, vectors, min(k + 1, len(vectors)))
+    rows = np.repeat(np.arange(len(vectors)), idx.shape[1])
+    cols, s = idx.ravel(), sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (s >= loose)
+    i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
+    cos = np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) if len(pairs) else s[:0]
+    return pairs[:, 0], pairs[:, 1], cos
+
+
 def duplicate_pairs(
     vectors: np.ndarray, phashes: np.ndarray, t: DedupeThresholds
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, similarity) of duplicate pairs, i < j."""
-    sims, idx = nearest(vectors, vectors, t.k + 1)
-    n = len(vectors)
-    rows = np.repeat(np.arange(n), idx.shape[1])
-    cols, s = idx.ravel(), sims.ravel()
-    keep = (cols >= 0) & (cols != rows) & (s >= t.loose)
-    rows, cols, s = rows[keep], cols[keep], s[keep]
-    dup = is_duplicate(s, popcount64(phashes[rows] ^ phashes[cols]), t)
-    i, j = np.minimum(rows[dup], cols[dup]), np.maximum(rows[dup], cols[dup])
-    pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
-    pair_sims = np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) if len(pairs) else s[:0]
-    return pairs[:, 0], pairs[:, 1], pair_sims
+    i, j, cos = close_pairs(vectors, t.k, t.loose)
+    dup = is_duplicate(cos, popcount64(phashes[i] ^ phashes[j]), t)
+    return i[dup], j[dup], cos[dup]
 
 
 def group_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -22,9 +22,8 @@ from typing import Any
 
 import duckdb
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from workbench.curate.dedupe import group_labels
 from workbench.embed.store import LABELED_PREFIX
 from workbench.errors import WorkbenchError
 from workbench.formats.recordio import write_insightface_rec
@@ -134,8 +133,8 @@ def plan_clean(labels: np.ndarray, sample_idx: np.ndarray, identities: list[str]
              and ("same_person" in merge or f["label"] in confirmed or f["other_label"] in confirmed)]
     a = np.array([p[0] for p in pairs], np.int64)
     b = np.array([p[1] for p in pairs], np.int64)
-    n_groups, group = connected_components(
-        coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n_ids, n_ids)), directed=False)
+    group = group_labels(n_ids, a, b)
+    n_groups = int(group.max()) + 1 if n_ids else 0
     kept = np.ones(len(labels), bool)
     kept[list(reasons)] = False
     first_label = np.full(n_groups, n_ids, np.int64)  # a group is named after its first label

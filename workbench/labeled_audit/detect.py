@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from workbench.curate.pairs import DedupeThresholds, popcount64
+from workbench.curate.dedupe import close_pairs, group_labels
+from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.search import nearest
 from workbench.labeled_audit.calibrate import (
     SameRule,
@@ -206,10 +205,8 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
 
 def _people(n_sub: int, pairs: list[tuple[int, int, float, Match]]) -> np.ndarray:
     """A person id per (sub-)label: labels found to be one person share one."""
-    a = np.array([p[0] for p in pairs], np.int64)
-    b = np.array([p[1] for p in pairs], np.int64)
-    return connected_components(coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n_sub, n_sub)),
-                                directed=False)[1]
+    return group_labels(n_sub, np.array([p[0] for p in pairs], np.int64),
+                        np.array([p[1] for p in pairs], np.int64))
 
 
 @dataclass(frozen=True)
@@ -256,22 +253,14 @@ def leaked_identities(eval_vectors: np.ndarray, eval_labels: np.ndarray, n_eval:
 
 def duplicate_pairs(vectors: np.ndarray, t: DedupeThresholds, phash: Callable[[np.ndarray], np.ndarray],
                     same_bytes: Callable[[int, int], bool]) -> list[tuple[int, int, float, bool]]:
-    """(i, j, cosine, exact) for duplicate faces i < j: each face's nearest neighbours by
-    embedding, judged by the dedupe rule; crop hashes are computed only for close pairs."""
-    if len(vectors) < 2:
-        return []
-    sims, idx = nearest(vectors, vectors, min(t.k + 1, len(vectors)))
-    rows = np.repeat(np.arange(len(vectors)), idx.shape[1])
-    cols, cos = idx.ravel(), sims.ravel()
-    keep = (cols >= 0) & (cols != rows) & (cos >= t.loose)
-    i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    """(i, j, cosine, exact) for duplicate faces i < j by the `wb dedupe` rule; crop hashes are
+    computed only for the faces of close pairs."""
+    i, j, cos = close_pairs(vectors, t.k, t.loose)
     if len(i) == 0:
         return []
-    pairs, first = np.unique(np.stack([i, j], axis=1), axis=0, return_index=True)
-    cos = cos[keep][first]
-    involved = np.unique(pairs)
-    hashes = dict(zip(involved.tolist(), phash(involved).tolist(), strict=True))
-    bits = popcount64(np.array([hashes[a] ^ hashes[b] for a, b in pairs.tolist()], np.uint64))
-    duplicate = (cos >= t.strict) | (bits <= t.phash_bits)
+    involved = np.unique(np.concatenate([i, j]))
+    hashes = phash(involved)
+    bits = popcount64(hashes[np.searchsorted(involved, i)] ^ hashes[np.searchsorted(involved, j)])
+    dup = is_duplicate(cos, bits, t)
     return [(int(a), int(b), float(c), bool(c >= EXACT and same_bytes(int(a), int(b))))
-            for (a, b), c in zip(pairs[duplicate], cos[duplicate], strict=True)]
+            for a, b, c in zip(i[dup], j[dup], cos[dup], strict=True)]

@@ -105,8 +105,8 @@ def run_audit_labeled(
             labels, n_ids = labeled.labels.astype(np.int64), len(labeled.identities)
             if len(np.unique(labels)) < 2:
                 raise WorkbenchError(f"{labeled_set}: an audit needs at least two identities with faces")
-            ids = [labeled_item_id(labeled_set, int(i))
-                   for i in labeled.samples.column("sample_idx").to_numpy()]
+            sample_idx = labeled.samples.column("sample_idx").to_numpy()
+            ids = [labeled_item_id(labeled_set, int(i)) for i in sample_idx]
             embedded_now = len(ctx.store().missing(ids))
             embed_started = time.perf_counter()
             vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
@@ -118,7 +118,6 @@ def run_audit_labeled(
                 faces = bin_faces(ctx, Path(source)) if Path(source).is_file() else set_faces(ctx, source)
                 _add_leaks(audit, faces, vectors, labels, n_ids, thresholds.strict)
             _add_duplicates(labeled, audit, vectors, thresholds)
-            sample_idx = labeled.samples.column("sample_idx").to_numpy()
             replace_findings(ctx.con, labeled_set, ctx.store().key, run.run_id, audit.findings, sample_idx)
             report = workspace.root / "reports" / f"audit-labeled-{labeled_set}-{run.run_id}"
             report.mkdir(parents=True, exist_ok=True)

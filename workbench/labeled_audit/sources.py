@@ -14,9 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from workbench.curate.dedupe import group_labels
 from workbench.embed.compute import EmbedContext, embed_items, labeled_vectors
 from workbench.formats.binpairs import read_bin
 from workbench.labeled.access import LabeledSet
@@ -52,8 +51,7 @@ def bin_faces(ctx: EmbedContext, path: Path) -> EvalFaces:
     index = {k: i for i, k in enumerate(distinct)}
     ends = np.array([index[k] for k in keys]).reshape(-1, 2)
     same = ends[pairs.issame]
-    graph = coo_matrix((np.ones(len(same)), (same[:, 0], same[:, 1])), shape=(len(distinct),) * 2)
-    _, labels = connected_components(graph, directed=False)
+    labels = group_labels(len(distinct), same[:, 0], same[:, 1])
     data = dict(zip(keys, encoded, strict=True))
     ids = [BIN_PREFIX + k for k in distinct]
     embed_items(ctx, ids, lambda item: data[item.removeprefix(BIN_PREFIX)])
