@@ -160,7 +160,7 @@ def analysis_rate(n_ids: int, per_identity: int = 68, dim: int = 128, seed: int 
 
 def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from workbench.embed.models import ModelSpec
-    from workbench.embed.store import EmbeddingStore, labeled_item_id
+    from workbench.embed.store import EmbeddingStore
     from workbench.labeled.access import LabeledSet
     from workbench.labeled.pairs import write_pairs
     from workbench.labeled.register import register_labeled
@@ -194,7 +194,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with ws.connect(read_only=True) as con:
         labeled = LabeledSet(ws, con, "S")
         store = EmbeddingStore.open_existing(ws, con, spec)
-        ids = [labeled_item_id("S", int(i)) for i in labeled.samples.column("sample_idx").to_numpy()]
+        ids = labeled.item_ids()
         vectors = store.vectors(ids)
     scores = score(ws, truth, again, vectors, labeled.samples, labeled.identities)
     scores["embed_faces_per_s"] = first.embedded_now / max(first.embed_seconds, 1e-9)

@@ -30,8 +30,9 @@ from workbench.curate.calibrate import OverlapTargets
 from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import OverlapSettings, run_overlap
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import EmbeddingStore, labeled_item_id
+from workbench.embed.store import EmbeddingStore
 from workbench.ingest.pipeline import run_ingest
+from workbench.labeled import registry
 from workbench.labeled.register import register_labeled
 from workbench.manifest.workspace import Workspace
 
@@ -106,7 +107,7 @@ def main() -> None:
     # Baseline: cosine to each identity's normalised mean centre (all labeled faces), global threshold.
     samples = con.execute(f"SELECT sample_idx, label FROM labeled_samples WHERE set_name = '{SET}' "
                           "AND status = 'ok' ORDER BY sample_idx").fetchnumpy()
-    lab_vecs = store.vectors([labeled_item_id(SET, int(i)) for i in samples["sample_idx"]])
+    lab_vecs = store.vectors(registry.get(con, SET).item_ids(samples["sample_idx"]))
     n_ids = int(samples["label"].max()) + 1
     sums = np.zeros((n_ids, lab_vecs.shape[1]))
     np.add.at(sums, samples["label"], lab_vecs)

@@ -121,7 +121,7 @@ def test_name_conflict_and_remove(tmp_path, aligned_folder):
     add("s", str(aligned_folder), "--aligned", "-w", ws)
     other = make_rec(tmp_path / "other", [1])
     proc = wb("labeled", "add", "s", str(other), "-w", ws, check=False)
-    assert proc.returncode == 1 and "already exists" in proc.stderr
+    assert proc.returncode == 1 and "already registered with other contents" in proc.stderr
     wb("labeled", "remove", "s", "-w", ws)
     assert add("s", str(other), "-w", ws)["format"] == "rec"
 

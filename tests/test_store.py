@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import EmbeddingStore, labeled_item_id, read_vectors
+from workbench.embed.store import EmbeddingStore, read_vectors
+from workbench.errors import WorkbenchError
 from workbench.manifest.query import transaction
 from workbench.manifest.workspace import Workspace
 
@@ -64,7 +65,7 @@ def test_zero_erases_one_item_under_every_model_and_leaves_the_rest(ws, spec, tm
     other_weights = tmp_path / "other.onnx"
     other_weights.write_bytes(b"other model")
     other = ModelSpec("onnx", str(other_weights))
-    gone, kept = labeled_item_id("S", 3), "face1"
+    gone, kept = "S:r0123456789abcde:3", "face1"
     with ws.connect() as con:
         for model in (spec, other):
             with transaction(con):
@@ -79,5 +80,5 @@ def test_zero_erases_one_item_under_every_model_and_leaves_the_rest(ws, spec, tm
 def test_a_dimension_change_under_one_model_key_is_refused(ws, spec):
     with ws.connect() as con:
         EmbeddingStore(ws, con, spec, DIM)
-        with pytest.raises(ValueError, match="dim 4, now 8"):
+        with pytest.raises(WorkbenchError, match="4-d vectors, it now gives 8-d"):
             EmbeddingStore(ws, con, spec, 8)

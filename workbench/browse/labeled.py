@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from workbench.browse.app import database_label, load_fiftyone
-from workbench.browse.reviews import pull_reviews, review_tags
+from workbench.browse.reviews import pull_reviews
 from workbench.browse.sync import open_dataset, record_dataset
-from workbench.embed.store import labeled_item_id
+from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
+from workbench.labeled.registry import Registration, crop_cache
 from workbench.labeled_audit.evidence import Members
 from workbench.labeled_audit.findings import audited_model, read_findings
+from workbench.manifest.reviews import tags_of
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -35,9 +37,10 @@ CONTEXT = 6  # other faces shown of each identity with a finding
 BATCH = 1000
 
 
-def labeled_dataset_name(workspace: Workspace, set_name: str) -> str:
+def labeled_dataset_name(workspace: Workspace, registration: Registration) -> str:
+    """One App dataset per registration: a set registered again under its name gets a new one."""
     digest = hashlib.sha1(str(workspace.root).encode()).hexdigest()[:6]
-    return f"wb-{workspace.root.name}-{digest}-labeled-{set_name}"
+    return f"wb-{workspace.root.name}-{digest}-labeled-{registration.name}-{registration.id[:8]}"
 
 
 @dataclass
@@ -59,18 +62,17 @@ def run_labeled_sync(workspace: Workspace, set_name: str, *, dataset_name: str |
                      everything: bool = False, model_key: str | None = None,
                      progress: Callable[[int, int], None] | None = None) -> LabeledSyncResult:
     fo = load_fiftyone()
-    name = dataset_name or labeled_dataset_name(workspace, set_name)
+    with workspace.connect(read_only=True) as con:
+        registration = registry.get(con, set_name)
+    name = dataset_name or labeled_dataset_name(workspace, registration)
     params = {"labeled": set_name, "dataset": name, "all": everything, "model_key": model_key}
     with open_run(workspace, "browse labeled", params) as (con, run):
         model_key, _ = audited_model(con, set_name, model_key)
         findings = read_findings(con, set_name, model_key).to_pylist()
         dataset = open_dataset(fo, name, workspace, schema=_schema(fo))
         pulled = pull_reviews(con, dataset, run.run_id)
-        labeled = LabeledSet(workspace, con, set_name)
-        try:
-            samples = _samples(workspace, labeled, findings, everything, review_tags(con))
-        finally:
-            labeled.close()
+        with LabeledSet(workspace, con, set_name) as labeled:
+            samples = _samples(workspace, labeled, findings, everything, tags_of(con))
         existing = dict(zip(*dataset.values(["face_id", "id"]), strict=True))
         wanted = {s["face_id"] for s in samples}
         gone = [sid for face, sid in existing.items() if face not in wanted]
@@ -87,7 +89,8 @@ def run_labeled_sync(workspace: Workspace, set_name: str, *, dataset_name: str |
                 dataset.set_values(field, {s["face_id"]: s.get(field) for s in kept}, key_field="face_id")
         dataset.reload()
         views = _save_views(fo, dataset)
-        record_dataset(con, name, database_label(), None, None, len(dataset), run.run_id)
+        record_dataset(con, name, database_label(), None, None, len(dataset), run.run_id,
+                       registration=labeled.registration.id)
         result = LabeledSyncResult(dataset=name, labeled_set=set_name, samples=len(dataset),
                                    added=len(new), deleted=len(gone), reviews_pulled=pulled.added,
                                    model_key=model_key, saved_views=views, run_id=run.run_id)
@@ -144,7 +147,7 @@ def _samples(workspace: Workspace, labeled: LabeledSet, findings: list[dict[str,
             chosen.update(members.positions(label)[:CONTEXT].tolist())
     out = []
     for p in sorted(chosen):
-        face_id = labeled_item_id(labeled.name, int(sample_idx[p]))
+        face_id = labeled.registration.item_id(int(sample_idx[p]))
         entry = per_face.get(p, {"findings": []})
         out.append({"face_id": face_id, "filepath": _crop_path(workspace, labeled, p),
                     "identity": names[labels[p]], "sample_idx": int(sample_idx[p]),
@@ -159,7 +162,7 @@ def _crop_path(workspace: Workspace, labeled: LabeledSet, position: int) -> str:
     if crop_rel is not None:
         return str(workspace.root / crop_rel)
     idx = int(labeled.samples.column("sample_idx")[position].as_py())
-    path = workspace.root / "cache" / "labeled-crops" / labeled.name / f"{idx}.jpg"
+    path = crop_cache(workspace, labeled.registration) / f"{idx}.jpg"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(labeled.crop_bytes(position))

@@ -1,18 +1,5 @@
-"""Reviewers' tags from the FiftyOne App, mirrored into the manifest's `reviews` table.
-
-Tags and what `wb split` does with them:
-
-- `not_face`: excluded ("not a face (review)").
-- `overlap`: excluded as a known identity ("overlap (review)").
-- `duplicate`: excluded as a duplicate ("duplicate (review)").
-- `wrong_identity`: the suggested labeled identity is wrong, so an automatic
-  overlap or ambiguous exclusion is lifted.
-- `keep`: lifts an automatic duplicate or low-quality exclusion.
-
-On a labeled set's faces (`wb browse --labeled`), for `wb labeled clean`:
-`keep` protects a face from being dropped, `wrong_label` drops it, and
-`same_person` merges its label with the labels the audit found to be the
-same person.
+"""Reviewers' tags from the FiftyOne App, mirrored into the manifest (`manifest/reviews.py`
+owns the table and what each tag means).
 
 A pull makes the manifest match the tags on the samples it sees: new tags are
 added with the sample's last-modified time and the dataset as the source,
@@ -28,11 +15,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from workbench.embed.store import LABELED_PREFIX
+from workbench.labeled.registry import ITEM_PREFIX
+from workbench.manifest import reviews
 from workbench.manifest.query import registered, transaction
 from workbench.results import Result
-
-REVIEW_TAGS = ("not_face", "wrong_identity", "overlap", "duplicate", "keep", "wrong_label", "same_person")
 
 
 @dataclass
@@ -49,25 +35,20 @@ def pull_reviews(con: duckdb.DuckDBPyConnection, dataset: Any, run_id: str) -> R
     """Mirror the review tags of `dataset`'s samples into `reviews`; counts of what changed."""
     face_ids, tags, modified = dataset.values(["face_id", "tags", "last_modified_at"])
     seen = {(f, t): m for f, ts, m in zip(face_ids, tags, modified, strict=True)
-            for t in ts or [] if t in REVIEW_TAGS}
+            for t in ts or [] if t in reviews.TAGS}
     with registered(con, seen_faces=pa.table({"face_id": pa.array(face_ids, pa.string())})):
-        stored = set(con.execute(
-            "SELECT r.face_id, r.tag FROM reviews r JOIN seen_faces USING (face_id)").fetchall())
+        stored = reviews.stored_for(con, "seen_faces")
         known = {r[0] for r in con.execute(
             "SELECT face_id FROM faces JOIN seen_faces USING (face_id) UNION "
             "SELECT s.face_id FROM seen_faces s JOIN labeled_samples l "
-            "ON s.face_id = ? || l.set_name || ':' || l.sample_idx", [LABELED_PREFIX]).fetchall()}
+            "JOIN labeled_sets ls ON ls.name = l.set_name "
+            "ON s.face_id = ? || ls.registration || ':' || l.sample_idx", [ITEM_PREFIX]).fetchall()}
     source = f"fiftyone:{dataset.name}"
     added = [(f, t, _naive_utc(m), source, run_id) for (f, t), m in seen.items()
              if (f, t) not in stored and f in known]
     removed = [key for key in stored if key not in seen]
     with transaction(con):
-        if added:
-            con.executemany("INSERT INTO reviews (face_id, tag, reviewed_at, source, run_id) "
-                            "VALUES (?, ?, ?, ?, ?)", added)
-        if removed:
-            con.executemany("DELETE FROM reviews WHERE face_id = ? AND tag = ?", removed)
-    by_tag = dict(con.execute("SELECT tag, count(*) FROM reviews GROUP BY tag ORDER BY tag").fetchall())
+        by_tag = reviews.record(con, added, removed)
     return ReviewPull(dataset.name, len(added), len(removed), by_tag)
 
 
@@ -75,11 +56,3 @@ def _naive_utc(moment: datetime | None) -> datetime:
     if moment is None:
         return datetime.now(UTC).replace(tzinfo=None)
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-
-
-def review_tags(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Face id -> its review tags, to put back on samples a sync (re)creates."""
-    tags: dict[str, list[str]] = {}
-    for face_id, tag in con.execute("SELECT face_id, tag FROM reviews ORDER BY face_id, tag").fetchall():
-        tags.setdefault(face_id, []).append(tag)
-    return tags

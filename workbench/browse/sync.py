@@ -20,12 +20,14 @@ import numpy as np
 from workbench.browse.app import database_label, load_fiftyone
 from workbench.browse.fields import sample_schema
 from workbench.browse.raw_writer import Facts, RawWriter
-from workbench.browse.reviews import ReviewPull, pull_reviews, review_tags
+from workbench.browse.reviews import ReviewPull, pull_reviews
 from workbench.browse.selection import face_facts, latest_score_run
-from workbench.embed.store import UNLABELED_ITEMS_SQL, read_vectors
+from workbench.embed.store import read_vectors
 from workbench.errors import WorkbenchError
 from workbench.faces.quality import MIN_QUALITY
+from workbench.labeled.registry import UNLABELED_ITEMS_SQL
 from workbench.manifest.query import one, transaction
+from workbench.manifest.reviews import tags_of
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -107,12 +109,14 @@ def embeddings_plot(workspace: Workspace, con: duckdb.DuckDBPyConnection, datase
 
 
 def record_dataset(con: duckdb.DuckDBPyConnection, name: str, database: str, where: str | None,
-                   score_run: str | None, n_samples: int, run_id: str) -> None:
-    """Remember a synced dataset (erasures reach into it later)."""
+                   score_run: str | None, n_samples: int, run_id: str,
+                   registration: str | None = None) -> None:
+    """Remember a synced dataset (erasures reach into it later; `registration`: the labeled-set
+    registration it shows, whose removal deletes it)."""
     with transaction(con):
         con.execute("INSERT OR REPLACE INTO browse_datasets (name, database, where_sql, score_run, "
-                    "n_samples, synced_at, run_id) VALUES (?, ?, ?, ?, ?, now(), ?)",
-                    [name, database, where, score_run, n_samples, run_id])
+                    "n_samples, synced_at, run_id, registration) VALUES (?, ?, ?, ?, ?, now(), ?, ?)",
+                    [name, database, where, score_run, n_samples, run_id, registration])
 
 
 @dataclass
@@ -151,7 +155,7 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
         new = [i for i, f in enumerate(facts.columns["face_id"]) if f not in present]
         writer = RawWriter(fo, dataset, facts)
         changed = writer.update_changed()
-        writer.add_new(new, review_tags(con), progress)
+        writer.add_new(new, tags_of(con), progress)
         dataset.reload()
         views = save_views(fo, dataset)
         plotted = embeddings_plot(workspace, con, dataset) if plot else 0
@@ -173,6 +177,17 @@ def run_review_pull(workspace: Workspace, *, dataset_name: str | None = None) ->
         result = pull_reviews(con, open_dataset(fo, name, workspace), run.run_id)
         run.counts = result.as_dict()
         return result
+
+
+def delete_datasets(names: list[str]) -> list[str]:
+    """Delete these App datasets (of a labeled registration that is gone); the names deleted."""
+    if not names:
+        return []
+    fo = load_fiftyone()
+    gone = [name for name in names if fo.dataset_exists(name)]
+    for name in gone:
+        fo.delete_dataset(name)
+    return gone
 
 
 def forget_samples(con: duckdb.DuckDBPyConnection, face_ids: list[str]) -> int:

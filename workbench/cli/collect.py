@@ -30,7 +30,7 @@ def ingest(
     )] = False,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes.", show_default="all cores")] = None,
-    detector: DetectorOpt = "dlib",
+    detector: DetectorOpt = None,
     det_threshold: Annotated[float | None, typer.Option(
         help="Detector score threshold; lower finds more faces and more false ones.",
         show_default="dlib 0.0, YuNet 0.7, SCRFD 0.5")] = None,
@@ -127,12 +127,17 @@ def print_set(summary: LabeledSetSummary) -> None:
     rows: list[tuple[str, Any]] = [
         ("path", summary.path), ("format", summary.format), ("aligned", summary.aligned),
         ("identities", summary.identities), ("images", summary.images),
+        ("detector", summary.detector or "none (aligned crops)"), ("registration", summary.registration),
     ]
     rows += [(f"rejected: {reason}", n) for reason, n in summary.rejected.items()]
     if summary.empty_identities:
         examples = ", ".join(summary.empty_identity_examples[:3])
         rows.append(("identities without images", f"{summary.empty_identities} ({examples})"))
+    if summary.replaced:
+        rows.append(("replaced", ", ".join(f"{n} {table}" for table, n in summary.replaced.items())))
     out.print(kv_table(f"labeled set {summary.name}", rows))
+    for note in summary.notes:
+        out.print(f"[yellow]note:[/] {note}")
 
 
 @labeled_app.command("add")
@@ -152,18 +157,22 @@ def labeled_add(
     label_column: Annotated[str, typer.Option(help="HF label column.")] = "label",
     workers: Annotated[int | None, typer.Option(
         help="Worker processes for detection.", show_default="all cores")] = None,
-    detector: DetectorOpt = "dlib",
+    detector: DetectorOpt = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="If NAME is registered with other contents, remove that registration and "
+                          "everything derived from it (vectors, centres, overlap, findings) first.")] = False,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a labeled set: its identity list and sample index, not its pixels."""
-    from workbench.labeled.register import register_labeled
+    from workbench.governance.registrations import run_labeled_add
 
     with progress_bar(f"labeled add {name}", enabled=not as_json) as update:
-        summary = register_labeled(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
-                                   image_column=image_column, label_column=label_column,
-                                   workers=workers, ray=ray, detector=detector, progress=update)
+        summary = run_labeled_add(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
+                                  image_column=image_column, label_column=label_column,
+                                  workers=workers, ray=ray, detector=detector, progress=update,
+                                  replace=replace)
     if as_json:
         print_json(summary)
     else:
@@ -184,7 +193,8 @@ def labeled_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> No
         print_json(sets)
         return
     out.print(rows_table("labeled sets", [
-        {k: getattr(s, k) for k in ("name", "format", "identities", "images", "path")} for s in sets]))
+        {k: getattr(s, k) or "-" for k in ("name", "format", "identities", "images", "detector", "path")}
+        for s in sets]))
 
 
 @labeled_app.command("remove")
@@ -193,12 +203,15 @@ def labeled_remove(
     name: Annotated[str, typer.Argument(help="The set to forget.")],
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Forget a labeled set's registration; its files are not touched."""
-    from workbench.labeled.register import remove_set
+    """Forget a labeled set's registration and everything derived from it (vectors, centres,
+    calibrations, overlap rows, findings, reviews, App datasets); its files are not touched."""
+    from workbench.governance.registrations import run_labeled_remove
 
-    summary = remove_set(Workspace.at(workspace), name)
+    summary = run_labeled_remove(Workspace.at(workspace), name)
+    derived = ", ".join(f"{n} {t}" for t, n in summary.removed_rows.items()
+                        if t not in ("labeled_samples", "labeled_identities"))
     out.print(f"removed labeled set {name} ({summary.identities} identities, "
-              f"{summary.images} images)")
+              f"{summary.images} images){'; with ' + derived if derived else ''}")
 
 
 @labeled_app.command("pairs")

@@ -28,9 +28,10 @@ ModelOpt = Annotated[str, typer.Option(
 ModelNormOpt = Annotated[str | None, typer.Option(
     help="ONNX input scaling MEAN,STD, e.g. 127.5,127.5.",
     show_default="the model's metadata, else InsightFace's")]
-DetectorOpt = Annotated[str, typer.Option(
+DetectorOpt = Annotated[str | None, typer.Option(
     help="Face detector: dlib (HOG, packaged), yunet[:PATH] (small faces; PATH or $WB_YUNET_MODEL), "
-         "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).")]
+         "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).",
+    show_default="the workspace's (recorded with its first faces; dlib in a new workspace)")]
 PerIdentityOpt = Annotated[int, typer.Option(help="Labeled faces per identity centre.")]
 SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
 FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the work).")]

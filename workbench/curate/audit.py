@@ -11,6 +11,7 @@ a lower bound.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,10 +69,11 @@ def run_audit(
     params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
               "fpir": settings.targets.fpir, "threshold": settings.threshold}
     with embedding_run(workspace, "audit overlap", params, model=model, flip=flip, workers=workers,
-                       progress=progress, ray=ray) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run), \
+            ExitStack() as stack:
         con = ctx.con
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
-        labeled = LabeledSet(workspace, con, labeled_set)
+        labeled = stack.enter_context(LabeledSet(workspace, con, labeled_set))
         positions = centres.sample_positions
         labels = labeled.labels[positions]
         vectors = labeled_vectors(ctx, labeled, positions)

@@ -40,7 +40,8 @@ from workbench.errors import WorkbenchError
 from workbench.faces.copies import web_copy
 from workbench.formats.images import decode_crops
 from workbench.ingest.hashing import phash64
-from workbench.labeled.access import LabeledSet, only_labeled_set
+from workbench.labeled import registry
+from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -87,18 +88,18 @@ def _stored(ctx: EmbedContext, kind: str, labeled: LabeledSet, settings: dict[st
             fresh: bool, run_id: str, compute: Any) -> dict[str, Any]:
     """The stored result for these inputs, or `compute()` stored now."""
     store = ctx.store()
-    registration = one(ctx.con, "SELECT run_id FROM labeled_sets WHERE name = ?", [labeled.name])
-    cal_id = _calibration_id(kind, store.key, labeled, str(registration[0] if registration else ""),
-                             settings)
+    registration = labeled.registration.id
+    cal_id = _calibration_id(kind, store.key, labeled, registration, settings)
     if not fresh:
         row = one(ctx.con, "SELECT result FROM calibrations WHERE calibration_id = ?", [cal_id])
         if row is not None:
             return {**json.loads(row[0]), "calibration_id": cal_id, "reused": True}
     result = compute()
     ctx.con.execute("INSERT OR REPLACE INTO calibrations (calibration_id, kind, model_key, labeled_set, "
-                    "settings, result, created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, now(), ?)",
+                    "settings, result, created_at, run_id, registration) "
+                    "VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?)",
                     [cal_id, kind, store.key, labeled.name, json.dumps(settings),
-                     json.dumps(result, default=float), run_id])
+                     json.dumps(result, default=float), run_id, registration])
     return {**result, "calibration_id": cal_id, "reused": False}
 
 
@@ -194,17 +195,14 @@ def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str |
     params = {"labeled": labeled_set, "overlap": asdict(overlap), "dedupe": asdict(dedupe), "fresh": fresh}
     with embedding_run(workspace, "calibrate", params, model=model, flip=flip, workers=workers,
                        progress=progress, ray=ray) as (ctx, run):
-        name = labeled_set or only_labeled_set(ctx.con)
+        name = labeled_set or registry.only_one(ctx.con)
         if name is None:
             raise WorkbenchError("name the labeled set to calibrate on: --labeled NAME")
-        labeled = LabeledSet(workspace, ctx.con, name)
-        try:
+        with LabeledSet(workspace, ctx.con, name) as labeled:
             result = CalibrateResult(
                 labeled_set=name, model_key=ctx.store().key,
                 overlap=overlap_calibration(ctx, labeled, overlap, run.run_id, fresh).as_dict(),
                 dedupe=dedupe_calibration(ctx, labeled, dedupe, run.run_id, fresh).as_dict(),
                 run_id=run.run_id)
-        finally:
-            labeled.close()
         run.counts = result.as_dict()
         return result

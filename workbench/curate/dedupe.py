@@ -25,7 +25,8 @@ from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
-from workbench.labeled.access import LabeledSet, only_labeled_set
+from workbench.labeled import registry
+from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -117,15 +118,12 @@ def run_dedupe(
         con = ctx.con
         embed_unlabeled(ctx)
         calibration = None
-        name = labeled_set or only_labeled_set(con)
+        name = labeled_set or registry.only_one(con)
         if thresholds is not None:
             mode = "fixed"
         elif name is not None:
-            labeled = LabeledSet(workspace, con, name)
-            try:
+            with LabeledSet(workspace, con, name) as labeled:
                 calibration = dedupe_calibration(ctx, labeled, targets, run.run_id)
-            finally:
-                labeled.close()
             thresholds, mode = calibration.thresholds(), f"calibrated on {name}"
         else:
             thresholds, mode = DedupeThresholds(), "defaults (no labeled set to calibrate on)"

@@ -25,6 +25,7 @@ any number of identities. An explicit `threshold` replaces the first.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ from workbench.embed.compute import (
     labeled_vectors,
 )
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
@@ -162,14 +162,15 @@ def run_overlap(
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, **asdict(settings)}
     with embedding_run(workspace, "overlap", params, model=model, flip=flip, workers=workers,
-                       progress=progress, ray=ray) as (ctx, run):
+                       progress=progress, ray=ray) as (ctx, run), \
+            ExitStack() as stack:
         con = ctx.con
         embed_unlabeled(ctx)
         centres = ensure_centres(ctx, labeled_set, settings.per_identity, settings.seed)
         if centres.valid.sum() < 2:
             raise WorkbenchError(f"labeled set {labeled_set} needs at least two identities with faces")
         store = ctx.store()
-        labeled = LabeledSet(workspace, con, labeled_set)
+        labeled = stack.enter_context(LabeledSet(workspace, con, labeled_set))
         sample_vecs = labeled_vectors(ctx, labeled, centres.sample_positions)
         sample_labels = labeled.labels[centres.sample_positions]
         gallery = Gallery.build(centres.vectors, centres.valid, sample_vecs, sample_labels)
@@ -188,9 +189,8 @@ def run_overlap(
                                  calibration.copy_threshold, calibration.same_photo_from, cluster)
             decision = np.where(copies.copy, "copy", np.where(copies.found, "overlap", decision))
             label = np.where(copies.found, labeled.labels[np.maximum(copies.index, 0)], label)
-        _write(con, labeled_set, scores, c_score[scores.cluster], decision, label,
-               model_key=store.key, run_id=run.run_id, copies=copies,
-               sample_idx=labeled.samples.column("sample_idx").to_numpy())
+        _write(con, labeled, scores, c_score[scores.cluster], decision, label,
+               model_key=store.key, run_id=run.run_id, copies=copies)
         result = OverlapResult(
             labeled_set=labeled_set, model_key=store.key, faces=len(face_ids),
             **{d: int((decision == d).sum()) for d in DECISIONS},
@@ -205,13 +205,13 @@ def run_overlap(
         return result
 
 
-def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
+def _write(con: duckdb.DuckDBPyConnection, labeled: LabeledSet, scores: FaceScores,
            cluster_score: np.ndarray, decision: np.ndarray, label: np.ndarray, *, model_key: str,
-           run_id: str, copies: Copies | None, sample_idx: np.ndarray) -> None:
+           run_id: str, copies: Copies | None) -> None:
     n = len(scores.face_ids)
     copy_of = [None] * n if copies is None else [
-        labeled_item_id(labeled_set, int(sample_idx[i])) if found else None
-        for found, i in zip(copies.found, copies.index, strict=True)]
+        item if found else None
+        for found, item in zip(copies.found, labeled.item_ids(np.maximum(copies.index, 0)), strict=True)]
     copy_sim = np.full(n, np.nan, np.float32) if copies is None else copies.similarity
     table = pa.table({
         "face_id": pa.array(scores.face_ids, pa.string()),
@@ -226,11 +226,12 @@ def _write(con: duckdb.DuckDBPyConnection, labeled_set: str, scores: FaceScores,
         "copy_similarity": pa.array(copy_sim.astype(np.float32), from_pandas=True),
     })
     with registered(con, overlap_rows=table), transaction(con):
-        con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled_set])
+        con.execute("DELETE FROM overlap WHERE labeled_set = ?", [labeled.name])
         con.execute("INSERT INTO overlap (face_id, labeled_set, nearest_label, similarity, score, "
-                    "cluster_score, decision, run_id, copy_of, copy_similarity) "
+                    "cluster_score, decision, run_id, copy_of, copy_similarity, registration) "
                     "SELECT face_id, ?, nearest_label, similarity, score, cluster_score, decision, ?, "
-                    "copy_of, copy_similarity FROM overlap_rows", [labeled_set, run_id])
+                    "copy_of, copy_similarity, ? FROM overlap_rows",
+                    [labeled.name, run_id, labeled.registration.id])
         con.execute("DELETE FROM clusters")
         con.execute("INSERT INTO clusters (face_id, cluster_id, model_key, run_id) "
                     "SELECT face_id, cluster_id, ?, ? FROM overlap_rows",

@@ -5,7 +5,7 @@
   `overlap` or `duplicate` tag; `copy of a labeled photo`, `overlap` or
   `ambiguous overlap` with a labeled set (unless reviewed `wrong_identity`); `duplicate` (not its group's
   representative) or `low quality` (unless reviewed `keep`). See
-  `workbench.browse.reviews` for the tags.
+  `workbench.manifest.reviews` for the tags.
 - `eval_unknown`: whole clusters of clean faces held out for rejection tests, so
   no photo of a held-out person is trained on.
 - `train_unlabeled`: the remaining clean representatives.
@@ -20,6 +20,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.query import one, transaction
+from workbench.manifest.reviews import verdicts_view
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -71,23 +72,19 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
                 INSERT INTO splits (image_id, face_id, split, reason, run_id)
                 SELECT i.image_id, NULL, 'excluded', coalesce(i.reason, 'no face'), ?
                 FROM images i WHERE i.status <> 'ok'""", [run.run_id])
-            con.execute("""
+            verdicts = verdicts_view(con)
+            con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE face_reasons AS
-                WITH tagged AS (
-                    SELECT face_id, list(tag) AS tags FROM reviews GROUP BY face_id
-                )
                 SELECT f.face_id, f.image_id, c.cluster_id,
                     CASE
-                        WHEN list_contains(any_value(r.tags), 'not_face') THEN 'not a face (review)'
-                        WHEN list_contains(any_value(r.tags), 'overlap') THEN 'overlap (review)'
-                        WHEN list_contains(any_value(r.tags), 'duplicate') THEN 'duplicate (review)'
-                        WHEN list_contains(any_value(r.tags), 'wrong_identity') THEN NULL
+                        WHEN any_value(r.excluded_reason) IS NOT NULL THEN any_value(r.excluded_reason)
+                        WHEN any_value(r.lifts_identity) THEN NULL
                         WHEN bool_or(o.decision = 'copy') THEN 'copy of a labeled photo'
                         WHEN bool_or(o.decision = 'overlap') THEN 'overlap'
                         WHEN bool_or(o.decision = 'ambiguous') THEN 'ambiguous overlap'
                     END AS identity_reason,
                     CASE
-                        WHEN list_contains(any_value(r.tags), 'keep') THEN NULL
+                        WHEN any_value(r.lifts_auto) THEN NULL
                         WHEN NOT any_value(coalesce(d.is_representative, true)) THEN 'duplicate'
                         WHEN any_value(f.quality) < ? THEN 'low quality'
                     END AS auto_reason,
@@ -96,7 +93,7 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
                 LEFT JOIN overlap o USING (face_id)
                 LEFT JOIN dups d USING (face_id)
                 LEFT JOIN clusters c USING (face_id)
-                LEFT JOIN tagged r USING (face_id)
+                LEFT JOIN {verdicts} r USING (face_id)
                 GROUP BY f.face_id, f.image_id, c.cluster_id""", [min_quality])
             sizes = dict(con.execute(
                 "SELECT coalesce(cluster_id, face_id), count(*) FROM face_reasons "

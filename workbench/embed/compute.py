@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -18,7 +19,7 @@ import numpy as np
 
 from workbench.cluster import RayMapper, nodes_used, work_mapper
 from workbench.embed.models import ModelSpec, load_embedder
-from workbench.embed.store import EmbeddingStore, centres_path, labeled_item_id
+from workbench.embed.store import EmbeddingStore, centres_path
 from workbench.formats.images import decode_crops
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one, transaction
@@ -116,8 +117,7 @@ def unit_centres(vectors: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.nd
 
 def embed_labeled(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> list[str]:
     """Embed the labeled samples at `positions` that have no vector yet; their item ids."""
-    sample_idx = labeled.samples.column("sample_idx").to_numpy()[positions]
-    ids = [labeled_item_id(labeled.name, int(i)) for i in sample_idx]
+    ids = labeled.item_ids(positions)
     by_id = dict(zip(ids, positions.tolist(), strict=True))
     embed_items(ctx, ids, lambda item: labeled.crop_bytes(by_id[item]))
     return ids
@@ -129,26 +129,26 @@ def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarra
 
 
 def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: int) -> Centres:
-    """Embed sampled faces of each labeled identity and average them into unit centres."""
-    labeled = LabeledSet(ctx.workspace, ctx.con, set_name)
-    try:
+    """Embed sampled faces of each labeled identity and average them into unit centres (kept per
+    registration of the set, so a set registered again under the same name never reuses them)."""
+    with LabeledSet(ctx.workspace, ctx.con, set_name) as labeled:
         positions = sample_per_identity(labeled.labels, per_identity, seed)
         ids = embed_labeled(ctx, labeled, positions)
-    finally:
-        labeled.close()
+    registration = labeled.registration.id
     store = ctx.store()
-    path = centres_path(store, set_name, per_identity, seed)
-    recorded = one(ctx.con, "SELECT path FROM centres WHERE model_key = ? AND set_name = ? "
-                   "AND per_identity = ? AND seed = ?", [store.key, set_name, per_identity, seed])
+    path = centres_path(store, registration, per_identity, seed)
+    recorded = one(ctx.con, "SELECT path FROM centres WHERE model_key = ? AND registration = ? "
+                   "AND per_identity = ? AND seed = ?", [store.key, registration, per_identity, seed])
     n_ids = len(labeled.identities)
-    if recorded is None or not path.exists():
+    if recorded is None or not Path(recorded[0]).exists():
         centres, _ = unit_centres(store.vectors(ids), labeled.labels[positions], n_ids)
         np.save(path, centres)
         ctx.con.execute("INSERT OR REPLACE INTO centres (model_key, set_name, per_identity, seed, path, "
-                        "n_identities, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, now())",
-                        [store.key, set_name, per_identity, seed, str(path), n_ids])
-    centres = np.load(path)
+                        "n_identities, created_at, registration) "
+                        "VALUES (?, ?, ?, ?, ?, ?, now(), ?)",
+                        [store.key, set_name, per_identity, seed, str(path), n_ids, registration])
+        recorded = (str(path),)
+    centres = np.load(recorded[0])
     return Centres(centres, np.linalg.norm(centres, axis=1) > 0, positions)
 
 

@@ -2,8 +2,8 @@
 
 Vectors are appended and fsynced before their rows are committed, so a crash
 leaves at most unreferenced rows at the end of the file, never a referenced
-row without its vector. Item ids: a face id for unlabeled faces,
-`S:<set>:<sample_idx>` for labeled samples.
+row without its vector. Item ids: a face id for unlabeled faces; for labeled
+samples, the key their registration gives them (`labeled/registry.py`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.embed.models import ModelSpec
+from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, registered
 from workbench.manifest.workspace import Workspace
-
-LABELED_PREFIX = "S:"
-UNLABELED_ITEMS_SQL = f"item_id NOT LIKE '{LABELED_PREFIX}%'"  # a condition on the embeddings table
-
-
-def labeled_item_id(set_name: str, sample_idx: int) -> str:
-    return f"{LABELED_PREFIX}{set_name}:{sample_idx}"
 
 
 def vectors_path(workspace: Workspace, model_key: str) -> Path:
@@ -44,7 +38,8 @@ class EmbeddingStore:
                         "VALUES (?, ?, ?, ?, ?, now())",
                         [self.key, spec.kind, spec.path, spec.flip, dim])
         elif existing[0] != dim:
-            raise ValueError(f"model {self.key} recorded with dim {existing[0]}, now {dim}")
+            raise WorkbenchError(f"model {self.key} was recorded with {existing[0]}-d vectors, it now "
+                                 f"gives {dim}-d: its weights file changed under the same hash key")
 
     @classmethod
     def open_existing(cls, workspace: Workspace, con: duckdb.DuckDBPyConnection,
@@ -136,5 +131,6 @@ def read_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, model_key
     return found, np.asarray(matrix[hits["row"]])
 
 
-def centres_path(store: EmbeddingStore, set_name: str, per_identity: int, seed: int) -> Path:
-    return store.dir / f"centres_{set_name}_k{per_identity}_s{seed}.npy"
+def centres_path(store: EmbeddingStore, registration: str, per_identity: int, seed: int) -> Path:
+    """Identity centres of one labeled-set registration (`labeled/registry.py`)."""
+    return store.dir / f"centres_{registration}_k{per_identity}_s{seed}.npy"

@@ -56,14 +56,11 @@ def verification(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
         issame, folds = pairs.issame, np.arange(len(pairs.issame)) * 10 // len(pairs.issame)
         source = str(pairs_file)
     else:
-        labeled = LabeledSet(ws, con, pairs_from)
-        try:
+        with LabeledSet(ws, con, pairs_from) as labeled:
             a, b, folds = generate_pairs(labeled.labels, n_folds=10, pairs_per_fold=600, seed=0)
             needed = np.unique(np.r_[a, b])
             emb_of = dict(zip(needed.tolist(), run.embed_encoded([labeled.crop_bytes(int(i))
                                                                     for i in needed]), strict=True))
-        finally:
-            labeled.close()
         left = np.stack([emb_of[int(i)] for i in a])
         right = np.stack([emb_of[int(i)] for i in b])
         issame = labeled.labels[a] == labeled.labels[b]
@@ -90,14 +87,11 @@ def _face_crops(ws: Workspace, con: duckdb.DuckDBPyConnection, split: str, limit
 def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
              unlabeled_sample: int = MSP_SAMPLE) -> tuple[dict, dict]:
     held = run.snapshot.get("holdout_sample_idx", [])
-    labeled = LabeledSet(ws, con, run.config.labeled)
-    try:
+    with LabeledSet(ws, con, run.config.labeled) as labeled:
         position = {int(s): i for i, s in enumerate(labeled.samples.column("sample_idx").to_numpy())}
         pos = [position[s] for s in held if s in position]
         known = run.embed_encoded([labeled.crop_bytes(p) for p in pos])
         known_labels = labeled.labels[pos]
-    finally:
-        labeled.close()
     unknown = run.embed_encoded(_face_crops(ws, con, "eval_unknown"))
     unlabeled = run.embed_encoded(_face_crops(ws, con, run.config.unlabeled_split, unlabeled_sample))
     msp_known, pred_known, _ = m.softmax_stats(run.logits(known)) if len(known) else (np.empty(0),) * 3

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,6 +62,30 @@ class DetectorSpec:
     @property
     def key(self) -> str:
         return f"{self.kind}-{file_sha256(self.path)[:12]}"
+
+    def to_record(self) -> dict[str, Any]:
+        """What a manifest stores: enough to rebuild this spec, and to notice changed weights."""
+        return {"kind": self.kind, "path": self.path, "sha256": file_sha256(self.path),
+                "threshold": self.threshold, "upsample": self.upsample, "key": self.key}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DetectorSpec:
+        """The spec a record describes; a one-line error when its weights moved or changed.
+
+        A key is never parsed as option text: only a record rebuilds a spec."""
+        path = Path(record["path"])
+        if record["kind"] == "dlib" and not path.is_file():  # the packaged model of another install
+            path = Path(model_path("shape_predictor_68_face_landmarks.dat"))
+        if not path.is_file():
+            raise WorkbenchError(f"the {record['kind']} detector's weights are gone from {path}; put "
+                                 f"the file (sha256 {record['sha256'][:12]}...) back there, or name "
+                                 f"one with --detector")
+        spec = cls(record["kind"], str(path), record.get("threshold"), int(record.get("upsample") or 0))
+        if file_sha256(str(path)) != record["sha256"]:
+            raise WorkbenchError(f"the {record['kind']} detector's weights at {path} changed since they "
+                                 f"were recorded (sha256 {record['sha256'][:12]}...); restore them, or "
+                                 f"name the new file with --detector in a new workspace")
+        return spec
 
 
 @lru_cache(maxsize=4)

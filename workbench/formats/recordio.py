@@ -373,3 +373,37 @@ def rec_layout(reader: RecordIOReader) -> RecLayout:
                 if header.flag >= 2 else (0, 0)
         return RecLayout(np.arange(1, id_start, dtype=np.int64), spans)
     return RecLayout(np.sort(reader.keys), None)
+
+
+def erase_records(rec_path: str | os.PathLike[str], keys: list[int]) -> int:
+    """Overwrite the image bytes of the records with these keys with zeros, in place (an erasure:
+    every other record keeps its offset, so the index and other locators stay valid). Records
+    erased; their headers (label) remain and they no longer decode as images."""
+    if not keys:
+        return 0
+    with RecordIOReader(rec_path) as reader:
+        lookup = _KeyLookup(reader.keys)
+        offsets = [int(reader.offsets[lookup[int(k)]]) for k in keys]
+        size = reader.size
+    with open(rec_path, "r+b") as handle:
+        for offset in offsets:
+            first = True
+            while offset + 8 <= size:
+                handle.seek(offset)
+                magic, lrec = struct.unpack("<II", handle.read(8))
+                if magic != MAGIC:
+                    raise RecordIOError(f"bad magic 0x{magic:08X} at offset {offset}: not a RecordIO record")
+                cflag, length = lrec >> 29, lrec & LENGTH_MASK
+                skip = 0
+                if first:
+                    (flag,) = struct.unpack("<I", handle.read(4))
+                    skip = min(length, IR_HEADER.size + 4 * flag)
+                handle.seek(offset + 8 + skip)
+                handle.write(b"\0" * (length - skip))
+                offset += 8 + length + _pad(length)
+                first = False
+                if cflag in (0, 3):
+                    break
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(offsets)

@@ -6,7 +6,9 @@ samples), crop files, embedding vectors (overwritten with zeros in the
 append-only matrices), identity centres built from erased labeled faces,
 reports that name erased faces, reviews, and the samples of every FiftyOne
 dataset the workspace synced. Exports that contained erased faces are
-marked stale and listed. FAISS indexes are never persisted, so there is none
+marked stale and listed. A person forgotten in a labeled set is followed into
+its cleaned copies (`lineage.py`): their samples, files and mapping rows go too,
+and the erasure record lists each copy. FAISS indexes are never persisted, so there is none
 to rebuild. Finally the manifest is rewritten into a fresh file, so deleted
 rows cannot be recovered from free pages of the old one. What stays is a
 tombstone in `wb_erasures`: the kind of request, when, why, and counts.
@@ -14,17 +16,23 @@ tombstone in `wb_erasures`: the kind of request, when, why, and counts.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from workbench.browse.sync import forget_samples
-from workbench.embed.store import EmbeddingStore, labeled_item_id
+from workbench.embed.store import EmbeddingStore
 from workbench.errors import WorkbenchError
+from workbench.governance.lineage import ERASED, CopyErasure, copies_of, erase_copy_files
+from workbench.labeled import registry
+from workbench.labeled.registry import crop_cache
 from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -36,14 +44,25 @@ class Targets:
     face_ids: list[str] = field(default_factory=list)
     samples: list[tuple[str, int]] = field(default_factory=list)  # (set, sample_idx)
     urls: list[str] = field(default_factory=list)
+    copies: list[CopyErasure] = field(default_factory=list)  # cleaned copies holding the person
+    labels: dict[str, list[int]] = field(default_factory=dict)  # set -> the person's labels there
 
 
 def find_targets(con: duckdb.DuckDBPyConnection, *, identity: str | None, source: str | None,
                  image: str | None, url: str | None) -> Targets:
     t = Targets()
     if identity:
+        for set_name, label in con.execute("SELECT set_name, label FROM labeled_identities "
+                                           "WHERE identity = ?", [identity]).fetchall():
+            t.labels.setdefault(set_name, []).append(int(label))
+        t.copies = copies_of(con, {s: set(labels) for s, labels in t.labels.items()})
+        for copy in t.copies:
+            t.labels.setdefault(copy.set_name, []).extend(copy.labels)
         t.samples = [(s, int(i)) for s, i in con.execute(
-            "SELECT set_name, sample_idx FROM wb_labeled_samples WHERE identity = ?", [identity]).fetchall()]
+            "SELECT s.set_name, s.sample_idx FROM labeled_samples s JOIN (SELECT unnest(?::VARCHAR[]) AS "
+            "set_name, unnest(?::INTEGER[][]) AS labels) w ON s.set_name = w.set_name "
+            "AND list_contains(w.labels, s.label) ORDER BY 1, 2",
+            [list(t.labels), list(t.labels.values())]).fetchall()]
         t.face_ids = [r[0] for r in con.execute(
             "SELECT face_id FROM wb_overlap WHERE nearest_identity = ? AND decision <> 'clean'",
             [identity]).fetchall()]
@@ -110,6 +129,7 @@ class ForgetResult(Result):
     fiftyone_samples: int = 0
     embedding_rows: int = 0
     reports_removed: int = 0
+    cleaned_copies: list[dict[str, Any]] = field(default_factory=list)  # erased there too
 
 
 def run_forget(workspace: Workspace, *, identity: str | None = None, source: str | None = None,
@@ -164,13 +184,15 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
         summary = ForgetResult(
             run_id=run.run_id, request=request, images=len(t.image_ids), faces=len(t.face_ids),
             labeled_samples=len(t.samples), urls=len(t.urls), crop_files=len(crops),
-            stale_exports=[{"export_id": e, "out": o} for e, o in stale], dry_run=dry_run)
+            stale_exports=[{"export_id": e, "out": o} for e, o in stale], dry_run=dry_run,
+            cleaned_copies=[{"set": c.set_name, "path": c.path, "samples": len(c.samples)} for c in t.copies])
         if dry_run:
             run.counts = summary.as_dict()
             return summary
         # first, so that an unreachable FiftyOne database stops the erasure before anything changed
         summary.fiftyone_samples = forget_samples(con, t.face_ids)
-        item_ids = t.face_ids + [labeled_item_id(s, i) for s, i in t.samples]
+        regs = {name: registry.get(con, name) for name in {s for s, _ in t.samples}}
+        item_ids = t.face_ids + [regs[s].item_id(i) for s, i in t.samples]
         summary.embedding_rows = EmbeddingStore.zero(workspace, con, item_ids)
         sample_sets = sorted({s for s, _ in t.samples})
         gone = {"gone_faces": t.face_ids, "gone_images": t.image_ids, "gone_items": item_ids,
@@ -193,25 +215,33 @@ def _erase(workspace: Workspace, con: duckdb.DuckDBPyConnection, *, identity: st
             con.execute("DELETE FROM labeled_findings WHERE (set_name, sample_idx) IN "
                         "(SELECT (set_name, sample_idx) FROM gone_samples) OR (set_name, other_sample_idx) "
                         "IN (SELECT (set_name, sample_idx) FROM gone_samples)")
-            if identity:
-                con.execute("UPDATE labeled_identities SET identity = '(erased)', n_images = 0 "
-                            "WHERE identity = ?", [identity])
+            for set_name, labels in t.labels.items():
+                con.execute("UPDATE labeled_identities SET identity = ?, n_images = 0 WHERE set_name = ? "
+                            "AND label IN (SELECT unnest(?::INTEGER[]))", [ERASED, set_name, labels])
             if sample_sets:
-                centre_paths = con.execute("SELECT path FROM centres WHERE set_name IN "
-                                           "(SELECT unnest(?::VARCHAR[]))", [sample_sets]).fetchall()
+                registrations = [regs[s].id for s in sample_sets]
+                centre_paths = con.execute("SELECT path FROM centres WHERE registration IN "
+                                           "(SELECT unnest(?::VARCHAR[]))", [registrations]).fetchall()
                 for (path,) in centre_paths:
                     Path(path).unlink(missing_ok=True)
-                con.execute("DELETE FROM centres WHERE set_name IN (SELECT unnest(?::VARCHAR[]))",
-                            [sample_sets])
+                con.execute("DELETE FROM centres WHERE registration IN (SELECT unnest(?::VARCHAR[]))",
+                            [registrations])
             con.execute("UPDATE exports SET stale = true WHERE export_id IN "
                         "(SELECT unnest(?::VARCHAR[]))", [exports])
             con.execute("INSERT INTO erasures (erasure_id, requested_at, request, reason, images, faces, "
-                        "labeled_samples, urls, stale_exports) "
-                        "VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?)",
+                        "labeled_samples, urls, stale_exports, derived) "
+                        "VALUES (?, now(), ?, ?, ?, ?, ?, ?, ?, ?)",
                         [f"erasure-{uuid.uuid4().hex[:10]}", request, reason, len(t.image_ids),
-                         len(t.face_ids), len(t.samples), len(t.urls), len(exports)])
+                         len(t.face_ids), len(t.samples), len(t.urls), len(exports),
+                         json.dumps(summary.cleaned_copies)])
         for rel in crops:
             (workspace.root / rel).unlink(missing_ok=True)
+        for reg in regs.values():
+            shutil.rmtree(crop_cache(workspace, reg), ignore_errors=True)  # the App's copies of crops
+            if reg.format == "hf":
+                shutil.rmtree(workspace.root / "cache" / "hf", ignore_errors=True)  # decoded copies
+        for copy in t.copies:
+            erase_copy_files(copy)
         summary.reports_removed = _drop_reports(workspace, t.face_ids)
         run.counts = {k: v for k, v in summary.as_dict().items() if k != "stale_exports"}
     return summary

@@ -22,6 +22,9 @@ from workbench.faces.detectors import DetectorSpec
 from workbench.formats.files import display_path
 from workbench.formats.walk import FileEntry, WalkStats, is_uri, walk_images, walk_uri
 from workbench.ingest.worker import TMP_DIR, FileResult, IngestOptions, process_file
+from workbench.manifest.detector import BEFORE_KEYS
+from workbench.manifest.detector import choose as choose_detector
+from workbench.manifest.detector import record as record_detector
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
@@ -70,7 +73,7 @@ def run_ingest(
     source: str | None = None,
     aligned: bool = False,
     workers: int | None = None,
-    detector: str = "dlib",
+    detector: str | None = None,
     det_threshold: float | None = None,
     upsample: int = 0,
     chunk_size: int = 512,
@@ -87,7 +90,8 @@ def run_ingest(
     source = source or (Path(root.split("://", 1)[1].rstrip("/")).name if isinstance(root, str)
                         else root.resolve().name)
     workers = workers or os.cpu_count() or 1
-    spec = None if aligned else DetectorSpec.parse(detector, det_threshold, upsample)
+    spec = None if aligned else choose_detector(workspace, detector, det_threshold, upsample,
+                                                strict=True).spec
     options = IngestOptions(root=str(workspace.root), aligned=aligned, detector=spec)
     params = {"path": root if isinstance(root, str) else str(root.resolve()), "source": source,
               "aligned": aligned,
@@ -101,6 +105,7 @@ def run_ingest(
         summary.run_id = run.run_id
         if spec is not None:
             check_one_detector(con, spec.key)
+            record_detector(con, spec)
         _clear_partial_writes(workspace.root / TMP_DIR)
         total = 0
         in_flight: deque[Iterable[FileResult]] = deque()
@@ -168,9 +173,9 @@ def check_one_detector(con: duckdb.DuckDBPyConnection, key: str) -> None:
     # Faces detected before detector keys were recorded (schema < 9) were all found by dlib.
     other = con.execute(
         "SELECT d, count(*) FROM (SELECT coalesce(detector, CASE WHEN det_score IS NOT NULL "
-        "THEN 'dlib (before detector keys)' END) AS d FROM faces) "
-        "WHERE d IS NOT NULL AND d <> ? AND NOT (d = 'dlib (before detector keys)' AND ? LIKE 'dlib-%') "
-        "GROUP BY 1 ORDER BY 2 DESC LIMIT 1", [key, key]).fetchone()
+        "THEN $old END) AS d FROM faces) "
+        "WHERE d IS NOT NULL AND d <> $key AND NOT (d = $old AND $key LIKE 'dlib-%') "
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 1", {"key": key, "old": BEFORE_KEYS}).fetchone()
     if other:
         raise WorkbenchError(f"this workspace's {other[1]} detected faces came from {other[0]}, not "
                              f"{key}: use the same --detector, or a new workspace (-w) for another")

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from workbench.errors import WorkbenchError
 from workbench.formats.labeled import LabeledSource, open_source
-from workbench.manifest.query import one
+from workbench.labeled import registry
 from workbench.manifest.workspace import Workspace
 
 
 class LabeledSet:
-    """A registered set: its ok samples as columns, and their crops by position."""
+    """A registered set: its ok samples as columns, and their crops by position.
+
+    A context manager: the source it reads crops from (a RecordIO file, a dataset) is closed
+    on leaving."""
 
     def __init__(self, workspace: Workspace, con: duckdb.DuckDBPyConnection, name: str):
-        row = one(con, "SELECT path, format, aligned, options FROM labeled_sets WHERE name = ?",
-                  [name])
-        if row is None:
-            raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
+        self.registration = registry.get(con, name)
         self.name, self.workspace = name, workspace
-        self.path, self.format, self.aligned = Path(row[0]), row[1], row[2]
-        self.options = json.loads(row[3] or "{}")
+        self.path, self.format = Path(self.registration.path), self.registration.format
+        self.aligned, self.options = self.registration.aligned, self.registration.options
         self.samples: pa.Table = con.sql(
             "SELECT sample_idx, label, locator, crop_rel FROM labeled_samples "
             "WHERE set_name = $name AND status = 'ok' ORDER BY sample_idx",
@@ -55,12 +53,18 @@ class LabeledSet:
                 cache_dir=self.workspace.root / "cache" / "hf")
         return self._source.read(self.samples.column("locator")[position].as_py())
 
+    def item_ids(self, positions: np.ndarray | None = None) -> list[str]:
+        """Vector and review keys of the samples at `positions` (all when None)."""
+        sample_idx = self.samples.column("sample_idx").to_numpy()
+        return self.registration.item_ids(sample_idx if positions is None else sample_idx[positions])
+
     def close(self) -> None:
         if self._source is not None:
             self._source.close()
+            self._source = None
 
+    def __enter__(self) -> LabeledSet:
+        return self
 
-def only_labeled_set(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The labeled set to use when the user names none: the only one registered, else None."""
-    names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
-    return names[0] if len(names) == 1 else None
+    def __exit__(self, *exc: object) -> None:
+        self.close()

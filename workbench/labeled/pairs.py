@@ -74,16 +74,13 @@ def write_pairs(
     pairs_per_fold: int = 600, seed: int = 0,
 ) -> PairsResult:
     """Write a `.bin` of LFW-style pairs drawn from the registered labeled set `name`."""
-    with workspace.connect(read_only=True) as con:
-        labeled = LabeledSet(workspace, con, name)
-    try:
-        left, right, _ = generate_pairs(labeled.labels, n_folds=n_folds,
-                                        pairs_per_fold=pairs_per_fold, seed=seed)
+    with workspace.connect(read_only=True) as con, LabeledSet(workspace, con, name) as labeled:
+        try:
+            left, right, _ = generate_pairs(labeled.labels, n_folds=n_folds,
+                                            pairs_per_fold=pairs_per_fold, seed=seed)
+        except ValueError as exc:
+            raise WorkbenchError(f"cannot make pairs from {name}: {exc}") from None
         images = [labeled.crop_bytes(int(p)) for pair in zip(left, right, strict=True) for p in pair]
-    except ValueError as exc:
-        raise WorkbenchError(f"cannot make pairs from {name}: {exc}") from None
-    finally:
-        labeled.close()
     issame = labeled.labels[left] == labeled.labels[right]
     write_bin(out, images, issame)
     return PairsResult(str(out), len(issame), int(issame.sum()), int((~issame).sum()))

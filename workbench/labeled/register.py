@@ -12,7 +12,8 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from dataclasses import replace as replace_field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import check_encoded
 from workbench.formats.labeled import Sample, detect_format, open_source
 from workbench.ingest.worker import FileResult, IngestOptions, process_bytes
+from workbench.labeled import registry
+from workbench.manifest.detector import DetectorChoice
+from workbench.manifest.detector import choose as choose_detector
+from workbench.manifest.detector import record as record_detector
 from workbench.manifest.query import one, registered, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
@@ -46,39 +51,51 @@ def register_labeled(
     image_column: str = "image",
     label_column: str = "label",
     workers: int | None = None,
-    detector: str = "dlib",
+    detector: str | DetectorSpec | None = None,
     progress: ProgressFn | None = None,
     lineage: dict[str, Any] | None = None,
     ray: str | None = None,
+    replace: bool = False,
 ) -> LabeledSetSummary:
-    """Register `path` as labeled set `name`; re-registering the same path is a no-op.
+    """Register `path` as labeled set `name`; registering the same contents again is a no-op.
 
-    `lineage` (where a derived set came from: `wb labeled clean`) is kept with the registration.
-    `ray`: detect and align unaligned sets as Ray tasks on that cluster.
+    A name registered with other contents (other files, or the same files changed, or another
+    detector) is refused, or with `replace` the old registration and everything derived from it
+    are removed first, in the same transaction. `detector`: a spec, option text, or None for the
+    workspace's detector (`manifest/detector.py`). `lineage` (where a derived set came from: `wb
+    labeled clean`) is kept with the registration. `ray`: detect and align unaligned sets as Ray
+    tasks on that cluster.
     """
     root = Path(path).expanduser().resolve()
     fmt = detect_format(root) if fmt == "auto" else fmt
     aligned = (fmt == "rec") if aligned is None else aligned
     workers = 1 if aligned else (workers or os.cpu_count() or 1)
-    spec = None if aligned else DetectorSpec.parse(detector)
+    choice = None if aligned else (DetectorChoice(detector) if isinstance(detector, DetectorSpec)
+                                   else choose_detector(workspace, detector, strict=False))
+    spec = choice.spec if choice else None
+    contents = registry.fingerprint(root) if root.exists() else ""
+    reg_id = registry.registration_id(name, str(root), fmt, contents, spec.key if spec else None,
+                                      (image_column, label_column))
     params = {"name": name, "path": str(root), "format": fmt, "aligned": aligned,
               "image_column": image_column, "label_column": label_column,
-              "detector": spec.key if spec else None}
+              "detector": spec.key if spec else None, "registration": reg_id, "replace": replace}
     with work_mapper(workers, None if aligned else ray) as mapper, \
             open_run(workspace, "labeled add", params) as (con, run):
-        existing = one(con, "SELECT path, format FROM labeled_sets WHERE name = ?", [name])
-        if existing:
-            if existing == (str(root), fmt):
-                return replace(set_summary(con, name), already_registered=True)
+        existing = registry.find(con, name)
+        if existing and _same(existing, reg_id, str(root), fmt):
+            return replace_field(set_summary(con, name), already_registered=True)
+        if existing and not replace:
             raise WorkbenchError(
-                f"labeled set {name!r} already exists ({existing[1]} at {existing[0]}); "
-                f"choose another name or run `wb labeled remove {name}`"
-            )
+                f"labeled set {name!r} is already registered with other contents ({existing.format} at "
+                f"{existing.path}); choose another name, or --replace to drop it and what was "
+                "derived from it")
         source = open_source(root, fmt, image_column=image_column, label_column=label_column,
                              cache_dir=workspace.root / "cache" / "hf")
         options = IngestOptions(root=str(workspace.root), aligned=False, detector=spec)
+        stale_datasets = registry.app_datasets(con, existing) if existing else []
         try:
             with transaction(con):
+                dropped = registry.drop(workspace, con, existing) if existing else {}
                 rejected: Counter[str] = Counter()
                 done = 0
                 for chunk in chunked(source.stream(), CHUNK):
@@ -94,24 +111,37 @@ def register_labeled(
                     reasons = ", ".join(f"{n} {r}" for r, n in rejected.most_common(3)) or "no images"
                     raise WorkbenchError(f"no usable images in {root} ({reasons}); nothing registered")
                 _insert_identities(con, name, source.identities)
-                n_ids = len(source.identities)
+                notes = [choice.note] if choice and choice.note else []
                 con.execute(
                     "INSERT INTO labeled_sets (name, path, format, aligned, options, n_identities, "
-                    "n_images, n_rejected, registered_at, run_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
+                    "n_images, n_rejected, registered_at, run_id, registration) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
                     [name, str(root), fmt, aligned,
                      json.dumps({"image_column": image_column, "label_column": label_column,
                                  "rejected": dict(rejected),
                                  "detector": spec.key if spec else None,
+                                 "detector_record": spec.to_record() if spec else None,
+                                 "fingerprint": contents, "notes": notes,
                                  "empty_identities": source.notes.empty_identities[:100],
                                  "n_empty_identities": len(source.notes.empty_identities),
+                                 **({"replaced": dropped} if existing else {}),
                                  **({"lineage": lineage} if lineage else {})}),
-                     n_ids, n_ok, sum(rejected.values()), run.run_id])
+                     len(source.identities), n_ok, sum(rejected.values()), run.run_id, reg_id])
+                if spec is not None:
+                    record_detector(con, spec)
         finally:
             source.close()
-        summary = set_summary(con, name)
+        summary = replace_field(set_summary(con, name), replaced_app_datasets=stale_datasets)
         run.counts = summary.as_dict()
         return summary
+
+
+def _same(existing: registry.Registration, reg_id: str, path: str, fmt: str) -> bool:
+    """The same registration; a set registered before contents were fingerprinted is the same
+    when path and format are."""
+    if "fingerprint" not in existing.options:
+        return (existing.path, existing.format) == (path, fmt)
+    return existing.id == reg_id
 
 
 @dataclass
@@ -128,13 +158,18 @@ class LabeledSetSummary(Result):
     empty_identities: int
     empty_identity_examples: list[str]
     run_id: str
+    registration: str
+    detector: str | None = None
     already_registered: bool = False
     lineage: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    replaced: dict[str, int] | None = None  # rows of the old registration removed with --replace
+    replaced_app_datasets: list[str] = field(default_factory=list)  # App datasets that showed it
 
 
 def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:
     row = one(con, "SELECT name, path, format, aligned, n_identities, n_images, n_rejected, "
-                   "options, run_id FROM labeled_sets WHERE name = ?", [name])
+                   "options, run_id, registration FROM labeled_sets WHERE name = ?", [name])
     if row is None:
         raise WorkbenchError(f"no labeled set named {name!r}; see `wb labeled list`")
     options = json.loads(row[7] or "{}")
@@ -142,24 +177,39 @@ def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:
         name=row[0], path=row[1], format=row[2], aligned=row[3], identities=row[4], images=row[5],
         rejected=options.get("rejected", {}), empty_identities=options.get("n_empty_identities", 0),
         empty_identity_examples=options.get("empty_identities", [])[:10], run_id=row[8],
-        lineage=options.get("lineage"))
+        registration=row[9] or row[0], detector=options.get("detector"),
+        lineage=options.get("lineage"), notes=options.get("notes", []), replaced=options.get("replaced"))
 
 
 def list_sets(con: duckdb.DuckDBPyConnection) -> list[LabeledSetSummary]:
-    names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
-    return [set_summary(con, n) for n in names]
+    return [set_summary(con, r.name) for r in registry.every(con)]
 
 
-def remove_set(workspace: Workspace, name: str) -> LabeledSetSummary:
-    """Forget a registration (the set's files are untouched)."""
-    with open_run(workspace, "labeled remove", {"name": name}) as (con, _):
+@dataclass
+class RemovedSet(Result):
+    """`wb labeled remove`: the registration removed, the rows that referred to it, and the App
+    datasets that showed it."""
+
+    name: str
+    registration: str
+    identities: int
+    images: int
+    removed_rows: dict[str, int]
+    app_datasets: list[str]
+    run_id: str
+
+
+def remove_set(workspace: Workspace, name: str) -> RemovedSet:
+    """Forget a registration and everything derived from it (the set's files are untouched)."""
+    with open_run(workspace, "labeled remove", {"name": name}) as (con, run):
         summary = set_summary(con, name)
+        reg = registry.get(con, name)
+        datasets = registry.app_datasets(con, reg)
         with transaction(con):
-            for table, column in (("labeled_findings", "set_name"), ("labeled_samples", "set_name"),
-                                  ("labeled_identities", "set_name"),
-                                  ("labeled_sets", "name")):
-                con.execute(f"DELETE FROM {table} WHERE {column} = ?", [name])
-        return summary
+            removed = registry.drop(workspace, con, reg)
+        result = RemovedSet(name, reg.id, summary.identities, summary.images, removed, datasets, run.run_id)
+        run.counts = result.as_dict()
+        return result
 
 
 def _check_aligned(chunk: list[Sample]) -> list[dict[str, Any]]:

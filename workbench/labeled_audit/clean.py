@@ -24,13 +24,14 @@ import duckdb
 import numpy as np
 
 from workbench.curate.dedupe import group_labels
-from workbench.embed.store import LABELED_PREFIX
 from workbench.errors import WorkbenchError
 from workbench.formats.recordio import write_insightface_rec
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.register import register_labeled
+from workbench.labeled.registry import Registration
 from workbench.labeled_audit.evidence import Members
 from workbench.labeled_audit.findings import audited_model, read_findings
+from workbench.manifest import reviews
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
@@ -83,14 +84,10 @@ def parse_kinds(text: str | list[str], allowed: tuple[str, ...], option: str) ->
     return kinds
 
 
-def reviewed(con: duckdb.DuckDBPyConnection, set_name: str) -> dict[int, set[str]]:
+def reviewed(con: duckdb.DuckDBPyConnection, registration: Registration) -> dict[int, set[str]]:
     """Reviewers' tags on the set's faces, by sample_idx."""
-    prefix = f"{LABELED_PREFIX}{set_name}:"
-    tags: dict[int, set[str]] = defaultdict(set)
-    for item, tag in con.execute("SELECT face_id, tag FROM reviews WHERE starts_with(face_id, ?)",
-                                 [prefix]).fetchall():
-        tags[int(item.removeprefix(prefix))].add(tag)
-    return tags
+    return {registration.sample_of(item): tags
+            for item, tags in reviews.tags_with_prefix(con, registration.item_prefix).items()}
 
 
 def plan_clean(labels: np.ndarray, sample_idx: np.ndarray, identities: list[str],
@@ -121,14 +118,14 @@ def plan_clean(labels: np.ndarray, sample_idx: np.ndarray, identities: list[str]
         p = position(idx)
         if p is None:
             continue
-        if "keep" in marks and p in reasons:
+        if reviews.KEEP in marks and p in reasons:
             del reasons[p]
             kept_by_review += 1
-        elif "wrong_label" in marks and "keep" not in marks and p not in reasons:
+        elif reviews.WRONG_LABEL in marks and reviews.KEEP not in marks and p not in reasons:
             reasons[p].append("wrong_label (review)")
             dropped_by_review += 1
     confirmed = {int(labels[p]) for i, marks in tags.items()
-                 if "same_person" in marks and (p := position(i)) is not None}
+                 if reviews.SAME_PERSON in marks and (p := position(i)) is not None}
     pairs = [(f["label"], f["other_label"]) for f in findings if f["kind"] == "same_person"
              and ("same_person" in merge or f["label"] in confirmed or f["other_label"] in confirmed)]
     a = np.array([p[0] for p in pairs], np.int64)
@@ -232,9 +229,8 @@ def run_clean(workspace: Workspace, name: str, out: Path, *, fmt: str = "rec",
             raise WorkbenchError(f"labeled set {new_name!r} already exists; choose another --name")
         model_key, audit_run = audited_model(con, name, model_key)
         findings = read_findings(con, name, model_key).to_pylist()
-        tags = reviewed(con, name)
-        labeled = LabeledSet(workspace, con, name)
-        try:
+        with LabeledSet(workspace, con, name) as labeled:
+            tags = reviewed(con, labeled.registration)
             plan = plan_clean(labeled.labels, labeled.samples.column("sample_idx").to_numpy(),
                               labeled.identities, findings, tags, drops, merges)
             if not (plan.new_label >= 0).any():
@@ -242,8 +238,6 @@ def run_clean(workspace: Workspace, name: str, out: Path, *, fmt: str = "rec",
             out.mkdir(parents=True, exist_ok=True)
             write_copy(labeled, plan, out, fmt)
             write_mapping(labeled, plan, out)
-        finally:
-            labeled.close()
         dropped: dict[str, int] = defaultdict(int)
         for kinds in plan.reasons.values():
             dropped[kinds[0]] += 1

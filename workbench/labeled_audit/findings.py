@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
+from workbench.labeled.registry import Registration
 from workbench.labeled_audit.detect import Findings
 from workbench.manifest.query import one, registered, transaction
 
@@ -24,8 +25,8 @@ def _indices(positions: list[int | None], sample_idx: np.ndarray) -> pa.Array:
     return pa.array([None if p is None else int(sample_idx[p]) for p in positions], pa.int64())
 
 
-def replace_findings(con: duckdb.DuckDBPyConnection, set_name: str, model_key: str, run_id: str,
-                     findings: Findings, sample_idx: np.ndarray) -> None:
+def replace_findings(con: duckdb.DuckDBPyConnection, registration: Registration, model_key: str,
+                     run_id: str, findings: Findings, sample_idx: np.ndarray) -> None:
     """Store `findings` (positions in the set's usable samples) as the set's findings for the model."""
     table = pa.table({
         "kind": pa.array(findings.kind, pa.string()),
@@ -39,11 +40,12 @@ def replace_findings(con: duckdb.DuckDBPyConnection, set_name: str, model_key: s
     })
     with registered(con, new_findings=table), transaction(con):
         con.execute("DELETE FROM labeled_findings WHERE set_name = ? AND model_key = ?",
-                    [set_name, model_key])
+                    [registration.name, model_key])
         con.execute("INSERT INTO labeled_findings (set_name, model_key, kind, sample_idx, label, "
-                    "other_label, other_sample_idx, other_name, score, evidence, run_id) "
+                    "other_label, other_sample_idx, other_name, score, evidence, run_id, registration) "
                     "SELECT ?, ?, kind, sample_idx, label, other_label, other_sample_idx, other_name, "
-                    "score, evidence, ? FROM new_findings", [set_name, model_key, run_id])
+                    "score, evidence, ?, ? FROM new_findings",
+                    [registration.name, model_key, run_id, registration.id])
 
 
 def audited_model(con: duckdb.DuckDBPyConnection, set_name: str,

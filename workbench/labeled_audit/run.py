@@ -18,17 +18,17 @@ from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
 from workbench.curate.pairs import DedupeThresholds
 from workbench.embed.compute import ProgressFn, embedding_run, labeled_vectors
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import labeled_item_id
 from workbench.errors import WorkbenchError
+from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import decode_crop
 from workbench.ingest.hashing import phash64
+from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.register import register_labeled
 from workbench.labeled_audit.detect import LabelAudit, audit_labels, duplicate_pairs, leaked_identities
 from workbench.labeled_audit.findings import replace_findings
 from workbench.labeled_audit.report import score_histograms, suspects_grid
 from workbench.labeled_audit.sources import EvalFaces, bin_faces, set_faces
-from workbench.manifest.query import one
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 
@@ -70,16 +70,15 @@ def resolve_against(workspace: Workspace, labeled_set: str, against: list[str]) 
         path = Path(item).expanduser()
         if path.is_dir():
             with workspace.connect(read_only=True) as con:
-                row = one(con, "SELECT json_extract_string(options, '$.detector') FROM labeled_sets "
-                               "WHERE name = ?", [labeled_set])
+                record = registry.get(con, labeled_set).detector
             register_labeled(workspace, f"eval-{path.resolve().name}", path, fmt="folder",
-                             detector=(row[0] if row and row[0] else "dlib"))
+                             detector=DetectorSpec.from_record(record) if record else None)
             resolved.append(f"eval-{path.resolve().name}")
         elif path.is_file():
             resolved.append(str(path.resolve()))
         else:
             with workspace.connect(read_only=True) as con:
-                if one(con, "SELECT 1 FROM labeled_sets WHERE name = ?", [item]) is None:
+                if registry.find(con, item) is None:
                     raise WorkbenchError(f"--against {item}: not a .bin file, a folder or a registered "
                                          "labeled set")
             resolved.append(item)
@@ -100,14 +99,12 @@ def run_audit_labeled(
     started = time.perf_counter()
     with embedding_run(workspace, "audit labeled", params, model=model, flip=flip, workers=workers,
                        progress=progress, ray=ray) as (ctx, run):
-        labeled = LabeledSet(workspace, ctx.con, labeled_set)
-        try:
+        with LabeledSet(workspace, ctx.con, labeled_set) as labeled:
             labels, n_ids = labeled.labels.astype(np.int64), len(labeled.identities)
             if len(np.unique(labels)) < 2:
                 raise WorkbenchError(f"{labeled_set}: an audit needs at least two identities with faces")
             sample_idx = labeled.samples.column("sample_idx").to_numpy()
-            ids = [labeled_item_id(labeled_set, int(i)) for i in sample_idx]
-            embedded_now = len(ctx.store().missing(ids))
+            embedded_now = len(ctx.store().missing(labeled.item_ids()))
             embed_started = time.perf_counter()
             vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
             embed_seconds = time.perf_counter() - embed_started
@@ -118,13 +115,12 @@ def run_audit_labeled(
                 faces = bin_faces(ctx, Path(source)) if Path(source).is_file() else set_faces(ctx, source)
                 _add_leaks(audit, faces, vectors, labels, n_ids, thresholds.strict)
             _add_duplicates(labeled, audit, vectors, thresholds)
-            replace_findings(ctx.con, labeled_set, ctx.store().key, run.run_id, audit.findings, sample_idx)
+            replace_findings(ctx.con, labeled.registration, ctx.store().key, run.run_id, audit.findings,
+                             sample_idx)
             report = workspace.root / "reports" / f"audit-labeled-{labeled_set}-{run.run_id}"
             report.mkdir(parents=True, exist_ok=True)
             score_histograms(audit, report / "scores.png")
             suspects_grid(labeled, audit, report / "wrong_labels.png")
-        finally:
-            labeled.close()
         seconds = time.perf_counter() - started
         f = audit.findings
         duplicates = f.of("duplicate")

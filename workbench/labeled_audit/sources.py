@@ -60,9 +60,6 @@ def bin_faces(ctx: EmbedContext, path: Path) -> EvalFaces:
 
 
 def set_faces(ctx: EmbedContext, name: str) -> EvalFaces:
-    labeled = LabeledSet(ctx.workspace, ctx.con, name)
-    try:
+    with LabeledSet(ctx.workspace, ctx.con, name) as labeled:
         vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
         return EvalFaces(name, vectors, labeled.labels.astype(np.int64), labeled.identities)
-    finally:
-        labeled.close()

@@ -319,6 +319,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        11,
+        "registration ids: every fact derived from a labeled set names its registration",
+        # Sets registered before ids keep id = name, so their vector keys S:<name>:<idx> stay valid.
+        [
+            "ALTER TABLE labeled_sets ADD COLUMN registration VARCHAR",
+            "UPDATE labeled_sets SET registration = name",
+            "ALTER TABLE centres ADD COLUMN registration VARCHAR",
+            "UPDATE centres SET registration = set_name",
+            "ALTER TABLE calibrations ADD COLUMN registration VARCHAR",
+            "UPDATE calibrations SET registration = labeled_set",
+            "ALTER TABLE overlap ADD COLUMN registration VARCHAR",
+            "UPDATE overlap SET registration = labeled_set",
+            "ALTER TABLE labeled_findings ADD COLUMN registration VARCHAR",
+            "UPDATE labeled_findings SET registration = set_name",
+            "ALTER TABLE browse_datasets ADD COLUMN registration VARCHAR",
+            "ALTER TABLE erasures ADD COLUMN derived JSON",
+        ],
+    ),
 ]
 
 

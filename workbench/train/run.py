@@ -18,7 +18,8 @@ import numpy as np
 import torch.distributed as dist
 
 from workbench.errors import WorkbenchError
-from workbench.labeled.access import LabeledSet, only_labeled_set
+from workbench.labeled import registry
+from workbench.labeled.access import LabeledSet
 from workbench.manifest import train_runs
 from workbench.manifest.runs import new_run_id, versions
 from workbench.manifest.workspace import Workspace, WorkspaceBusy
@@ -57,7 +58,7 @@ class TrainResult(Result):
 
 
 def default_labeled(con: duckdb.DuckDBPyConnection) -> str:
-    if (name := only_labeled_set(con)) is not None:
+    if (name := registry.only_one(con)) is not None:
         return name
     names = [r[0] for r in con.execute("SELECT name FROM labeled_sets ORDER BY name").fetchall()]
     raise WorkbenchError("pass --labeled NAME: the workspace has "
