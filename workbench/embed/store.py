@@ -127,6 +127,8 @@ def read_vectors(workspace: Workspace, con: duckdb.DuckDBPyConnection, model_key
     hits = stored_rows(con, model_key, item_ids)
     found = np.zeros(len(item_ids), bool)
     found[hits["pos"]] = True
+    if not found.any():  # also where the model is recorded but nothing was embedded yet (no file)
+        return found, np.empty((0, int(dim[0])), np.float32)
     matrix = np.memmap(vectors_path(workspace, model_key), dtype="<f4", mode="r").reshape(-1, int(dim[0]))
     return found, np.asarray(matrix[hits["row"]])
 
