@@ -84,8 +84,9 @@ def test_a_set_registered_again_under_its_name_never_meets_the_old_vectors(tmp_p
     assert _found(Path(ws), b_people) >= 10
     # every stored vector of the new registration is a fresh embedding of its crop
     reg = manifest_rows(ws, "SELECT registration FROM labeled_sets WHERE name = 'S'")[0][0]
-    stored = manifest_rows(ws, "SELECT e.item_id, e.row, s.crop_path FROM embeddings e JOIN wb_labeled_samples s "
-                               "ON e.item_id = 'S:' || ? || ':' || s.sample_idx WHERE s.set_name = 'S'", [reg])
+    stored = manifest_rows(ws, "SELECT e.item_id, e.row, s.crop_path FROM embeddings e "
+                               "JOIN wb_labeled_samples s ON e.item_id = 'S:' || ? || ':' || s.sample_idx "
+                               "WHERE s.set_name = 'S'", [reg])
     assert stored
     spec = ModelSpec.parse(model)
     matrix = np.fromfile(Path(ws) / "embeddings" / spec.key / "vectors.f32", "<f4").reshape(-1, 128)

@@ -51,10 +51,12 @@ def _run_shard_with(fn: Callable[[Any, Any], Any], shared: Any, shard: list[Any]
     return ray.get_runtime_context().get_node_id(), [fn(shared, item) for item in shard]
 
 
-class RayMapper:
-    """Called like `imap`: `fn` over `items` as Ray tasks of `shard_size` items, results lazily
-    in order. All shards of a call are submitted at once, so the next chunk runs while the
-    driver commits the last one."""
+class RayMapper(Mapper):
+    """`parallel.Mapper` as Ray tasks: `fn` over `items` in tasks of `shard_size` items, results
+    lazily in order. All shards of a call are submitted at once, so the next chunk runs while
+    the driver commits the last one."""
+
+    distributed = True
 
     def __init__(self, ray: Any, shard_size: int, num_gpus: float = 0.0) -> None:
         self.ray = ray
@@ -143,4 +145,4 @@ def work_mapper(workers: int, ray: str | None, *, chunksize: int = 16, shard_siz
 
 def nodes_used(mapper: Mapper) -> dict[str, int]:
     """Shards run per Ray node (empty for a local pool)."""
-    return dict(mapper.nodes) if isinstance(mapper, RayMapper) else {}
+    return dict(mapper.nodes)

@@ -34,7 +34,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from workbench.cluster import RayMapper
 from workbench.curate.calibrate import OverlapTargets, overlap_calibration
 from workbench.curate.clusters import cluster_labels, cluster_means
 from workbench.curate.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
@@ -180,7 +179,7 @@ def run_overlap(
         link = link_threshold(sample_vecs, sample_labels, settings.link_far, settings.seed)
         face_ids = [r[0] for r in con.execute("SELECT face_id FROM faces ORDER BY face_id").fetchall()]
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
-        cluster = ctx.mapper if isinstance(ctx.mapper, RayMapper) else None
+        cluster = ctx.mapper if ctx.mapper.distributed else None
         scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link, cluster)
         decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
         copies = None

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from workbench.cluster import RayMapper, nodes_used, work_mapper
+from workbench.cluster import nodes_used, work_mapper
 from workbench.embed.models import ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path
 from workbench.formats.images import decode_crops
@@ -72,7 +72,7 @@ def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], by
 
 
 def _mapped(ctx: EmbedContext, work: Callable, batches: list[list[bytes]]) -> Iterable[np.ndarray]:
-    if ctx.spec.parallel or isinstance(ctx.mapper, RayMapper):
+    if ctx.spec.parallel or ctx.mapper.distributed:
         return ctx.mapper(work, batches)
     return map(work, batches)
 
