@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import noise_image
-from tests.helpers import curated_workspace, wb, wb_json
+from tests.helpers import curated_workspace, manifest_rows, wb, wb_json
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import read_vectors
 from workbench.evaluate.model import TrainedRun
@@ -84,6 +84,10 @@ def test_nan_loss_stops_with_a_clear_message(curated):
     assert proc.returncode == 1
     assert "loss became" in proc.stderr and "last good checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # one lifecycle: the failed run is in wb_runs as failed, with its reason, like any command
+    failed = manifest_rows(curated, "SELECT r.status, r.error, t.status FROM wb_runs r "
+                                    "JOIN train_runs t USING (run_id) ORDER BY r.started_at DESC LIMIT 1")
+    assert failed[0][0] == "failed" and "loss became" in failed[0][1] and failed[0][2] == "failed"
 
 
 def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
@@ -203,6 +207,8 @@ def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_
     shutil.copytree(curated, ws)
     args = ["train", "-w", str(ws), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
             "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "3"]
+    runs = "SELECT status, count(*) FROM wb_runs WHERE command = 'train' GROUP BY 1 ORDER BY 1"
+    before = dict(manifest_rows(ws, runs))
     first = wb_json(*args)
     con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"))  # as recorded before fine-tuning options
     stored = json.loads(con.execute("SELECT config FROM train_runs WHERE run_id = ?",
@@ -218,6 +224,8 @@ def test_wb_train_reuses_a_finished_run_unless_asked_for_a_new_one(curated, tmp_
     assert fresh["run_id"] != first["run_id"] and not fresh.get("reused")
     other = wb_json(*args[:-1], "4")  # another recipe is another run
     assert other["run_id"] not in (first["run_id"], fresh["run_id"])
+    # three trainings and one reuse, each a finished row of wb_runs
+    assert dict(manifest_rows(ws, runs)) == {**before, "ok": before.get("ok", 0) + 4}
 
 
 def test_compare_warns_when_arms_trained_on_different_data():

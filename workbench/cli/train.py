@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -62,7 +61,7 @@ def train(
 ) -> None:
     """Train on the labeled set plus the curated unlabeled split (torchrun for several processes)."""
     from workbench.train.config import TrainConfig
-    from workbench.train.run import run_train, slow_run_hint, train_or_reuse
+    from workbench.train.run import run_train_command, slow_run_hint
 
     form = uir_loss or ("reference" if uir else "none")
     config = TrainConfig(
@@ -84,15 +83,9 @@ def train(
                 if (hint := slow_run_hint(config, last["eta_s"])) is not None:
                     err.print(f"hint: {hint}", highlight=False)
 
-        ws = Workspace.at(workspace)
-        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if resume is None and not new and not under_torchrun:
-            result = train_or_reuse(ws, config, progress=update)
-        else:
-            result = run_train(ws, config, resume=resume, progress=update)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under torchrun, rank 0 reports
-    report(f"train {result.run_id}", result, as_json)
+        result = run_train_command(Workspace.at(workspace), config, resume=resume, new=new, progress=update)
+    if result is not None:  # under torchrun, rank 0 reports
+        report(f"train {result.run_id}", result, as_json)
 
 
 @app.command("export-model", rich_help_panel="Train")

@@ -8,7 +8,7 @@ working); the run is recorded at the start and updated at the end.
 from __future__ import annotations
 
 import json
-import time
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from workbench.errors import WorkbenchError
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.manifest import train_runs
-from workbench.manifest.runs import new_run_id, versions
-from workbench.manifest.workspace import Workspace, WorkspaceBusy
+from workbench.manifest.query import transaction
+from workbench.manifest.runs import finish_detached, new_run_id, open_run, start_detached, versions
+from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledPlan, UnlabeledPlan, snapshot_digest
@@ -189,25 +190,36 @@ def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
         plan = plan_data(ws, con, config)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        if resume:
-            train_runs.mark_training(con, run_id)
-        else:
-            train_runs.insert(con, run_id, asdict(config), plan.snapshot, versions(), run_dir)
+        with transaction(con):
+            if resume:
+                train_runs.mark_training(con, run_id)
+            else:
+                train_runs.insert(con, run_id, asdict(config), plan.snapshot, versions(), run_dir)
+            start_detached(con, run_id, "train", {"resume": resume, **asdict(config)})
         return run_id, plan, config, run_dir
 
 
+RUN_STATUS = {"done": "ok", "failed": "failed", "interrupted": "interrupted"}  # train_runs -> runs
+
+
 def _finish(ws: Workspace, run_id: str, status: str, error: str | None, result: dict[str, Any]) -> None:
-    """Record the outcome, waiting (up to a minute) for another command holding the workspace."""
+    """Record the outcome in `train_runs` and `runs` together (manifest/runs.py waits for the lock)."""
     metrics = {**result, **({"error": error} if error else {})}
-    for attempt in range(60):
-        try:
-            with ws.lock("train"), ws.connect() as con:
-                train_runs.finish(con, run_id, status, result.get("steps"), metrics)
-            return
-        except WorkspaceBusy:
-            if attempt == 59:
-                raise
-            time.sleep(1)
+    finish_detached(ws, run_id, RUN_STATUS[status], {"steps": result.get("steps")}, error,
+                    also=lambda con: train_runs.finish(con, run_id, status, result.get("steps"), metrics))
+
+
+def run_train_command(ws: Workspace, config: TrainConfig, *, resume: str | None = None, new: bool = False,
+                      progress: ProgressFn | None = None) -> TrainResult | None:
+    """`wb train`: resume `resume`; else, in one process and without `new`, reuse or resume a run
+    of this recipe on the same data (`train_or_reuse`); else train. Under torchrun every rank
+    trains (a choice of reuse per rank could differ); ranks other than 0 return None."""
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if resume is None and not new and not under_torchrun:
+        result = train_or_reuse(ws, config, progress=progress)
+    else:
+        result = run_train(ws, config, resume=resume, progress=progress)
+    return result if int(os.environ.get("RANK", "0")) == 0 else None
 
 
 def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn | None = None
@@ -226,6 +238,8 @@ def train_or_reuse(ws: Workspace, config: TrainConfig, *, progress: ProgressFn |
                 run.snapshot.get(k) != data[k] for k in digests):
             continue
         if run.status == "done":
+            with open_run(ws, "train", {"reused": run.run_id}) as (_, record):
+                record.counts = {"reused": run.run_id}
             return TrainResult.of(run.run_id, run.run_dir, run.metrics, reused=True)
         if run.status == "interrupted":
             return run_train(ws, TrainConfig(), resume=run.run_id, progress=progress)
