@@ -61,6 +61,13 @@ class LabeledSyncResult(Result):
 def run_labeled_sync(workspace: Workspace, set_name: str, *, dataset_name: str | None = None,
                      everything: bool = False, model_key: str | None = None,
                      progress: Callable[[int, int], None] | None = None) -> LabeledSyncResult:
+    """`wb browse --labeled NAME`: mirror a labeled set's newest audit findings into its App dataset.
+
+    Args: `set_name` the registered set; `dataset_name` overrides the dataset (default: one per
+    registration); `everything` shows every face, not only those with findings and their context;
+    `model_key` picks the audit of that model (default: the newest).
+    Returns: `LabeledSyncResult` (dataset, samples, what changed, reviews pulled, saved views).
+    Raises: `WorkbenchError` when the set is not registered or not audited, or FiftyOne cannot run."""
     fo = load_fiftyone()
     with workspace.connect(read_only=True) as con:
         registration = registry.get(con, set_name)

@@ -139,6 +139,11 @@ class SyncResult(Result):
 def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, where: str | None = None,
                     score_run: str | None = None, plot: bool = True,
                     progress: Callable[[int, int], None] | None = None) -> SyncResult:
+    """`wb browse`: mirror the workspace's faces (or those `where` selects) into a FiftyOne dataset.
+
+    Reviewers' tags are pulled first, so a sync never loses a review; only changed samples and
+    fields are written. Returns `SyncResult`; raises `WorkbenchError` for a bad `where` or a
+    dataset that mirrors another workspace."""
     fo = load_fiftyone()
     name = dataset_name or default_dataset_name(workspace)
     params = {"dataset": name, "where": where, "score_run": score_run, "plot": plot}
@@ -169,6 +174,10 @@ def run_browse_sync(workspace: Workspace, *, dataset_name: str | None = None, wh
 
 
 def run_review_pull(workspace: Workspace, *, dataset_name: str | None = None) -> ReviewPull:
+    """`wb review pull`: copy the App's review tags into the manifest (`manifest/reviews.py`).
+
+    Returns `ReviewPull` (tags added and removed, counts by tag); raises `WorkbenchError` when the
+    dataset does not exist."""
     fo = load_fiftyone()
     name = dataset_name or default_dataset_name(workspace)
     with open_run(workspace, "review pull", {"dataset": name}) as (con, run):

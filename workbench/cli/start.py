@@ -50,10 +50,10 @@ def demo(
     if as_json:
         print_json(result)
         return
-    print_demo(result)
-    if launch:
-        serve_app(result["browse"]["dataset"], address="127.0.0.1", port=port,
-                  hint="saved views: " + ", ".join(result["browse"]["saved_views"]))
+    print_demo(result.as_dict())
+    if launch and result.browse:
+        serve_app(result.browse["dataset"], address="127.0.0.1", port=port,
+                  hint="saved views: " + ", ".join(result.browse["saved_views"]))
 
 
 def print_demo(result: dict[str, Any]) -> None:

@@ -65,6 +65,12 @@ def run_audit(
     settings: OverlapSettings | None = None, plant_fraction: float = 0.2, hold_out: float = 0.3,
     workers: int | None = None, progress: ProgressFn | None = None, ray: str | None = None,
 ) -> AuditResult:
+    """`wb audit overlap`: plant held-out photos of known people and measure what overlap finds.
+
+    Args: `plant_fraction` of the identities with two or more sampled faces to plant, `hold_out`
+    faces per planted identity, `settings` the overlap settings under test.
+    Returns: `AuditResult` (recall at the overlap and ambiguous thresholds, identity accuracy, and
+    the calibration's FPIR beside them)."""
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, "plant_fraction": plant_fraction, "hold_out": hold_out,
               "fpir": settings.targets.fpir, "threshold": settings.threshold}

@@ -191,6 +191,10 @@ def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str |
                   flip: bool = False, overlap: OverlapTargets | None = None,
                   dedupe: DedupeTargets | None = None, fresh: bool = False, workers: int | None = None,
                   progress: ProgressFn | None = None, ray: str | None = None) -> CalibrateResult:
+    """`wb calibrate`: measure the overlap and dedupe thresholds of a model on a labeled set.
+
+    Calibrations are stored per (model, registration, settings) and reused unless `fresh`.
+    Returns `CalibrateResult`; raises `WorkbenchError` when the set has too few identities."""
     overlap, dedupe = overlap or OverlapTargets(), dedupe or DedupeTargets()
     params = {"labeled": labeled_set, "overlap": asdict(overlap), "dedupe": asdict(dedupe), "fresh": fresh}
     with embedding_run(workspace, "calibrate", params, model=model, flip=flip, workers=workers,

@@ -158,6 +158,13 @@ def run_overlap(
     settings: OverlapSettings | None = None, workers: int | None = None,
     progress: ProgressFn | None = None, ray: str | None = None,
 ) -> OverlapResult:
+    """`wb overlap --labeled NAME`: flag unlabeled faces whose identity is in the labeled set.
+
+    Embeds what is missing, builds identity centres of the set's registration, calibrates the
+    threshold for the model (unless `settings.threshold` fixes it), searches with FAISS, and
+    replaces this set's overlap rows in one transaction.
+    Returns: `OverlapResult` (decisions by kind, thresholds, calibration, report folder).
+    Raises: `WorkbenchError` for an unknown set or one with fewer than two identities."""
     settings = settings or OverlapSettings()
     params = {"labeled": labeled_set, **asdict(settings)}
     with embedding_run(workspace, "overlap", params, model=model, flip=flip, workers=workers,

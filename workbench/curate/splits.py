@@ -55,6 +55,10 @@ class SplitResult(Result):
 
 def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
               min_quality: float = MIN_QUALITY) -> SplitResult:
+    """`wb split`: assign every image to `train_unlabeled`, `eval_unknown` or `excluded` (with a reason).
+
+    Needs `wb dedupe` and `wb overlap` first; reviews decide before automatic reasons. Returns
+    `SplitResult`; raises `WorkbenchError` when a prerequisite is missing or an option is out of range."""
     if not 0 <= eval_unknown < 1:
         raise WorkbenchError("--eval-unknown must be in [0, 1)")
     params = {"eval_unknown": eval_unknown, "seed": seed, "min_quality": min_quality}

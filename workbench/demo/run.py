@@ -100,8 +100,28 @@ def curation_scores(manifest: Path, truth: dict[str, Any], data_root: Path) -> d
     }
 
 
+@dataclass
+class DemoResult(Result):
+    """`wb demo`: each step's result and time, the curation measured against the planted truth,
+    and the three training runs (the curating model, the baseline, UIR)."""
+
+    workspace: str
+    data: str
+    seconds: float
+    steps: list[dict[str, Any]]
+    ingest: dict[str, Any]
+    labeled: dict[str, Any]
+    overlap: dict[str, Any]
+    dedupe: dict[str, Any]
+    split: dict[str, Any]
+    curation: dict[str, Any]
+    runs: dict[str, str]
+    comparison: dict[str, Any]
+    browse: dict[str, Any] | None
+
+
 def run_demo(root: Path, settings: DemoSettings | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+             say: Callable[[str], None] = print) -> DemoResult:
     """Run the demo in workspace `root` (its generated files go to `root/demo-data`)."""
     settings = settings or DemoSettings()
     ws = Workspace.at(root)
@@ -146,11 +166,9 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     browse = step("sync to FiftyOne", lambda: run_browse_sync(ws)) \
         if settings.browse else None
     curation = curation_scores(ws.manifest_path, truth, data)
-    return {
-        "workspace": str(ws.root), "data": str(data), "seconds": round(time.perf_counter() - started, 1),
-        "steps": steps, "ingest": {"web": web, "scenes": scenes}, "labeled": labeled,
-        "overlap": overlap, "dedupe": dedupe, "split": split, "curation": curation,
-        "runs": {"curation": curator["run_id"], "baseline": baseline["run_id"], "uir": uir["run_id"]},
-        "comparison": comparison,
-        "browse": browse,
-    }
+    return DemoResult(
+        workspace=str(ws.root), data=str(data), seconds=round(time.perf_counter() - started, 1),
+        steps=steps, ingest={"web": web, "scenes": scenes}, labeled=labeled, overlap=overlap,
+        dedupe=dedupe, split=split, curation=curation,
+        runs={"curation": curator["run_id"], "baseline": baseline["run_id"], "uir": uir["run_id"]},
+        comparison=comparison, browse=browse)

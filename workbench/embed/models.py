@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from workbench.embed.unit import l2_normalise
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
 from workbench.faces.onnx_session import onnx_session, recogniser_norm
@@ -86,11 +87,6 @@ def parse_norm(text: str) -> tuple[float, float]:
     if std <= 0:
         raise WorkbenchError("--model-norm: STD must be positive")
     return mean, std
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class DlibEmbedder:

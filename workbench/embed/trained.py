@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.embed.models import l2_normalise
+from workbench.embed.unit import l2_normalise
 from workbench.train.backbones import normalise_input
 from workbench.train.checkpoint import Checkpoint
 

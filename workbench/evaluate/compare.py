@@ -171,6 +171,9 @@ class CompareResult(Result):
 
 
 def run_compare(workspace: Workspace, run_ids: list[str], out: Path | None = None) -> CompareResult:
+    """`wb compare`: the evaluations of several runs side by side, with an HTML report.
+
+    Returns `CompareResult`; warns (in the result) when the runs trained on different data."""
     if len(run_ids) < 2:
         raise WorkbenchError("give at least two runs to compare")
     runs = load_runs(workspace, run_ids)

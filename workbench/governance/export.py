@@ -41,6 +41,10 @@ class ExportResult(Result):
 
 def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: str = "none"
                ) -> ExportResult:
+    """`wb export`: write a split's faces as a training set (RecordIO, identity folders or HF).
+
+    The export and the faces it holds are recorded, so `wb forget` can mark it stale later.
+    Returns `ExportResult`; raises `WorkbenchError` for an unknown split, format or a non-empty `out`."""
     if fmt not in FORMATS:
         raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
     if labels not in ("none", "clusters"):

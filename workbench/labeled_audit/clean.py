@@ -215,6 +215,12 @@ def write_mapping(labeled: LabeledSet, plan: Plan, out: Path) -> None:
 def run_clean(workspace: Workspace, name: str, out: Path, *, fmt: str = "rec",
               drop: str | list[str] = "wrong_label,duplicate,leakage", merge: str | list[str] = "",
               new_name: str | None = None, model_key: str | None = None) -> CleanResult:
+    """`wb labeled clean`: write a cleaned copy of an audited set and register it with its lineage.
+
+    Args: `out` an empty or new folder; `fmt` rec | folder | hf; `drop` and `merge` the finding
+    kinds acted on; `new_name` (default `NAME-clean`); `model_key` the audit to use.
+    Returns: `CleanResult`. The source is never touched; `wb forget` follows the lineage into
+    the copy (`governance/lineage.py`)."""
     if fmt not in FORMATS:
         raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
     drops, merges = parse_kinds(drop, DROPPABLE, "--drop"), parse_kinds(merge, MERGEABLE, "--merge")

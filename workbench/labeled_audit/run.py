@@ -91,6 +91,12 @@ def run_audit_labeled(
     seed: int = 0, workers: int | None = None, progress: ProgressFn | None = None,
     ray: str | None = None,
 ) -> LabeledAuditResult:
+    """`wb audit labeled NAME`: wrong labels, one person under two labels, mixed labels, leakage
+    into evaluation sets (`against`: `.bin` files, folders, registered sets) and duplicates.
+
+    Thresholds are measured on the set (`precision`, `same_recall`); findings replace the
+    set's findings for the model in one transaction.
+    Returns: `LabeledAuditResult`; raises `WorkbenchError` for a set with fewer than two identities."""
     if not 0 < precision < 1 or not 0 < same_recall < 1:
         raise WorkbenchError("--precision and --same-recall must be between 0 and 1")
     sources = resolve_against(workspace, labeled_set, against or [])

@@ -145,6 +145,11 @@ def slow_run_hint(config: TrainConfig, eta_s: float) -> str | None:
 
 def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
           progress: ProgressFn | None = None) -> TrainResult:
+    """Train (or, with `resume`, continue) a run; under torchrun every rank calls this.
+
+    Rank 0 records the run (`train_runs` and a detached row of `runs`) and broadcasts the plan;
+    the outcome (`done`, `failed` with its reason, `interrupted`) is recorded however it ends.
+    Returns: `TrainResult`. Raises: `WorkbenchError` for a bad recipe or missing data."""
     if resume is None:
         config = prepared(config)
     config.validate()
