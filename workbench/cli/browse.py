@@ -24,7 +24,7 @@ def browse(
     run: Annotated[str | None, typer.Option(
         "--run", help="Training run whose rejection scores to show.", show_default="latest scored run")
     ] = None,
-    port: Annotated[int, typer.Option(help="App port.")] = 5151,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="App port.")] = 5151,
     address: Annotated[str, typer.Option(help="Address the App binds to; 0.0.0.0 shares it on the network.")
                        ] = "127.0.0.1",
     launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Start the App after syncing.")

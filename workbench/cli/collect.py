@@ -28,15 +28,15 @@ def ingest(
     aligned: Annotated[bool, typer.Option(
         "--aligned", help="Inputs are aligned 112x112 crops: no detection, one face each.",
     )] = False,
-    workers: Annotated[int | None, typer.Option(
+    workers: Annotated[int | None, typer.Option(min=1, max=1024,
         help="Worker processes.", show_default="all cores")] = None,
     detector: DetectorOpt = None,
-    det_threshold: Annotated[float | None, typer.Option(
+    det_threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0,
         help="Detector score threshold; lower finds more faces and more false ones.",
         show_default="dlib 0.0, YuNet 0.7, SCRFD 0.5")] = None,
-    upsample: Annotated[int, typer.Option(
+    upsample: Annotated[int, typer.Option(min=0, max=3,
         help="dlib only: upsample before detection (finds faces under ~80 px, 4x slower per step).")] = 0,
-    chunk_size: Annotated[int, typer.Option(
+    chunk_size: Annotated[int, typer.Option(min=1, max=1_000_000,
         help="Images per transaction: a crash redoes at most this many.")] = 512,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
@@ -73,22 +73,31 @@ def ingest(
 def crawl(
     urls_file: Annotated[Path | None, typer.Argument(help="File of image or page URLs, one a line.")] = None,
     seed: Annotated[list[str] | None, typer.Option(help="Seed page URL; repeat for several.")] = None,
-    depth: Annotated[int, typer.Option(help="Link depth followed from seed pages.")] = 1,
+    depth: Annotated[int, typer.Option(min=0, max=100, help="Link depth followed from seed pages.")] = 1,
     out_dir: Annotated[Path, typer.Option("--out", help="Where images are stored as <sha256>.<ext>.")
                        ] = Path("webfaces"),
     allow_host: Annotated[list[str] | None, typer.Option(help="Also follow links to this host.")] = None,
     allow_private: Annotated[bool, typer.Option(
         "--allow-private", help="Allow loopback and private addresses (a local test server); "
                                 "refused by default, redirects included.")] = False,
-    rate: Annotated[float, typer.Option(help="Requests per second per host.")] = 1.0,
-    per_host: Annotated[int, typer.Option(help="Requests in flight per host.")] = 2,
-    max_bytes: Annotated[int, typer.Option(help="Byte cap per file, enforced while streaming.")
+    rate: Annotated[float, typer.Option(min=0.001, max=1000.0, help="Requests per second per host.")] = 1.0,
+    per_host: Annotated[int, typer.Option(min=1, max=1000, help="Requests in flight per host.")] = 2,
+    max_bytes: Annotated[int, typer.Option(
+        min=1, max=2**40, help="Byte cap per file, enforced while streaming.")
                          ] = 20 * 2**20,
-    retries: Annotated[int, typer.Option(help="Retries on 429, 5xx and timeouts.")] = 3,
-    timeout: Annotated[float, typer.Option(help="Read timeout in seconds.")] = 15.0,
-    max_pages: Annotated[int | None, typer.Option(help="Stop after this many pages.")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
-    time_limit: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    retries: Annotated[int, typer.Option(min=0, max=100, help="Retries on 429, 5xx and timeouts.")] = 3,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, max=3600.0, help="Read timeout in seconds (between two reads).")] = 15.0,
+    response_timeout: Annotated[float, typer.Option(
+        min=1.0, max=86_400.0, help="Seconds a whole response may take, headers to last byte.")] = 120.0,
+    min_rate: Annotated[float, typer.Option(
+        min=0.0, max=1e9, help="Bytes/s a download must keep up after its first 5 s.")] = 4096.0,
+    max_pages: Annotated[int | None, typer.Option(
+        min=0, max=10**12, help="Stop after this many pages.")] = None,
+    max_images: Annotated[int | None, typer.Option(
+        min=0, max=10**12, help="Stop after this many images.")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        min=0.0, max=1e9, help="Stop after this many seconds.")] = None,
     contact: Annotated[str, typer.Option(help="Contact put in the User-Agent.")
                        ] = "https://github.com/uir-workbench",
     then_ingest: Annotated[bool, typer.Option("--ingest", help="Run `wb ingest` on what was fetched.")
@@ -103,7 +112,8 @@ def crawl(
     settings = CrawlSettings(out=out_path, depth=depth, allow_hosts=tuple(allow_host or ()), rate=rate,
                              allow_private=allow_private,
                              per_host=per_host, max_bytes=max_bytes, retries=retries,
-                             read_timeout=timeout, max_pages=max_pages, max_images=max_images,
+                             read_timeout=timeout, response_timeout=response_timeout, min_rate=min_rate,
+                             max_pages=max_pages, max_images=max_images,
                              time_limit=time_limit, contact=contact)
     with progress_bar("crawl", enabled=not as_json) as bar:
         summary = run_crawl(Workspace.at(workspace), urls_file=urls_file, seeds=list(seed or []),
@@ -155,7 +165,7 @@ def labeled_add(
         show_default=False)] = None,
     image_column: Annotated[str, typer.Option(help="HF image column.")] = "image",
     label_column: Annotated[str, typer.Option(help="HF label column.")] = "label",
-    workers: Annotated[int | None, typer.Option(
+    workers: Annotated[int | None, typer.Option(min=1, max=1024,
         help="Worker processes for detection.", show_default="all cores")] = None,
     detector: DetectorOpt = None,
     replace: Annotated[bool, typer.Option(
@@ -219,9 +229,10 @@ def labeled_remove(
 def labeled_pairs(
     name: Annotated[str, typer.Argument(help="A registered labeled set.")],
     out_file: Annotated[Path, typer.Option("--out", help="The .bin file to write.")],
-    folds: Annotated[int, typer.Option(help="Folds with disjoint identities.")] = 10,
-    pairs_per_fold: Annotated[int, typer.Option(help="Pairs per fold, half same.")] = 600,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    folds: Annotated[int, typer.Option(min=2, max=1000, help="Folds with disjoint identities.")] = 10,
+    pairs_per_fold: Annotated[int, typer.Option(
+        min=2, max=10_000_000, help="Pairs per fold, half same.")] = 600,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -40,10 +40,10 @@ def embed(
     set_names: Annotated[list[str] | None, typer.Option(
         "--set", help="'unlabeled' or a labeled set name; repeat for several.",
         show_default="unlabeled")] = None,
-    per_identity: Annotated[int, typer.Option(
+    per_identity: Annotated[int, typer.Option(min=1, max=100_000,
         help="Labeled faces sampled per identity for its centre.")] = 10,
     seed: SeedOpt = 0,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.",
+    workers: Annotated[int | None, typer.Option(min=1, max=1024, help="Worker processes.",
                                                 show_default="all cores")] = None,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
@@ -100,15 +100,16 @@ def overlap(
 def dedupe(
     labeled: Annotated[str | None, typer.Option(
         help="Labeled set to calibrate the thresholds on.", show_default="the only one")] = None,
-    recall: Annotated[float, typer.Option(help="Share of web copies to find (calibration).")] = 0.99,
-    merge_rate: Annotated[float, typer.Option(
+    recall: Annotated[float, typer.Option(
+        min=0.5, max=0.9999, help="Share of web copies to find (calibration).")] = 0.99,
+    merge_rate: Annotated[float, typer.Option(min=0.0001, max=0.5,
         help="Share of distinct photos of one person that may be merged (calibration).")] = 0.005,
-    strict: Annotated[float | None, typer.Option(
+    strict: Annotated[float | None, typer.Option(min=-1.0, max=1.0,
         help="Fixed: cosine at which two faces are duplicates.", show_default="calibrated")] = None,
-    loose: Annotated[float | None, typer.Option(
+    loose: Annotated[float | None, typer.Option(min=-1.0, max=1.0,
         help="Fixed: cosine above which a close crop hash also makes a duplicate.",
         show_default="calibrated")] = None,
-    phash_bits: Annotated[int | None, typer.Option(
+    phash_bits: Annotated[int | None, typer.Option(min=0, max=64,
         help="Fixed: max differing bits of the crops' hashes.", show_default="calibrated")] = None,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
@@ -144,10 +145,11 @@ def dedupe(
 @app.command(rich_help_panel="Curate")
 @handled
 def split(
-    eval_unknown: Annotated[float, typer.Option(
+    eval_unknown: Annotated[float, typer.Option(min=0.0, max=0.99,
         help="Share of clean unlabeled faces held out, as whole clusters, for rejection tests.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed for choosing held-out clusters.")] = 0,
-    min_quality: Annotated[float, typer.Option(help="Faces below this quality are excluded.")] = MIN_QUALITY,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for choosing held-out clusters.")] = 0,
+    min_quality: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Faces below this quality are excluded.")] = MIN_QUALITY,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -172,8 +174,9 @@ def calibrate(
     ambiguous_fpir: AmbiguousFpirOpt = 0.02,
     copy_fpir: CopyFpirOpt = 0.001,
     copies: CopiesOpt = True,
-    recall: Annotated[float, typer.Option(help="Dedupe: share of web copies to find.")] = 0.99,
-    merge_rate: Annotated[float, typer.Option(
+    recall: Annotated[float, typer.Option(
+        min=0.5, max=0.9999, help="Dedupe: share of web copies to find.")] = 0.99,
+    merge_rate: Annotated[float, typer.Option(min=0.0001, max=0.5,
         help="Dedupe: share of distinct photos of one person that may be merged.")] = 0.005,
     per_identity: PerIdentityOpt = 10,
     fresh: Annotated[bool, typer.Option("--fresh", help="Measure again even if stored.")] = False,
@@ -217,8 +220,10 @@ def audit_overlap(
     labeled: Annotated[str, typer.Option("--labeled", help="The labeled set to audit against.")],
     threshold: Annotated[str, typer.Option(help="'auto' or a score, as for `wb overlap`.")] = "auto",
     fpir: FpirOpt = 0.01,
-    plant_fraction: Annotated[float, typer.Option(help="Share of identities planted.")] = 0.2,
-    hold_out: Annotated[float, typer.Option(help="Share of a planted identity's faces held out.")] = 0.3,
+    plant_fraction: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="Share of identities planted.")] = 0.2,
+    hold_out: Annotated[float, typer.Option(
+        min=0.01, max=0.99, help="Share of a planted identity's faces held out.")] = 0.3,
     per_identity: PerIdentityOpt = 10,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
@@ -249,10 +254,10 @@ def audit_labeled(
     against: Annotated[list[str] | None, typer.Option(
         help="An evaluation set whose people must not be in NAME: a verification .bin, an identity "
              "folder tree or a registered set name; repeat for several.")] = None,
-    precision: Annotated[float, typer.Option(
+    precision: Annotated[float, typer.Option(min=0.5, max=0.9999,
         help="Estimated share of flagged faces that must really be wrongly labeled; sets the "
              "wrong-label threshold.")] = 0.9,
-    same_recall: Annotated[float, typer.Option(
+    same_recall: Annotated[float, typer.Option(min=0.5, max=0.9999,
         help="Share of one-person-two-labels pairs to find, measured on random halves of NAME's "
              "own identities; sets the same-person threshold.")] = 0.98,
     model: ModelOpt = "dlib",

@@ -32,22 +32,23 @@ DetectorOpt = Annotated[str | None, typer.Option(
     help="Face detector: dlib (HOG, packaged), yunet[:PATH] (small faces; PATH or $WB_YUNET_MODEL), "
          "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).",
     show_default="the workspace's (recorded with its first faces; dlib in a new workspace)")]
-PerIdentityOpt = Annotated[int, typer.Option(help="Labeled faces per identity centre.")]
-SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
+PerIdentityOpt = Annotated[int, typer.Option(min=1, max=100_000, help="Labeled faces per identity centre.")]
+SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Sampling seed.")]
 FlipOpt = Annotated[bool, typer.Option(help="Flip-averaged embeddings (2x the work).")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Worker processes.", show_default="all cores")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    min=1, max=1024, help="Worker processes.", show_default="all cores")]
 RayOpt = Annotated[str | None, typer.Option(
     "--ray", envvar="WB_RAY_ADDRESS", show_default="no Ray: worker processes on this machine",
     help="Run the per-face work as Ray tasks: 'local' starts Ray on this machine, 'auto' joins the "
          "cluster this machine is in, HOST:PORT joins that one (needs the ray extra: "
          "pip install -e '.\\[ray]').")]
-FpirOpt = Annotated[float, typer.Option(
+FpirOpt = Annotated[float, typer.Option(min=1e-6, max=0.5,
     help="Calibrated threshold: the share of unknown people's faces that may be flagged 'overlap' "
          "(open-set FPIR, per face, valid at any number of identities).")]
-AmbiguousFpirOpt = Annotated[float, typer.Option(
+AmbiguousFpirOpt = Annotated[float, typer.Option(min=1e-6, max=0.5,
     help="Looser FPIR: faces between its threshold and the main one are 'ambiguous' "
          "(also excluded from training).")]
-CopyFpirOpt = Annotated[float, typer.Option(
+CopyFpirOpt = Annotated[float, typer.Option(min=1e-7, max=0.5,
     help="Share of unknown faces that may be taken for copies of a labeled photo.")]
 CopiesOpt = Annotated[bool, typer.Option(
     help="Also search every labeled face for copies of labeled photos (embeds all of S once).")]

@@ -31,8 +31,9 @@ def demo(
     ] = Path("wb-demo"),
     launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Open the FiftyOne App at the end.")
                       ] = True,
-    steps: Annotated[int, typer.Option(help="Training steps of each of the two runs.")] = 150,
-    port: Annotated[int, typer.Option(help="App port.")] = 5151,
+    steps: Annotated[int, typer.Option(
+        min=1, max=1_000_000, help="Training steps of each of the two runs.")] = 150,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="App port.")] = 5151,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole loop on generated faces, in a few minutes on a laptop CPU.

@@ -22,27 +22,32 @@ def train(
     uir_loss: Annotated[str | None, typer.Option(
         help="reference (authors' release; default with --uir) | kl-uniform (paper's intent) | none.",
         show_default="reference with --uir, else none")] = None,
-    uir_weight: Annotated[float, typer.Option(help="Weight of the UIR loss.")] = 0.1,
-    unlabeled_ratio: Annotated[float, typer.Option(help="Share of each batch from unlabeled faces.")] = 0.25,
+    uir_weight: Annotated[float, typer.Option(min=0.0, max=1000.0, help="Weight of the UIR loss.")] = 0.1,
+    unlabeled_ratio: Annotated[float, typer.Option(
+        min=0.0, max=0.95, help="Share of each batch from unlabeled faces.")] = 0.25,
     labeled: Annotated[str | None, typer.Option(help="Labeled set.", show_default="the only one")] = None,
     split_name: Annotated[str, typer.Option("--split", help="Unlabeled split.")] = "train_unlabeled",
     backbone: Annotated[str, typer.Option(help="r18 | r34 | r50 | r100 | mbf.")] = "r50",
-    width: Annotated[float, typer.Option(help="Channel width multiplier (small CPU runs).")] = 1.0,
-    input_size: Annotated[int, typer.Option(help="Input side in pixels (crops are resized).")] = 112,
-    embedding_size: Annotated[int, typer.Option(help="Embedding dimension.")] = 512,
+    width: Annotated[float, typer.Option(
+        min=0.0625, max=4.0, help="Channel width multiplier (small CPU runs).")] = 1.0,
+    input_size: Annotated[int, typer.Option(
+        min=16, max=1024, help="Input side in pixels (crops are resized).")] = 112,
+    embedding_size: Annotated[int, typer.Option(min=2, max=8192, help="Embedding dimension.")] = 512,
     head: Annotated[str, typer.Option(help="arcface (s=64, m=0.5) | cosface (s=64, m=0.4).")] = "arcface",
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs of the labeled set (if no --steps).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per process and step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.1,
-    warmup_steps: Annotated[int | None, typer.Option(help="Warmup steps.", show_default="10%")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, max=100_000_000, help="Training steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(
+        min=0.001, max=10_000.0, help="Epochs of the labeled set (if no --steps).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=65_536, help="Images per process and step.")] = 128,
+    lr: Annotated[float, typer.Option(min=1e-8, max=1e12, help="Peak learning rate (SGD).")] = 0.1,
+    warmup_steps: Annotated[int | None, typer.Option(
+        min=0, max=100_000_000, help="Warmup steps.", show_default="10%")] = None,
     init: Annotated[str | None, typer.Option(
         help="Fine-tune: onnx:PATH (a pretrained ONNX recogniser, e.g. MobileFaceNet or an InsightFace "
              "ResNet; its embedding size and input are the model's), or PATH (a wb checkpoint or an "
              "arcface_torch backbone model.pt).")] = None,
-    freeze_backbone_steps: Annotated[int, typer.Option(
+    freeze_backbone_steps: Annotated[int, typer.Option(min=0, max=100_000_000,
         help="Head warm-up: steps during which only the new margin head learns.")] = 0,
-    backbone_lr_mult: Annotated[float, typer.Option(
+    backbone_lr_mult: Annotated[float, typer.Option(min=0.0, max=100.0,
         help="Backbone learning rate as a multiple of --lr (fine-tuning: e.g. 0.1).")] = 1.0,
     freeze_bn: Annotated[bool, typer.Option(
         "--freeze-bn/--train-bn", help="Keep the backbone's BatchNorm statistics as they are "
@@ -53,9 +58,10 @@ def train(
                       "(by default it is reused, and an interrupted one resumed).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     amp: Annotated[str, typer.Option(help="none or bf16 (autocast; logits and losses stay fp32).")] = "none",
-    num_workers: Annotated[int, typer.Option(help="DataLoader workers per process.")] = 2,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed for init and sampling.")] = 0,
+    num_workers: Annotated[int, typer.Option(min=0, max=256, help="DataLoader workers per process.")] = 2,
+    checkpoint_every: Annotated[int, typer.Option(
+        min=1, max=100_000_000, help="Steps between checkpoints.")] = 500,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for init and sampling.")] = 0,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -68,7 +68,9 @@ class CrawlSettings:
     rate: float = 1.0  # request starts per second per host
     concurrency: int = 8
     connect_timeout: float = 5.0
-    read_timeout: float = 15.0
+    read_timeout: float = 15.0  # between two reads
+    response_timeout: float = 120.0  # a whole response, headers to last byte
+    min_rate: float = 4096.0  # bytes/s a body must keep up after RATE_GRACE_S (slow senders are dropped)
     retries: int = 3
     backoff: float = 0.5
     max_redirects: int = 5
@@ -248,6 +250,15 @@ class Crawler:
         """One request: an outcome, a redirect (status, target) or "retry"."""
         gate = self._gate(urlsplit(url).netloc)
         try:
+            async with asyncio.timeout(self.s.response_timeout):
+                return await self._response(client, gate, url, attempts)
+        except TimeoutError:
+            return Outcome("failed", final_url=url, attempts=attempts,
+                           reason=f"response took over {self.s.response_timeout:g} s (a slow server)")
+
+    async def _response(self, client: httpx.AsyncClient, gate: HostGate, url: str, attempts: int
+                        ) -> Outcome | tuple[int, str | None] | str:
+        try:
             async with gate.semaphore, client.stream("GET", url) as response:
                 if response.is_redirect:
                     return response.status_code, absolute_url(url, response.headers.get("location"))
@@ -269,11 +280,16 @@ class Crawler:
                     return Outcome("failed", response.status_code, str(response.url), declared,
                                    reason="over the byte cap", attempts=attempts)
                 body = bytearray()
+                started = time.monotonic()
                 async for block in response.aiter_bytes():
                     body += block
                     if len(body) > self.s.max_bytes:
                         return Outcome("failed", response.status_code, str(response.url),
                                        len(body), reason="over the byte cap", attempts=attempts)
+                    if too_slow(len(body), time.monotonic() - started, self.s.min_rate):
+                        return Outcome("failed", response.status_code, str(response.url), len(body),
+                                       reason=f"transfer slower than {self.s.min_rate:g} B/s",
+                                       attempts=attempts)
                 return Outcome("done", response.status_code, str(response.url), len(body),
                                content_type=response.headers.get("content-type", ""),
                                attempts=attempts, body=bytes(body))
@@ -357,6 +373,11 @@ class Crawler:
         tmp.write_bytes(body)
         os.replace(tmp, path)
 
+    def _time_left(self) -> float | None:
+        if self.s.time_limit is None:
+            return None
+        return max(0.0, self.s.time_limit - (time.monotonic() - self.started))
+
     def _within_bounds(self) -> bool:
         if self.s.time_limit is not None and time.monotonic() - self.started > self.s.time_limit:
             return False
@@ -393,7 +414,10 @@ class Crawler:
                     tasks.add(task)
                 if not tasks:
                     break
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                # wake at the time limit even while every task waits on a slow server; what is
+                # still in flight then is cancelled below and stays pending for the next crawl
+                done, tasks = await asyncio.wait(tasks, timeout=self._time_left(),
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
             for task in tasks:
@@ -401,6 +425,15 @@ class Crawler:
         left = one(self.con, "SELECT count(*) FROM crawl_urls WHERE status = 'pending'")[0]
         hosts = sorted({urlsplit(u).netloc for u in self.requested})
         return {**self.counts, "pending": int(left), "requests": len(self.requested), "hosts": hosts}
+
+
+RATE_GRACE_S = 5.0
+
+
+def too_slow(received: int, seconds: float, min_rate: float) -> bool:
+    """A body arriving slower than `min_rate` bytes/s on average, once RATE_GRACE_S have passed
+    (one byte every two seconds with a true Content-Length never ends otherwise)."""
+    return seconds > RATE_GRACE_S and received < min_rate * seconds
 
 
 def _retry_after(value: str | None) -> float | None:

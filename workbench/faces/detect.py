@@ -71,7 +71,7 @@ class DlibDetector:
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else cv2.resize(
-            rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+            rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
         )
         rects, scores, _ = self._detector.run(small, self.upsample, self.threshold)
         found = []

@@ -39,7 +39,7 @@ class YunetDetector:
         scale = min(self.max_side / longer, max(1.0, MIN_SIDE / longer))
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if scale != 1.0:
-            bgr = cv2.resize(bgr, (round(width * scale), round(height * scale)),
+            bgr = cv2.resize(bgr, (max(1, round(width * scale)), max(1, round(height * scale))),
                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, faces = self._net.detect(bgr)

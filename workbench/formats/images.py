@@ -7,6 +7,9 @@ import cv2
 import numpy as np
 
 CROP_SIZE = 112
+MAX_CROP_SIDE = 1024  # an "aligned crop" larger than this is no crop (and may be a bomb)
+MAX_JPEG_SCANS = 100  # libjpeg writes 10 for a progressive colour image, mozjpeg up to ~20
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: baseline .. lossless
 
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -36,8 +39,44 @@ def jpeg_complete(data: bytes) -> bool:
     return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
 
 
-def check_encoded(data: bytes) -> str | None:
-    """None if the bytes look like a complete image, else the reason they do not."""
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers: inside entropy-coded data 0xFF is always followed by 0x00 or a
+    restart marker, so each 0xFFDA is one scan (and each scan is a full decoding pass)."""
+    return data.count(b"\xff\xda")
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the start-of-frame header, walking the marker segments; None if absent."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in SOF_MARKERS and pos + 9 <= len(data):
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            return int.from_bytes(data[pos + 7 : pos + 9], "big"), height
+        if marker == 0xDA or length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def image_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read from the header of a JPEG or PNG without decoding; None otherwise."""
+    if fmt == "JPEG":
+        return jpeg_size(data)
+    if fmt == "PNG" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def check_encoded(data: bytes, max_side: int = MAX_CROP_SIDE) -> str | None:
+    """None if the bytes look like a complete aligned crop, else the reason they do not: cheap
+    enough for millions of records, and bounding what decoding one of them can cost."""
     if not data:
         return "empty image"
     fmt = sniff_format(data)
@@ -47,6 +86,11 @@ def check_encoded(data: bytes) -> str | None:
         return "corrupt image (truncated JPEG)"
     if fmt == "PNG" and b"IEND" not in data[-16:]:
         return "corrupt image (truncated PNG)"
+    size = image_size(data, fmt)
+    if size is not None and max(size) > max_side:
+        return f"not an aligned crop ({size[0]}x{size[1]})"
+    if fmt == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
+        return f"too many JPEG scans ({jpeg_scans(data)})"
     return None
 
 

@@ -2,6 +2,13 @@
 
 Every failure becomes a `Rejected` with a short reason that is stored in the
 manifest; nothing here raises anything else for bad input.
+
+Work is bounded before any pixel is decoded, so one file can never take hours:
+pixels (`max_pixels`), shape (a side over `MAX_ASPECT` times the other is no
+photo, and would scale to nothing in the detectors), and for JPEG the number
+of scans, since a progressive file can repeat one scan thousands of times and
+each is a full pass over the image (`formats.images.jpeg_scans` counts them
+without decoding).
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from workbench.formats.images import jpeg_complete
+from workbench.formats.images import MAX_JPEG_SCANS, jpeg_complete, jpeg_scans
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 16
+MAX_ASPECT = 20  # longer side / shorter side
+MAX_SCAN_WORK = 2_500_000_000  # pixels x scans: ~50 full passes over a 50 Mpx image
 EXIF_ORIENTATION = 0x0112
 
 
@@ -55,6 +64,10 @@ def decode_image(
             raise Rejected(f"decompression bomb ({width}x{height})")
         if min(width, height) < min_side:
             raise Rejected(f"too small ({width}x{height})")
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise Rejected(f"extreme aspect ratio ({width}x{height})")
+        if fmt in ("JPEG", "MPO"):
+            check_scans(data, width * height)
         orientation = _orientation(image)
         if fmt == "JPEG" and image.mode in ("RGB", "L") and orientation == 1:
             rgb = _fast_jpeg(data)
@@ -79,6 +92,13 @@ def decode_image(
         except (OSError, ValueError) as exc:
             raise Rejected(f"unsupported pixel mode {image.mode}: {exc}") from None
     return Decoded(rgb=rgb, format="JPEG" if fmt == "MPO" else fmt, transposed=transposed)
+
+
+def check_scans(data: bytes, pixels: int) -> None:
+    """Refuse a JPEG whose scans would make decoding take unbounded time."""
+    scans = jpeg_scans(data)
+    if scans > MAX_JPEG_SCANS or scans * pixels > MAX_SCAN_WORK:
+        raise Rejected(f"too many JPEG scans ({scans} over {pixels / 1e6:.1f} Mpx)")
 
 
 def _orientation(image: Image.Image) -> int:

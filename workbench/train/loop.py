@@ -124,6 +124,18 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), local)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free for this process: the GPU's free memory, or the machine's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def run_training(
     config: TrainConfig, plan: DataPlan, run_dir: Path, *, resume: bool = False,
     dist_info: Distributed | None = None, progress: ProgressFn | None = None,
@@ -132,6 +144,7 @@ def run_training(
     info = dist_info or Distributed()
     device = torch.device(f"cuda:{info.local_rank}" if config.device.startswith("cuda") else "cpu")
     torch.manual_seed(config.seed)
+    config.check_memory(plan.labeled.num_classes, free_memory(device))
     model = FaceModel(config, plan.labeled.num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
