@@ -10,7 +10,7 @@ Fast by default (a few short sequences, derandomised); for a long run:
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import os
 import shutil
 import tempfile
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -70,8 +70,12 @@ class Commands(RuleBasedStateMachine):
 
     def _run(self, call) -> None:
         before = self._runs()
-        with contextlib.suppress(WorkbenchError):
+        outcome = "ok"
+        try:
             call()
+        except WorkbenchError:
+            outcome = "refused"
+        event(f"{inspect.stack()[1].function}: {outcome}")  # coverage, in --hypothesis-show-statistics
         self.finished += self._runs() - before
 
     def _runs(self) -> int:
