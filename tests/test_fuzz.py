@@ -142,3 +142,60 @@ def test_retry_after_headers(value):
 def test_redirect_locations(location):
     target = absolute_url("http://127.0.0.1/a/b.html", location)
     assert target is None or parses(target)
+
+
+HF_FUZZ = settings(FUZZ, max_examples=max(EXAMPLES // 4, 20))
+
+
+@pytest.fixture(scope="module")
+def hf_seed(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
+    """Six images as `save_to_disk` writes them (an .arrow file) and as a parquet file."""
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path_factory.mktemp("hf")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    images = [{"bytes": encoded("JPEG", 20 + i), "path": None} for i in range(6)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1, 0, 1]}, features=features)
+    ds.save_to_disk(str(folder / "disk"))
+    ds.to_parquet(str(folder / "train.parquet"))
+    arrow = next((folder / "disk").glob("*.arrow"))
+    return {"arrow": (arrow.name, arrow.read_bytes()), "parquet": ("train.parquet",
+                                                                   (folder / "train.parquet").read_bytes()),
+            "disk": ("", b""), "folder": (str(folder / "disk"), b"")}
+
+
+def _edit(data: bytearray, edits: list[tuple[int, int]]) -> bytearray:
+    for at, value in edits:
+        data[at] = value
+    return data
+
+
+@HF_FUZZ
+@given(data=st.data())
+def test_hf_datasets(tmp_path_factory, hf_seed, data):
+    """Mutated `.arrow` (its first 2 KB: schema and record-batch lengths, where Arrow once aborted
+    the process) and parquet files: samples, reasons or one `WorkbenchError`, never another
+    exception or a crash."""
+    kind = data.draw(st.sampled_from(["arrow", "parquet"]))
+    name, content = hf_seed[kind]
+    header = st.lists(st.tuples(st.integers(0, min(2000, len(content) - 1)), st.integers(0, 255)),
+                      min_size=1, max_size=3)  # the schema and record-batch metadata
+    mutation = mutated(content) if kind == "parquet" else st.one_of(mutated(content), header.map(
+        lambda edits: bytes(_edit(bytearray(content), edits))))
+    folder = tmp_path_factory.mktemp("hffuzz")
+    if kind == "arrow":
+        import shutil
+
+        target = folder / "ds"
+        shutil.copytree(hf_seed["folder"][0], target)
+        (target / name).write_bytes(data.draw(mutation))
+    else:
+        target = folder / name
+        target.write_bytes(data.draw(mutation))
+    try:
+        source = open_source(target, "hf", cache_dir=folder / "cache")
+        for sample in source.stream():
+            assert (sample.label is None) == (sample.reason is not None) or sample.reason is not None
+            if sample.reason is None:
+                source.read(sample.locator)
+    except WorkbenchError as exc:
+        assert "\n" not in str(exc)

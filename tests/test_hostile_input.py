@@ -162,19 +162,27 @@ def test_absurd_class_counts_and_labels_are_refused_without_allocating(tmp_path)
 
 def test_hf_labels_out_of_range_and_device_paths_are_reasons(tmp_path):
     datasets = pytest.importorskip("datasets")
-    good = tmp_path / "good.jpg"
-    good.write_bytes(jpeg(5))
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(jpeg(5))
     # image records as HF stores them ({bytes, path}); `datasets` itself would read /dev/zero
     image = {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
     features = datasets.Features({"image": image, "label": datasets.ClassLabel(names=["a", "b"])})
-    rows = [{"bytes": None, "path": str(good)}, {"bytes": None, "path": str(good)},
-            {"bytes": None, "path": "/dev/zero"}]
-    ds = datasets.Dataset.from_dict({"image": rows, "label": [0, -1, 1]}, features=features)
+    rows = [{"bytes": None, "path": "good.jpg"}, {"bytes": None, "path": "good.jpg"},
+            {"bytes": None, "path": "/dev/zero"}, {"bytes": None, "path": str(outside)},
+            {"bytes": None, "path": "../outside.jpg"}]
+    ds = datasets.Dataset.from_dict({"image": rows, "label": [0, -1, 1, 1, 0]}, features=features)
     ds.save_to_disk(str(tmp_path / "hf"))
+    (tmp_path / "hf" / "good.jpg").write_bytes(jpeg(5))  # a path inside the dataset folder is read
     summary = register_labeled(Workspace.at(tmp_path / "ws"), "s", tmp_path / "hf", aligned=True)
     assert summary.images == 1
-    assert summary.rejected == {"label out of range (-1)": 1,
-                                   "no image bytes (not a regular file (a character device))": 1}
+    outside_reason = "no image bytes (image path outside the dataset folder: {})"
+    assert summary.rejected == {"label out of range (-1)": 1, outside_reason.format("/dev/zero"): 1,
+                                outside_reason.format(outside): 1, outside_reason.format("../outside.jpg"): 1}
+    allowed = register_labeled(Workspace.at(tmp_path / "ws2"), "s", tmp_path / "hf", aligned=True,
+                               outside_paths=True)  # the user's choice: any local regular file
+    assert allowed.images == 3
+    assert allowed.rejected == {"label out of range (-1)": 1,
+                                "no image bytes (not a regular file (a character device))": 1}
 
 
 def test_jpeg_with_bytes_after_its_end_is_a_good_labeled_image(tmp_path):

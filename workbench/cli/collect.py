@@ -168,6 +168,10 @@ def labeled_add(
     workers: Annotated[int | None, typer.Option(min=1, max=1024,
         help="Worker processes for detection.", show_default="all cores")] = None,
     detector: DetectorOpt = None,
+    outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="HF datasets: read images given by a path outside the dataset's "
+                                      "folder (refused by default: a crafted dataset could name any file).")
+                             ] = False,
     replace: Annotated[bool, typer.Option(
         "--replace", help="If NAME is registered with other contents, remove that registration and "
                           "everything derived from it (vectors, centres, overlap, findings) first.")] = False,
@@ -182,7 +186,7 @@ def labeled_add(
         summary = run_labeled_add(Workspace.at(workspace), name, path, fmt=fmt, aligned=aligned,
                                   image_column=image_column, label_column=label_column,
                                   workers=workers, ray=ray, detector=detector, progress=update,
-                                  replace=replace)
+                                  replace=replace, outside_paths=outside_paths)
     if as_json:
         print_json(summary)
     else:

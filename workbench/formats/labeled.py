@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,15 +75,23 @@ def detect_format(path: Path) -> str:
 
 def open_source(
     path: Path, fmt: str, *, image_column: str = "image", label_column: str = "label",
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, outside_paths: bool = False,
 ) -> LabeledSource:
     if fmt == "rec":
         return RecSource(path)
     if fmt == "folder":
         return FolderSource(path)
     if fmt == "hf":
-        return HFSource(path, image_column, label_column, cache_dir)
+        return HFSource(path, image_column, label_column, cache_dir, outside_paths)
     raise WorkbenchError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def open_registered(path: Path, fmt: str, options: dict[str, Any], cache_dir: Path | None = None
+                    ) -> LabeledSource:
+    """The source of a registered set, opened as it was registered (`options` as stored)."""
+    return open_source(path, fmt, image_column=options.get("image_column", "image"),
+                       label_column=options.get("label_column", "label"), cache_dir=cache_dir,
+                       outside_paths=bool(options.get("outside_paths", False)))
 
 
 class RecSource:
@@ -190,27 +199,55 @@ class FolderSource:
         return None
 
 
+VALIDATE_FULL = False  # structure only: lengths, offsets, buffer sizes (no pass over the data)
+
+
 class HFSource:
-    """A Hugging Face `datasets` dataset: a `save_to_disk` folder or parquet files."""
+    """A Hugging Face `datasets` dataset: a `save_to_disk` folder or parquet files.
+
+    `datasets` and Arrow read the files with native code that can fail in any way on a damaged
+    or crafted file (negative sizes, bad UTF-8, unsupported types); every such failure is one
+    line naming the dataset, never a traceback. An image given by path (`{"path": ...}`) is read
+    only inside the dataset's folder, unless `outside_paths` allows any local file.
+    """
 
     format = "hf"
     BATCH = 512
 
-    def __init__(self, path: Path, image_column: str, label_column: str, cache_dir: Path | None):
+    def __init__(self, path: Path, image_column: str, label_column: str, cache_dir: Path | None,
+                 outside_paths: bool = False):
+        self.path = path
+        self.root = (path if path.is_dir() else path.parent).resolve()
+        self.outside_paths = outside_paths
+        with self._guard("open"):
+            self._open(path, image_column, label_column, cache_dir)
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except WorkbenchError:
+            raise
+        except Exception as exc:  # native readers raise anything on hostile bytes
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise WorkbenchError(f"cannot {what} the Hugging Face dataset at {self.path}: "
+                                 f"{type(exc).__name__}: {first}") from None
+
+    def _open(self, path: Path, image_column: str, label_column: str, cache_dir: Path | None) -> None:
         import datasets
 
         datasets.disable_progress_bars()
-        try:
-            if path.is_dir() and not any(path.glob("*.parquet")):
-                ds = datasets.load_from_disk(str(path))
-            else:
-                files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
-                ds = datasets.Dataset.from_parquet(files, cache_dir=str(cache_dir) if cache_dir else None)
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise WorkbenchError(f"cannot open Hugging Face dataset at {path}: {exc}") from None
+        if path.is_dir() and not any(path.glob("*.parquet")):
+            ds = datasets.load_from_disk(str(path))
+        else:
+            files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
+            ds = datasets.Dataset.from_parquet(files, cache_dir=str(cache_dir) if cache_dir else None)
         if isinstance(ds, datasets.DatasetDict):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
+        # Arrow trusts the lengths and offsets a file states and aborts the process (not an
+        # exception) on impossible ones when a batch is sliced later: check them first.
+        ds.data.table.validate(full=VALIDATE_FULL)
         for column in (image_column, label_column):
             if column not in ds.column_names:
                 raise WorkbenchError(
@@ -236,15 +273,25 @@ class HFSource:
             if value.get("bytes"):
                 return value["bytes"]
             if value.get("path"):
-                return read_regular_file(value["path"], MAX_IMAGE_BYTES)
+                return read_regular_file(self._inside(str(value["path"])), MAX_IMAGE_BYTES)
         if isinstance(value, bytes | bytearray):
             return bytes(value)
         raise ValueError("no image bytes")
 
+    def _inside(self, text: str) -> Path:
+        """An image path resolved against the dataset's folder; outside it only if allowed."""
+        target = (self.root / text).resolve()
+        if not self.outside_paths and not target.is_relative_to(self.root):
+            raise ValueError(f"image path outside the dataset folder: {text[:100]}")
+        return target
+
     def stream(self) -> Iterator[Sample]:
-        images = self.ds.select_columns([self.image_column])
-        for start in range(0, len(images), self.BATCH):
-            batch = images[start : start + self.BATCH][self.image_column]
+        with self._guard("read"):
+            images = self.ds.select_columns([self.image_column])
+            n = len(images)
+        for start in range(0, n, self.BATCH):
+            with self._guard(f"read rows {start}-{min(start + self.BATCH, n) - 1} of"):
+                batch = images[start : start + self.BATCH][self.image_column]
             for offset, value in enumerate(batch):
                 row = start + offset
                 label = int(self.labels[row])
@@ -259,7 +306,9 @@ class HFSource:
         self.notes.empty_identities = [n for i, n in enumerate(self.identities) if i not in present]
 
     def read(self, locator: str) -> bytes:
-        return self._bytes(self.ds[int(locator)][self.image_column])
+        with self._guard(f"read row {locator} of"):
+            value = self.ds[int(locator)][self.image_column]
+        return self._bytes(value)
 
     def close(self) -> None:
         return None

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from workbench.formats.labeled import LabeledSource, open_source
+from workbench.formats.labeled import LabeledSource, open_registered
 from workbench.labeled import registry
 from workbench.manifest.workspace import Workspace
 
@@ -46,11 +46,8 @@ class LabeledSet:
         if crop_rel is not None:
             return (self.workspace.root / crop_rel).read_bytes()
         if self._source is None:
-            self._source = open_source(
-                self.path, self.format,
-                image_column=self.options.get("image_column", "image"),
-                label_column=self.options.get("label_column", "label"),
-                cache_dir=self.workspace.root / "cache" / "hf")
+            self._source = open_registered(self.path, self.format, self.options,
+                                           cache_dir=self.workspace.root / "cache" / "hf")
         return self._source.read(self.samples.column("locator")[position].as_py())
 
     def item_ids(self, positions: np.ndarray | None = None) -> list[str]:

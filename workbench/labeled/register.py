@@ -56,6 +56,7 @@ def register_labeled(
     lineage: dict[str, Any] | None = None,
     ray: str | None = None,
     replace: bool = False,
+    outside_paths: bool = False,
 ) -> LabeledSetSummary:
     """Register `path` as labeled set `name`; registering the same contents again is a no-op.
 
@@ -64,7 +65,8 @@ def register_labeled(
     are removed first, in the same transaction. `detector`: a spec, option text, or None for the
     workspace's detector (`manifest/detector.py`). `lineage` (where a derived set came from: `wb
     labeled clean`) is kept with the registration. `ray`: detect and align unaligned sets as Ray
-    tasks on that cluster.
+    tasks on that cluster. `outside_paths`: HF images given by path may lie outside the
+    dataset's folder (by default such a path is a per-sample reason).
     """
     root = Path(path).expanduser().resolve()
     fmt = detect_format(root) if fmt == "auto" else fmt
@@ -90,7 +92,7 @@ def register_labeled(
                 f"{existing.path}); choose another name, or --replace to drop it and what was "
                 "derived from it")
         source = open_source(root, fmt, image_column=image_column, label_column=label_column,
-                             cache_dir=workspace.root / "cache" / "hf")
+                             cache_dir=workspace.root / "cache" / "hf", outside_paths=outside_paths)
         options = IngestOptions(root=str(workspace.root), aligned=False, detector=spec)
         stale_datasets = registry.app_datasets(con, existing) if existing else []
         try:
@@ -122,6 +124,7 @@ def register_labeled(
                                  "detector": spec.key if spec else None,
                                  "detector_record": spec.to_record() if spec else None,
                                  "fingerprint": contents, "notes": notes,
+                                 "outside_paths": outside_paths,
                                  "empty_identities": source.notes.empty_identities[:100],
                                  "n_empty_identities": len(source.notes.empty_identities),
                                  **({"replaced": dropped} if existing else {}),

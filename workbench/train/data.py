@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from workbench.formats.images import decode_crop
-from workbench.formats.labeled import LabeledSource, open_source
+from workbench.formats.labeled import LabeledSource, open_registered
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ class LabeledFaces(Dataset):
         if crop is not None:
             return Path(crop).read_bytes()
         if self._source is None:
-            self._source = open_source(Path(self.plan.path), self.plan.format,
-                                       image_column=self.plan.options.get("image_column", "image"),
-                                       label_column=self.plan.options.get("label_column", "label"))
+            self._source = open_registered(Path(self.plan.path), self.plan.format, self.plan.options)
         return self._source.read(self.plan.locators[i])
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, int]:
