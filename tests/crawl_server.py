@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tests.conftest import LFW, noise_image
 
+TRICKLE_S = 0.25  # seconds between the bytes of /trickle.jpg
+
 
 def face_jpegs(n: int) -> list[bytes]:
     """Real faces from lfw150 when present, generated images otherwise."""
@@ -106,6 +108,17 @@ class FaultServer:
         elif path == "/slow.jpg":
             time.sleep(2.5)
             self.send(h, 200, self.faces[3], "image/jpeg")
+        elif path == "/trickle.jpg":  # a true Content-Length, then one byte at a time, slowly
+            body = self.faces[3]
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for i in range(len(body)):
+                    h.wfile.write(body[i : i + 1])
+                    h.wfile.flush()
+                    time.sleep(TRICKLE_S)
         elif path == "/big.jpg":
             self.send(h, 200, self.faces[0] + b"\0" * 300_000, "image/jpeg")
         elif path == "/fake.jpg":

@@ -123,7 +123,10 @@ def crawl(
     if as_json:
         print_json(summary)
     else:
-        out.print(kv_table("crawl", [(k, v) for k, v in summary.as_dict().items() if k != "ingest"]))
+        out.print(kv_table("crawl", [(k, v) for k, v in summary.as_dict().items()
+                                     if k not in ("ingest", "not_fetched")]))
+        for why, n in summary.not_fetched.items():
+            out.print(f"not fetched: {n} x {why}", highlight=False)
 
 
 labeled_app = typer.Typer(help="Register and inspect labeled sets (S), referred to by name later.",

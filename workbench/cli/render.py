@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, disk_full
 from workbench.results import Result
 
 out = Console()
@@ -49,8 +49,23 @@ def handled(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted: committed work is kept; run the same command to resume")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if (message := disk_full(exc, where=_workspace_root(kwargs.get("workspace")))) is None:
+                raise
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _workspace_root(option: Any) -> str | None:
+    """The folder of the workspace a command was given (or the default one), for messages."""
+    from workbench.manifest.workspace import Workspace
+
+    try:
+        return str(Workspace.at(option).root)
+    except Exception:
+        return None
 
 
 class RateColumn(ProgressColumn):

@@ -24,6 +24,7 @@ import email.utils
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -134,6 +135,7 @@ class Crawler:
         self.refused: dict[str, str] = {}  # origin -> why connecting to it was refused
         self.requested: list[str] = []  # every URL this process sent a request for
         self.counts = {"pages": 0, "images": 0, "failed": 0, "disallowed": 0, "skipped": 0}
+        self.why_not: Counter[str] = Counter()  # reasons URLs were refused or failed, this run
         self.started = time.monotonic()
         self.seed_hosts: set[str] = set()
 
@@ -358,6 +360,8 @@ class Crawler:
             outcome.status]
         if key:
             self.counts[key] += 1
+            if key != "skipped":
+                self.why_not[(outcome.reason or key)[:160]] += 1
         elif outcome.sha256:
             self.counts["images"] += 1
         else:
@@ -424,7 +428,8 @@ class Crawler:
                 task.cancel()
         left = one(self.con, "SELECT count(*) FROM crawl_urls WHERE status = 'pending'")[0]
         hosts = sorted({urlsplit(u).netloc for u in self.requested})
-        return {**self.counts, "pending": int(left), "requests": len(self.requested), "hosts": hosts}
+        return {**self.counts, "pending": int(left), "requests": len(self.requested), "hosts": hosts,
+                "not_fetched": dict(self.why_not.most_common(5))}
 
 
 RATE_GRACE_S = 5.0
@@ -477,6 +482,7 @@ class CrawlResult(Result):
     hosts: list[str]
     stored_files: int
     run_id: str
+    not_fetched: dict[str, int] = field(default_factory=dict)  # the commonest reasons, with counts
     ingest: dict[str, Any] | None = None
 
 
@@ -511,6 +517,9 @@ def run_crawl(
         stored = sum(1 for p in settings.out.iterdir() if not p.name.startswith("."))
         result = CrawlResult(**counts, run_id=run.run_id, stored_files=stored)
         run.counts = result.as_dict()
+        if result.pages + result.images == 0 and result.pending == 0 and result.not_fetched:
+            reasons = "; ".join(f"{n} x {why}" for why, n in result.not_fetched.items())
+            raise WorkbenchError(f"nothing could be fetched: {reasons}")
     if then_ingest and result.stored_files:
         result.ingest = run_ingest(workspace, settings.out, source="crawl").as_dict()
     return result

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from workbench.errors import WorkbenchError
@@ -49,10 +51,12 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
         raise WorkbenchError(f"--format must be one of {', '.join(FORMATS)}")
     if labels not in ("none", "clusters"):
         raise WorkbenchError("--labels must be none or clusters")
+    out = out.expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WorkbenchError(f"{out} exists and is not an empty folder; choose a new folder")
     params = {"split": split, "format": fmt, "out": str(out), "labels": labels}
     with open_run(workspace, "export", params) as (con, run):
+        _finish_staged(con)
         rows = con.execute(
             "SELECT s.face_id, f.crop_rel, f.image_id, i.source, coalesce(c.cluster_id, 'none') "
             "FROM splits s JOIN faces f USING (face_id) JOIN wb_images i ON i.image_id = f.image_id "
@@ -64,7 +68,9 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
         identities = sorted(set(names))
         label_of = {n: i for i, n in enumerate(identities)}
         order = sorted(range(len(rows)), key=lambda i: (label_of[names[i]], rows[i][0]))
-        out.mkdir(parents=True, exist_ok=True)
+        export_id = f"export-{uuid.uuid4().hex[:10]}"
+        final, out = out, staging(out, export_id)  # written aside, renamed once recorded
+        out.mkdir(parents=True)
         crops = [(workspace.root / rows[i][1]) for i in order]
         if fmt == "rec":
             write_insightface_rec(out / "train.rec", ((label_of[names[i]], c.read_bytes())
@@ -91,15 +97,35 @@ def run_export(workspace: Workspace, split: str, fmt: str, out: Path, labels: st
             for i, crop in zip(order, crops, strict=True):
                 writer.writerow([rows[i][0], rows[i][2], rows[i][3],
                                  hashlib.sha256(crop.read_bytes()).hexdigest(), names[i]])
-        export_id = f"export-{uuid.uuid4().hex[:10]}"
         with registered(con, exported=pa.table({"face_id": [rows[i][0] for i in order]})), \
                 transaction(con):
             con.execute("INSERT INTO exports (export_id, split, format, labels, out, n_faces, stale, "
                         "created_at, run_id) VALUES (?, ?, ?, ?, ?, ?, false, now(), ?)",
-                        [export_id, split, fmt, labels, str(out), len(rows), run.run_id])
+                        [export_id, split, fmt, labels, str(final), len(rows), run.run_id])
             con.execute("INSERT INTO export_items (export_id, face_id) "
                         "SELECT ?, face_id FROM exported", [export_id])
-        result = ExportResult(export_id=export_id, split=split, format=fmt, labels=labels, out=str(out),
+        _move_into_place(out, final)
+        result = ExportResult(export_id=export_id, split=split, format=fmt, labels=labels, out=str(final),
                               faces=len(rows), identities=len(identities))
         run.counts = result.as_dict()
         return result
+
+
+def staging(out: Path, export_id: str) -> Path:
+    """Where an export is written before it is recorded: beside `out`, hidden, named for the export."""
+    return out.parent / f".{out.name}.{export_id}.partial"
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    if out.is_dir():
+        out.rmdir()  # empty (checked before writing): rename(2) would replace it, but say so
+    os.replace(staged, out)
+
+
+def _finish_staged(con: duckdb.DuckDBPyConnection) -> None:
+    """Exports recorded by a run killed before it renamed their folder: rename them now. (A run
+    killed before recording leaves only its `.partial` folder, which no row names.)"""
+    for export_id, out in con.execute("SELECT export_id, out FROM exports").fetchall():
+        staged = staging(Path(out), export_id)
+        if staged.is_dir() and not (Path(out).exists() and any(Path(out).iterdir())):
+            _move_into_place(staged, Path(out))

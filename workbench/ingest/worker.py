@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -88,8 +89,13 @@ def write_atomic(root: str, rel: str, data: bytes) -> None:
     _ensure_dir(tmp_dir)
     _ensure_dir(os.path.dirname(path))
     tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:  # a full disk, say: leave no partial file, and name the one it was
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, exc.strerror, path) from None
     os.replace(tmp, path)
 
 

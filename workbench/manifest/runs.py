@@ -10,6 +10,7 @@ the lock like any writer; the sweep of dead rows leaves them alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -73,10 +74,20 @@ def recorded_run(
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        con.execute(
-            "UPDATE runs SET ended_at = now(), status = ?, counts = ?, error = ? WHERE run_id = ?",
-            [status, json.dumps(run.counts, default=str), error, run.run_id],
-        )
+        _record_end(con, run, status, error)
+
+
+def _record_end(con: duckdb.DuckDBPyConnection, run: Run, status: str, error: str | None) -> None:
+    """How the run ended. A failed COMMIT (a full disk, say) leaves DuckDB's transaction aborted:
+    roll it back first, or the run would read `running` and later `killed`, not `failed`."""
+    values = [status, json.dumps(run.counts, default=str), error, run.run_id]
+    statement = "UPDATE runs SET ended_at = now(), status = ?, counts = ?, error = ? WHERE run_id = ?"
+    try:
+        con.execute(statement, values)
+    except duckdb.Error:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        con.execute(statement, values)
 
 
 DETACHED = "detached"  # a long run working without the lock; finished by finish_detached
