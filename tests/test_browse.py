@@ -213,6 +213,10 @@ def test_app_shows_the_samples_in_headless_chromium(scored, tmp_path):
         answer = httpx.post(url + "graphql", timeout=30, json={
             "query": '{ dataset(name: "wb-test-app") { name estimatedSampleCount } }'}).json()
         assert answer["data"]["dataset"]["estimatedSampleCount"] == n_faces
+        # a page whose domain is re-pointed at 127.0.0.1 (DNS rebinding) gets nothing, files included
+        for path in ("fiftyone", "media?filepath=/etc/hostname"):
+            rebound = httpx.get(url + path, headers={"Host": f"rebound.example:{port}"}, timeout=30)
+            assert rebound.status_code == 400, path
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
             try:

@@ -15,7 +15,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -69,10 +71,31 @@ def load_fiftyone() -> ModuleType:
     return fiftyone
 
 
-def launch(dataset: Any, *, address: str, port: int) -> Any:
-    """Start the App server for `dataset` without opening a browser; returns the session."""
+def launch(dataset: Any, *, address: str, port: int) -> tuple[Any, subprocess.Popen]:
+    """Start the App server (with a Host check: `host_server.py`) and a session on it, without
+    opening a browser; returns the session and the server process."""
     fo = load_fiftyone()
-    return fo.launch_app(dataset, address=address, port=port, remote=True, auto=False)
+    server = subprocess.Popen([sys.executable, "-m", "workbench.browse.host_server", "--port", str(port),
+                               "--address", address], stdin=subprocess.PIPE)
+    _wait_for_server(server, address, port)
+    return fo.launch_app(dataset, address=address, port=port, remote=True, auto=False), server
+
+
+def _wait_for_server(server: subprocess.Popen, address: str, port: int, timeout: float = 120) -> None:
+    import httpx
+
+    host = "127.0.0.1" if address in ("0.0.0.0", "") else "::1" if address == "::" else address
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/fiftyone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise WorkbenchError(f"the App server did not start on {address}:{port} (is the port in use?)")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    _stop_process(server)
+    raise WorkbenchError(f"the App server did not answer on {address}:{port} within {timeout:.0f} s")
 
 
 def serve(dataset: Any, *, address: str, port: int, announce: Callable[[str], None]) -> None:
@@ -81,7 +104,7 @@ def serve(dataset: Any, *, address: str, port: int, announce: Callable[[str], No
     FiftyOne's own wait sleeps in 10 s steps and leaves its server process to exit
     handlers; here both signals end the wait at once and the server is stopped here.
     """
-    session = launch(dataset, address=address, port=port)
+    session, server = launch(dataset, address=address, port=port)
     announce(f"http://{address}:{port}/")
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -92,18 +115,22 @@ def serve(dataset: Any, *, address: str, port: int, announce: Callable[[str], No
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         session.close()
-        _stop_server(port)
+        _stop_process(server)
+        _forget_service(port)
 
 
-def _stop_server(port: int, grace: float = 5.0) -> None:
-    """Stop FiftyOne's App server process for `port`: its stdin closed (how FiftyOne asks it
-    to exit), then terminated if it has not exited within `grace` seconds."""
+def _forget_service(port: int) -> None:
+    """Drop FiftyOne's record of the App service for `port` (it connected to ours, spawning none)."""
     import fiftyone.core.session.session as fos_session
 
     service = fos_session._server_services.pop(port, None)
-    child = getattr(service, "child", None)
-    if child is None:
-        return
+    if getattr(service, "child", None) is not None:
+        _stop_process(service.child)
+
+
+def _stop_process(child: Any, grace: float = 5.0) -> None:
+    """Stop a server process: its stdin closed (how it is asked to exit), then terminated if it
+    has not exited within `grace` seconds."""
     with contextlib.suppress(OSError, ValueError):
         child.stdin.close()
     try:
