@@ -141,7 +141,10 @@ def test_folder_and_hf_give_the_same_identities(tmp_path, aligned_folder):
     ws = str(tmp_path / "ws")
     folder = add("f", str(aligned_folder), "--aligned", "-w", ws)
     disk = add("d", str(tmp_path / "hf_disk"), "--aligned", "-w", ws)
-    parquet = add("p", str(tmp_path / "hf_parquet"), "--aligned", "-w", ws)
+    # the parquet names some images by absolute path, outside its folder: the user allows it
+    refused = wb("labeled", "add", "p", str(tmp_path / "hf_parquet"), "--aligned", "-w", ws, check=False)
+    assert refused.returncode == 1 and "outside the dataset folder" in refused.stderr
+    parquet = add("p", str(tmp_path / "hf_parquet"), "--aligned", "--allow-outside-paths", "-w", ws)
     assert disk["format"] == parquet["format"] == "hf"
     for other in (disk, parquet):
         assert (other["identities"], other["images"]) == (folder["identities"], folder["images"])

@@ -38,6 +38,7 @@ from workbench.labeled.access import LabeledSet
 from workbench.manifest.workspace import Workspace
 
 EXAMPLES = int(os.environ.get("WB_STATE_EXAMPLES", "3"))
+pytestmark = pytest.mark.timeout(0 if EXAMPLES > 100 else 600)  # a long run is one test: no limit
 STEPS = int(os.environ.get("WB_STATE_STEPS", "8"))
 MODEL = MODELS / "mobilefacenet_128d.onnx"
 SIZE = DemoSize(labeled_identities=5, labeled_per_identity=3, unknown_identities=3, unknown_per_identity=2,

@@ -58,7 +58,11 @@ def train(
                       "(by default it is reused, and an interrupted one resumed).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     amp: Annotated[str, typer.Option(help="none or bf16 (autocast; logits and losses stay fp32).")] = "none",
-    num_workers: Annotated[int, typer.Option(min=0, max=256, help="DataLoader workers per process.")] = 2,
+    num_workers: Annotated[int | None, typer.Option(
+        min=0, max=256, help="DataLoader workers per process.",
+        show_default="the cores per process, less one (up to 16)")] = None,
+    keep_checkpoints: Annotated[int, typer.Option(
+        min=1, max=1_000_000, help="Step checkpoints kept (besides best.pt and final.pt).")] = 3,
     checkpoint_every: Annotated[int, typer.Option(
         min=1, max=100_000_000, help="Steps between checkpoints.")] = 500,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for init and sampling.")] = 0,
@@ -76,7 +80,8 @@ def train(
         num_features=embedding_size, head=head, steps=steps, epochs=epochs, batch_size=batch_size,
         lr=lr, warmup_steps=warmup_steps, init=init, device=device, amp=amp,
         freeze_backbone_steps=freeze_backbone_steps, backbone_lr_mult=backbone_lr_mult, freeze_bn=freeze_bn,
-        num_workers=num_workers, checkpoint_every=checkpoint_every, seed=seed)
+        num_workers=num_workers, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        seed=seed)
     hinted = False
     with progress_bar("train", enabled=not as_json) as bar:
         def update(step: int, total: int, last: dict[str, float]) -> None:

@@ -19,6 +19,12 @@ from workbench.errors import WorkbenchError
 
 FINAL = "final.pt"
 LATEST = "latest.pt"
+BEST = "best.pt"  # the lowest logged training loss among saves (links to step files)
+
+
+def run_folder(root: Path, run_id: str) -> Path:
+    """Where a training run keeps its files (`config.json`, checkpoints, metrics)."""
+    return root / "runs" / run_id
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -84,8 +84,9 @@ class IResNet(nn.Module):
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.bn2(x), 1)
-        x = self.fc(self.dropout(x))
-        return self.features(x.float())
+        with torch.autocast(x.device.type, enabled=False):  # the embedding layer in fp32 (arcface_torch)
+            x = self.fc(self.dropout(x).float())
+        return self.features(x)
 
 
 class DepthWise(nn.Module):

@@ -15,7 +15,8 @@ NUMERIC = (("uir_weight", 0, 1000), ("unlabeled_ratio", 0, 0.95), ("width", 0.06
            ("input_size", 16, 1024), ("num_features", 2, 8192), ("steps", 1, 1e8), ("epochs", 1e-3, 1e4),
            ("batch_size", 1, 65536), ("lr", 1e-8, 1e12), ("warmup_steps", 0, 1e8),
            ("freeze_backbone_steps", 0, 1e8), ("backbone_lr_mult", 0, 100), ("num_workers", 0, 256),
-           ("checkpoint_every", 1, 1e8), ("log_every", 1, 1e8), ("seed", 0, 2**32 - 1))
+           ("checkpoint_every", 1, 1e8), ("keep_checkpoints", 1, 1e6), ("log_every", 1, 1e8),
+           ("seed", 0, 2**32 - 1))
 ACTIVATION_BYTES = {"r18": 30e6, "r34": 45e6, "r50": 80e6, "r100": 140e6, "mbf": 25e6, "onnx": 40e6}
 
 
@@ -47,9 +48,10 @@ class TrainConfig:
     freeze_bn: bool = False  # keep BatchNorm running statistics as they are
     device: str = "cpu"
     amp: str = "none"
-    num_workers: int = 2
+    num_workers: int | None = None  # DataLoader workers per process; None: from the CPU count
     seed: int = 0
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # step files kept besides the best
     log_every: int = 10
     flip: bool = True
     holdout_per_identity: int = 1  # labeled faces kept out of training as known probes for `wb eval`

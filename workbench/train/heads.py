@@ -48,7 +48,11 @@ class MarginHead(nn.Module):
         """cos(theta) between embeddings and every class centre, in fp32."""
         return F.linear(F.normalize(embeddings.float()), F.normalize(self.weight.float()))
 
+    def loss(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the margin, from cosines already computed (one normalisation of W
+        a step serves the labeled and the unlabeled rows)."""
+        return F.cross_entropy(margin_logits(cos, labels, self.s, self.m1, self.m2, self.m3), labels)
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy with the margin on labeled rows."""
-        logits = margin_logits(self.cosine(embeddings), labels, self.s, self.m1, self.m2, self.m3)
-        return F.cross_entropy(logits, labels)
+        return self.loss(self.cosine(embeddings), labels)

@@ -9,10 +9,12 @@ resumed run continues exactly where the saved one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workbench.errors import WorkbenchError
-from workbench.manifest.train_runs import FINAL, LATEST, checkpoint_dir
+from workbench.manifest.train_runs import BEST, FINAL, LATEST, checkpoint_dir
 from workbench.train import checkpoint
 from workbench.train.backbones import build_backbone, normalise_input
 from workbench.train.config import TrainConfig
@@ -83,8 +85,10 @@ class FaceModel(nn.Module):
             embeddings = self.backbone(images)
         embeddings = embeddings.float()
         n = len(labels)
-        margin = self.head(embeddings[:n], labels)
-        unknown = uir_loss(kind, self.head.cosine(embeddings[n:]), self.head.s)
+        scored = embeddings if kind != "none" else embeddings[:n]  # no unlabeled cosines for nothing
+        cos = self.head.cosine(scored)
+        margin = self.head.loss(cos[:n], labels)
+        unknown = uir_loss(kind, cos[n:], self.head.s) if len(cos) > n else margin.new_zeros(())
         return margin + weight * unknown, margin.detach(), unknown.detach()
 
 
@@ -136,13 +140,47 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def training_device(spec: str, info: Distributed) -> torch.device:
+    """The process's device: `cuda:N` as given in one process; under torchrun, the local rank's GPU."""
+    if not spec.startswith("cuda"):
+        return torch.device("cpu")
+    if info.world == 1 and ":" in spec:
+        return torch.device(spec)
+    return torch.device(f"cuda:{info.local_rank}")
+
+
+def loader_workers(config: TrainConfig, info: Distributed) -> int:
+    """DataLoader workers per process: as given, else the cores this process may use (a GPU
+    eats 5-10k decoded crops a second), leaving one for the training step."""
+    if config.num_workers is not None:
+        return config.num_workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(info.world)))
+    return max(0, min(16, (os.cpu_count() or 2) // max(1, local) - 1))
+
+
+def _fault(step: int, rank: int) -> float:
+    """Test hook: WB_TRAIN_FAULT=nan:RANK:STEP makes that rank's loss non-finite at that step
+    (a failure on one rank only, which the ranks must agree on)."""
+    spec = os.environ.get("WB_TRAIN_FAULT", "")
+    kind, _, where = spec.partition(":")
+    return math.nan if kind == "nan" and where == f"{rank}:{step}" else 1.0
+
+
 def run_training(
     config: TrainConfig, plan: DataPlan, run_dir: Path, *, resume: bool = False,
     dist_info: Distributed | None = None, progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """The training loop proper; `run_dir` holds checkpoints and metrics."""
+    """The training loop proper; `run_dir` holds checkpoints and metrics.
+
+    The host waits for the device only at check points (every `log_every` steps, before each
+    checkpoint and at the end): losses and a count of non-finite steps are summed on the device
+    and, under torchrun, all-reduced there, so every rank sees a failure on any rank at the same
+    step and all stop together (no rank is left waiting in an all-reduce).
+    """
     info = dist_info or Distributed()
-    device = torch.device(f"cuda:{info.local_rank}" if config.device.startswith("cuda") else "cpu")
+    device = training_device(config.device, info)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     torch.manual_seed(config.seed)
     config.check_memory(plan.labeled.num_classes, free_memory(device))
     model = FaceModel(config, plan.labeled.num_classes).to(device)
@@ -174,95 +212,127 @@ def run_training(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
-    wrapped: nn.Module = model
-    if info.world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=config.freeze_backbone_steps > start)  # the frozen backbone has no grads
+
+    def ddp(frozen: bool) -> nn.Module:
+        if info.world == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(  # a frozen backbone has no grads to reduce
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=frozen)
+
+    was_frozen = start < config.freeze_backbone_steps
+    wrapped = ddp(was_frozen)
+    workers = loader_workers(config, info)
     labeled_loader = DataLoader(
         LabeledFaces(plan.labeled, config.input_size),
         batch_sampler=ResumableBatches(len(plan.labeled.labels), n_labeled, config.seed, info.rank,
                                        info.world, start, config.flip),
-        num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=config.num_workers > 0)
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     unlabeled_iter = None
     if n_unlabeled:
         unlabeled_iter = iter(DataLoader(
             UnlabeledFaces(plan.unlabeled, config.input_size),
             batch_sampler=ResumableBatches(len(plan.unlabeled.crop_paths), n_unlabeled, config.seed + 1,
                                            info.rank, info.world, start, config.flip),
-            num_workers=config.num_workers, pin_memory=device.type == "cuda",
-            persistent_workers=config.num_workers > 0))
+            num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0))
     metrics_path = run_dir / "metrics.jsonl"
     writer = None
+    saver = None
     if info.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, start)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start)
+        saver = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints, LATEST, FINAL, BEST)
 
-    def save(step: int, name: str = LATEST) -> None:
-        if info.main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
-                     "num_classes": plan.labeled.num_classes, **model.checkpoint_extras()}
-            checkpoint.save(state, ckpt_dir / name)
-            if name == LATEST:
-                checkpoint.save(state, ckpt_dir / f"step_{step:07d}.pt")
+    def save(step: int, loss: float | None = None, final: bool = False) -> None:
+        if saver is not None:
+            saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "step": step, "config": asdict(config),
+                        "num_classes": plan.labeled.num_classes, **model.checkpoint_extras()},
+                       step, loss, final)
 
     amp = config.amp == "bf16"
     last: dict[str, float] = {}
-    step = start
+    step = checked = start
+    sums = torch.zeros(4, device=device)  # loss, margin loss, UIR loss, non-finite steps: since the check
     tic, seen = time.perf_counter(), 0
     labeled_iter = iter(labeled_loader)
+
+    def check() -> None:
+        """The one host sync of an interval: agree across ranks, stop on a non-finite loss, log."""
+        nonlocal checked, tic, seen, last
+        values = sums.clone()
+        if info.world > 1:
+            dist.all_reduce(values)
+        loss_sum, margin_sum, uir_sum, bad = values.tolist()
+        sums.zero_()
+        if bad:
+            raise NonFiniteLoss(
+                f"loss became non-finite between steps {checked} and {step} ({int(bad)} of "
+                f"{(step - checked) * info.world} rank-steps); the last good checkpoint is "
+                f"{ckpt_dir / LATEST}; lower --lr or check the data")
+        n = max(1, (step - checked) * info.world)
+        last = {"step": step, "loss": loss_sum / n, "margin_loss": margin_sum / n, "uir_loss": uir_sum / n,
+                "lr": scheduler.get_last_lr()[0]}
+        last["images_per_s"] = seen / max(time.perf_counter() - tic, 1e-9)
+        last["eta_s"] = (total - step) * config.batch_size * info.world / last["images_per_s"]
+        checked, tic, seen = step, time.perf_counter(), 0
+        if info.main:
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(last) + "\n")
+            for key, value in last.items():
+                if key != "step":
+                    writer.add_scalar(f"train/{key}", value, step)
+
     try:
         while step < total:
             frozen = step < config.freeze_backbone_steps
+            if frozen != was_frozen:  # warm-up over: every parameter has a gradient from now on
+                wrapped, was_frozen = ddp(frozen), frozen
             model.phase(frozen)
             images, labels = next(labeled_iter)
-            if unlabeled_iter is not None:
-                images = torch.cat([images, next(unlabeled_iter)])
             x = normalise_input(images.to(device, non_blocking=True))
+            if unlabeled_iter is not None:  # each batch to the device from its own pinned memory
+                x = torch.cat([x, normalise_input(next(unlabeled_iter).to(device, non_blocking=True))])
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, margin, unknown = wrapped(x, labels.to(device), config.uir_loss, config.uir_weight, amp,
-                                            frozen)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at step {step}; the last good checkpoint is "
-                    f"{ckpt_dir / LATEST}; lower --lr or check the data")
+            loss, margin, unknown = wrapped(x, labels.to(device, non_blocking=True), config.uir_loss,
+                                            config.uir_weight, amp, frozen)
+            loss = loss * _fault(step, info.rank)
+            finite = torch.isfinite(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
-            seen += len(images) * info.world
-            last = {"step": step, "loss": loss.item(), "margin_loss": margin.item(),
-                    "uir_loss": unknown.item(), "lr": scheduler.get_last_lr()[0]}
-            if step % config.log_every == 0 or step == total:
-                last["images_per_s"] = seen / max(time.perf_counter() - tic, 1e-9)
-                last["eta_s"] = (total - step) * config.batch_size * info.world / last["images_per_s"]
-                tic, seen = time.perf_counter(), 0
-                if info.main:
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(last) + "\n")
-                    for key, value in last.items():
-                        if key != "step":
-                            writer.add_scalar(f"train/{key}", value, step)
+            seen += len(x) * info.world
+            sums += torch.stack([torch.where(finite, loss.detach(), 0.0), margin.nan_to_num(0.0),
+                                 unknown.nan_to_num(0.0), (~finite).float()])
+            at_checkpoint = step % config.checkpoint_every == 0 and step < total
+            if step % config.log_every == 0 or step == total or at_checkpoint:
+                check()
             if progress and info.main:
                 progress(step, total, last)
-            if step % config.checkpoint_every == 0 and step < total:
-                save(step)
+            if at_checkpoint:
+                save(step, last.get("loss"))
     except KeyboardInterrupt:
-        save(step)
+        if step == checked:  # a state known to be good
+            save(step, final=False)
+            if saver is not None:
+                saver.wait()
         raise
     finally:
         if writer is not None:
             writer.close()
-    save(step)
-    save(step, FINAL)
+        if saver is not None and sys.exc_info()[0] is not None:
+            with contextlib.suppress(Exception):
+                saver.close()
+    save(step, last.get("loss"), final=True)
+    if saver is not None:
+        saver.close()
     result = {"steps": step, "total_steps": total, **{k: v for k, v in last.items() if k != "step"}}
     if info.world > 1:
         digests: list[str | None] = [None] * info.world

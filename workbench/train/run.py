@@ -153,7 +153,7 @@ def run_train(ws: Workspace, config: TrainConfig, *, resume: str | None = None,
     if resume is None:
         config = prepared(config)
     config.validate()
-    info = init_distributed(config.device)
+    info = init_distributed(_device_of(ws, config, resume))
     payload: list[Any] = [None]
     if info.main:
         payload[0] = _start(ws, config, resume)
@@ -191,7 +191,7 @@ def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
                 raise WorkbenchError(f"run {resume} has no checkpoint to resume from")
         else:
             run_id = new_run_id("train")
-            run_dir = ws.root / "runs" / run_id
+            run_dir = train_runs.run_folder(ws.root, run_id)
         plan = plan_data(ws, con, config)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -202,6 +202,18 @@ def _start(ws: Workspace, config: TrainConfig, resume: str | None) -> tuple:
                 train_runs.insert(con, run_id, asdict(config), plan.snapshot, versions(), run_dir)
             start_detached(con, run_id, "train", {"resume": resume, **asdict(config)})
         return run_id, plan, config, run_dir
+
+
+def _device_of(ws: Workspace, config: TrainConfig, resume: str | None) -> str:
+    """The device a run trains on, known before the process group starts (every rank reads it):
+    a resumed run's is its stored recipe's, not the command line's default."""
+    if resume is not None:
+        stored = train_runs.run_folder(ws.root, resume) / "config.json"
+        try:
+            return str(json.loads(stored.read_text()).get("device", config.device))
+        except (OSError, ValueError):
+            return config.device
+    return config.device
 
 
 RUN_STATUS = {"done": "ok", "failed": "failed", "interrupted": "interrupted"}  # train_runs -> runs
