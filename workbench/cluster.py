@@ -8,7 +8,9 @@ retried by Ray when its worker dies), and the results come back to the driver
 in order. Workers never open DuckDB; they write crops into the workspace (a
 filesystem every node mounts) and return rows, and the driver commits them,
 so killing the driver loses at most the chunk in flight and a re-run redoes
-exactly that. Which node ran how many shards is counted on the mapper.
+exactly that. Which node ran how many shards is counted on the mapper. Work that
+asks for a GPU goes to `ShardWorker` actors, one long-lived process per GPU, so
+a model is loaded once per GPU rather than once per shard.
 
 `--ray local` (or no address) starts a Ray instance on this machine, `auto`
 joins the cluster this machine belongs to, `HOST:PORT` joins that one.
@@ -51,6 +53,15 @@ def _run_shard_with(fn: Callable[[Any, Any], Any], shared: Any, shard: list[Any]
     return ray.get_runtime_context().get_node_id(), [fn(shared, item) for item in shard]
 
 
+class ShardWorker:
+    """A Ray actor for GPU work: one long-lived process per GPU, so what a shard's function loads
+    once per process (a model, a CUDA context) is loaded once, not for every shard. (Ray runs a
+    task that asks for a GPU in a fresh process each time.)"""
+
+    def run(self, fn: Callable[[Any], Any], shard: list[Any]) -> tuple[str, list[Any]]:
+        return _run_shard(fn, shard)
+
+
 class RayMapper(Mapper):
     """`parallel.Mapper` as Ray tasks: `fn` over `items` in tasks of `shard_size` items, results
     lazily in order. All shards of a call are submitted at once, so the next chunk runs while
@@ -61,12 +72,22 @@ class RayMapper(Mapper):
     def __init__(self, ray: Any, shard_size: int, num_gpus: float = 0.0) -> None:
         self.ray = ray
         self.shard_size = shard_size
-        self.task = ray.remote(max_retries=MAX_RETRIES, num_cpus=1, num_gpus=num_gpus)(_run_shard)
+        self.task = ray.remote(max_retries=MAX_RETRIES, num_cpus=1)(_run_shard)
         self.task_with = ray.remote(max_retries=MAX_RETRIES, num_cpus=1)(_run_shard_with)
         self.nodes: Counter[str] = Counter()
+        self.actors: list[Any] = []
+        if num_gpus > 0:
+            actor = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=MAX_RETRIES,
+                               max_task_retries=MAX_RETRIES)(ShardWorker)
+            count = max(1, int(ray.cluster_resources().get("GPU", 0) // num_gpus))
+            self.actors = [actor.remote() for _ in range(count)]
 
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-        refs = [self.task.remote(fn, shard) for shard in chunked(items, self.shard_size)]
+        shards = chunked(items, self.shard_size)
+        if self.actors:  # round robin over the GPU actors; each runs its queue in order
+            refs = [self.actors[i % len(self.actors)].run.remote(fn, shard) for i, shard in enumerate(shards)]
+        else:
+            refs = [self.task.remote(fn, shard) for shard in shards]
         return self._collect(refs)
 
     def map_with(self, fn: Callable[[Any, Any], Any], shared: Any, items: Iterable[Any],

@@ -75,13 +75,14 @@ def verification(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
 
 
 def _face_crops(ws: Workspace, con: duckdb.DuckDBPyConnection, split: str, limit: int | None = None,
-                seed: int = 0) -> list[bytes]:
+                seed: int = 0) -> list[Path]:
+    """The crop files of a split's faces (read later, a batch at a time)."""
     rows = [r[0] for r in con.execute("SELECT f.crop_rel FROM splits s JOIN faces f USING (face_id) "
                                       "WHERE s.split = ? ORDER BY s.face_id", [split]).fetchall()]
     if limit is not None and len(rows) > limit:
         pick = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in sorted(pick)]
-    return [(ws.root / r).read_bytes() for r in rows]
+    return [ws.root / r for r in rows]
 
 
 def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
@@ -92,14 +93,13 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
         pos = [position[s] for s in held if s in position]
         known = run.embed_encoded([labeled.crop_bytes(p) for p in pos])
         known_labels = labeled.labels[pos]
-    unknown = run.embed_encoded(_face_crops(ws, con, "eval_unknown"))
-    unlabeled = run.embed_encoded(_face_crops(ws, con, run.config.unlabeled_split, unlabeled_sample))
-    msp_known, pred_known, _ = m.softmax_stats(run.logits(known)) if len(known) else (np.empty(0),) * 3
-    msp_unknown = m.softmax_stats(run.logits(unknown))[0] if len(unknown) else np.empty(0)
-    msp_unlabeled = m.softmax_stats(run.logits(unlabeled))[0] if len(unlabeled) else np.empty(0)
-    top_known = (known @ run.centres.T).max(axis=1) if len(known) else np.empty(0)
-    top_unknown = (unknown @ run.centres.T).max(axis=1) if len(unknown) else np.empty(0)
-    correct = pred_known == known_labels if len(known) else np.empty(0, bool)
+    unknown = run.embed_files(_face_crops(ws, con, "eval_unknown"))
+    unlabeled = run.embed_files(_face_crops(ws, con, run.config.unlabeled_split, unlabeled_sample))
+    known_scores, unknown_scores = run.scores(known), run.scores(unknown)
+    msp_known, msp_unknown = known_scores.msp, unknown_scores.msp
+    msp_unlabeled = run.scores(unlabeled).msp
+    top_known, top_unknown = known_scores.max_cos, unknown_scores.max_cos
+    correct = known_scores.pred == known_labels
     if len(known) == 0 or len(unknown) == 0:
         note = "no held-out known faces" if len(known) == 0 else "empty eval_unknown split"
         return {"note": f"open-set metrics skipped: {note}"}, {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -109,6 +110,36 @@ def pairwise_cosine_distances(centres: np.ndarray, *, exact_limit: int = 20_000,
     j = np.where(j >= i, j + 1, j)
     d = 1.0 - np.einsum("nd,nd->n", c[i], c[j])
     return d, float(1.96 * d.std(ddof=1) / math.sqrt(n_pairs))
+
+
+@dataclass(frozen=True)
+class OpenSetScores:
+    """Per face: max softmax probability, its class, entropy (nats) and max cosine to any centre."""
+
+    msp: np.ndarray
+    pred: np.ndarray
+    entropy: np.ndarray
+    max_cos: np.ndarray
+
+
+CHUNK_ELEMENTS = 1 << 25  # logits held at once (128 MB in fp32): ~390 faces at 85,742 classes
+
+
+def open_set_scores(embeddings: np.ndarray, centres: np.ndarray, scale: float,
+                    chunk_elements: int = CHUNK_ELEMENTS) -> OpenSetScores:
+    """`softmax_stats` of s * cos to every centre, and the max cosine, computed a chunk of rows at
+    a time: memory is bounded by `chunk_elements`, whatever the number of faces (an unchunked
+    490k x 85,742 logit matrix is 168 GB)."""
+    n = len(embeddings)
+    out = OpenSetScores(np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.float64),
+                        np.empty(n, np.float32))
+    rows = max(1, chunk_elements // max(1, len(centres)))
+    for start in range(0, n, rows):
+        cos = embeddings[start : start + rows] @ centres.T
+        part = slice(start, start + len(cos))
+        out.max_cos[part] = cos.max(axis=1)
+        out.msp[part], out.pred[part], out.entropy[part] = softmax_stats(scale * cos)
+    return out
 
 
 def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 
 from workbench.embed.models import Flipped
 from workbench.embed.trained import CheckpointEmbedder
+from workbench.evaluate.metrics import OpenSetScores, open_set_scores
 from workbench.formats.images import decode_crops
 from workbench.manifest import train_runs
 from workbench.train.checkpoint import Checkpoint
 from workbench.train.config import TrainConfig
+
+DECODE_BATCH = 256
 
 
 @dataclass
@@ -38,9 +43,35 @@ class TrainedRun:
         """Unit embeddings of (n, 112, 112, 3) crops."""
         return (Flipped(self.embedder) if self.flip else self.embedder).embed(crops)
 
-    def embed_encoded(self, encoded: list[bytes]) -> np.ndarray:
-        return self.embed(decode_crops(encoded))
+    def embed_encoded(self, encoded: Sequence[bytes]) -> np.ndarray:
+        """Unit embeddings of encoded crops, decoded a batch at a time (490k eval faces decoded at
+        once would be 18 GB of pixels, twice with flips)."""
+        out = np.empty((len(encoded), self.config.num_features), np.float32)
+        for start in range(0, len(encoded), DECODE_BATCH):
+            part = encoded[start : start + DECODE_BATCH]
+            out[start : start + len(part)] = self.embed(decode_crops(list(part)))
+        return out
 
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
-        """s * cos(theta) to every class centre: what the UIR loss sees for unknown faces."""
-        return self.config.scale * embeddings @ self.centres.T
+    def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
+        """Unit embeddings of crop files, read a batch at a time."""
+        return self.embed_encoded(_LazyFiles(paths))
+
+    def scores(self, embeddings: np.ndarray) -> OpenSetScores:
+        """Max softmax probability, argmax, entropy and max cosine of each face against every class
+        centre, in row chunks (see `metrics.open_set_scores`)."""
+        return open_set_scores(embeddings, self.centres, self.config.scale)
+
+
+class _LazyFiles(Sequence[bytes]):
+    """File contents read when sliced, so a long list of crops is never held in memory whole."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [Path(p).read_bytes() for p in self.paths[index]]
+        return Path(self.paths[index]).read_bytes()

@@ -23,7 +23,6 @@ from workbench.embed.compute import embed_encoded
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore
 from workbench.errors import WorkbenchError
-from workbench.evaluate.metrics import softmax_stats
 from workbench.evaluate.model import TrainedRun
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.runs import open_run
@@ -80,7 +79,8 @@ def run_score(workspace: Workspace, run_id: str, sets: list[str],
             encoded = [(workspace.root / c).read_bytes() for _, c in batch]
             emb = trained.embed_encoded(encoded) if mapper is None else np.concatenate(list(mapper(
                 partial(embed_encoded, spec=spec), chunked(encoded, RAY_TASK_FACES))))
-            msp, pred, entropy = softmax_stats(trained.logits(emb))
+            scored = trained.scores(emb)
+            msp, pred, entropy = scored.msp, scored.pred, scored.entropy
             ids = [f for f, _ in batch]
             with registered(con, scored=pa.table({
                 "face_id": pa.array(ids, pa.string()),

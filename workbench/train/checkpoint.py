@@ -112,9 +112,11 @@ class Checkpointer:
         self.pool.shutdown()
 
 
-def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's state; `mmap`: tensors are read from the file when used (inference reads the
+    model and never the optimizer's momentum, as large again)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkbenchError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
@@ -157,7 +159,10 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
-        state = read(path)
+        """For inference: the model's tensors (memory-mapped), without optimizer or scheduler."""
+        state = read(path, mmap=True)
+        for key in ("optimizer", "scheduler"):
+            state.pop(key, None)
         return cls(Path(path), state, config_of(state, path))
 
     def backbone(self) -> nn.Module:
