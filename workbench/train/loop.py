@@ -278,6 +278,8 @@ def run_training(
                 "lr": scheduler.get_last_lr()[0]}
         last["images_per_s"] = seen / max(time.perf_counter() - tic, 1e-9)
         last["eta_s"] = (total - step) * config.batch_size * info.world / last["images_per_s"]
+        if device.type == "cuda":  # a host-side counter: no sync
+            last["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         checked, tic, seen = step, time.perf_counter(), 0
         if info.main:
             with open(metrics_path, "a") as handle:
