@@ -2,8 +2,8 @@
 
 Stages, each reported passed or failed with its figure:
 
-1. data: a synthetic RecordIO `train.rec/.idx/property` (85,742 classes, 95,742 records from a pool of generated
-   112x112 JPEGs whose bytes repeat) and a folder of aligned web crops;
+1. data: a synthetic RecordIO `train.rec/.idx/property` (85,742 classes, 95,742 records from a
+   pool of generated 112x112 JPEGs whose bytes repeat) and a folder of aligned web crops;
 2. `wb labeled add` and `wb ingest --aligned`;
 3. `wb train` (no UIR yet), interrupted with Ctrl-C after its first checkpoint, then run again:
    it resumes from that checkpoint and finishes;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,6 +25,7 @@ from workbench.cli.options import (
     parse_threshold,
 )
 from workbench.cli.render import handled, kv_table, out, print_json, progress_bar, report
+from workbench.errors import WorkbenchError
 from workbench.faces.quality import MIN_QUALITY
 from workbench.manifest.workspace import Workspace
 
@@ -45,13 +47,35 @@ def embed(
     seed: SeedOpt = 0,
     workers: Annotated[int | None, typer.Option(min=1, max=1024, help="Worker processes.",
                                                 show_default="all cores")] = None,
+    import_file: Annotated[Path | None, typer.Option(
+        "--import", metavar="FILE", help="Parquet of vectors computed elsewhere: a 'vector' column and "
+                                         "face_id, or set_name with sample_idx or locator.")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        help="With --import: the name later commands use (--model imported:NAME).")] = None,
+    export_file: Annotated[Path | None, typer.Option(
+        "--export", metavar="FILE", help="Write the stored vectors of --model (and --set) as Parquet, "
+                                         "keyed as --import reads them.")] = None,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compute missing embeddings (and labeled identity centres); re-runs reuse what exists."""
+    """Compute missing embeddings (and labeled identity centres); re-runs reuse what exists.
+    Or move vectors in and out: --import FILE --model-name NAME, --export FILE."""
     from workbench.embed.compute import run_embed
 
+    if import_file is not None:
+        from workbench.embed.transfer import run_import
+
+        if not model_name:
+            raise WorkbenchError("--import needs --model-name NAME (later: --model imported:NAME)")
+        report("embed import", run_import(Workspace.at(workspace), import_file, model_name), as_json)
+        return
+    if export_file is not None:
+        from workbench.embed.transfer import run_export
+
+        report("embed export", run_export(Workspace.at(workspace), export_file,
+                                          model_spec(model, flip, model_norm), set_names), as_json)
+        return
     with progress_bar("embed", enabled=not as_json) as update:
         counts = run_embed(Workspace.at(workspace), model=model_spec(model, flip, model_norm), sets=set_names,
                            per_identity=per_identity, seed=seed, workers=workers, ray=ray, progress=update)

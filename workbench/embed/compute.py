@@ -20,6 +20,8 @@ import numpy as np
 from workbench.cluster import nodes_used, work_mapper
 from workbench.embed.models import ModelSpec, load_embedder
 from workbench.embed.store import EmbeddingStore, centres_path
+from workbench.embed.transfer import resolve as resolve_imported
+from workbench.errors import WorkbenchError
 from workbench.formats.images import decode_crops
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import one, transaction
@@ -51,6 +53,8 @@ class EmbedContext:
         existing = EmbeddingStore.open_existing(self.workspace, self.con, self.spec)
         if existing is not None:
             return existing
+        if self.spec.kind == "import":
+            raise WorkbenchError(f"no vectors are stored under {self.spec.key}")
         return EmbeddingStore(self.workspace, self.con, self.spec, load_embedder(self.spec).dim)
 
 
@@ -58,6 +62,9 @@ def embed_items(ctx: EmbedContext, item_ids: list[str], load: Callable[[str], by
     """Embed the items without a vector; returns how many were computed."""
     store = ctx.store()
     todo = store.missing(item_ids)
+    if todo and ctx.spec.kind == "import":
+        raise WorkbenchError(f"{len(todo):,} faces have no vector under the imported model {store.key} "
+                             f"(e.g. {todo[0]}): import vectors for them too, or use a model that computes")
     work = partial(embed_encoded, spec=ctx.spec)
     done = 0
     for chunk in chunked(todo, COMMIT_EVERY):
@@ -163,6 +170,7 @@ def embedding_run(
     `model` is a spec, or its text (`dlib`, `onnx:PATH`, ...) with `flip`.
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model, flip=flip)
+    spec = resolve_imported(workspace, spec)
     workers = workers or os.cpu_count() or 1
     recorded = {"model": model if isinstance(model, str) else f"{spec.kind}:{spec.path}",
                 "flip": spec.flip, "model_key": spec.key, "ray": ray}

@@ -43,10 +43,11 @@ class Embedder(Protocol):
 class ModelSpec:
     """Picklable description of a model; workers build the model from it."""
 
-    kind: str  # dlib | onnx | ckpt
+    kind: str  # dlib | onnx | ckpt | import (vectors computed elsewhere) | imported (a name to resolve)
     path: str
     flip: bool = False
     norm: tuple[float, float] | None = None  # onnx input (mean, std); None: from the model
+    fixed_key: str | None = None  # an imported model's key, as recorded (its file may be gone)
 
     @classmethod
     def parse(cls, text: str, flip: bool = False, norm: str | None = None) -> ModelSpec:
@@ -58,17 +59,25 @@ class ModelSpec:
             return cls("dlib", str(model_path("dlib_face_recognition_resnet_model_v1.dat")), flip)
         if kind in KINDS and rest:
             return cls(kind, str(weights_file(rest)), flip, mean_std)
+        if kind == "imported" and rest:  # resolved against the workspace by `embed/transfer.py`
+            if flip or mean_std:
+                raise WorkbenchError("--flip and --model-norm do not apply to imported vectors")
+            return cls("imported", rest)
         if kind == "insightface" and rest:
             recogniser = pack_recogniser(rest)
             if recogniser is None:
                 raise WorkbenchError(f"no recognition model (one Nx3x112x112 input) in the "
                                      f"InsightFace pack {rest}")
             return cls("onnx", str(recogniser), flip, mean_std)
-        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS), "insightface:DIR"])
+        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS), "insightface:DIR", "imported:NAME"])
         raise WorkbenchError(f"unknown model {text!r}: use {choices}")
 
     @property
     def key(self) -> str:
+        if self.fixed_key is not None:
+            return self.fixed_key
+        if self.kind == "imported":
+            raise WorkbenchError(f"imported:{self.path} is resolved in a workspace (wb embed --import)")
         digest = file_sha256(self.path)[:12]
         norm = f"+norm{self.norm[0]:g},{self.norm[1]:g}" if self.norm else ""
         return f"{self.kind}-{digest}{norm}" + ("+flip" if self.flip else "")

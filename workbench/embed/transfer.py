@@ -1,0 +1,221 @@
+"""Vectors in and out: `wb embed --import FILE --model-name NAME` and `wb embed --export FILE`.
+
+Teams compute features for MS1MV2 on GPU clusters; re-embedding 5.8M faces on a
+CPU takes hours. An imported file is a model like any other: its key names the
+name and the file's hash (`import-NAME-<sha12>`), later commands use it as
+`--model imported:NAME`, and a name is bound to one file (importing another file
+under it is refused). The file is Parquet, one row per face: a `vector` column
+(a list of float32) and keys as users have them: `face_id` (as in `wb_faces`),
+or `set_name` with `sample_idx` or `locator` (as in `wb_labeled_samples`).
+`--export` writes the same shape, so vectors travel between workspaces.
+
+The whole file is checked before anything is written, by DuckDB reading the file
+itself (it streams; no Python holds the file): one dimension, no NaN or zero
+vectors, no duplicate keys, every key matching a face or a registered sample.
+Any failure is one line and writes nothing. Rows are then appended in chunks in
+one transaction; items that already have a vector under the model are skipped,
+so a re-import is a no-op.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench.embed.models import ModelSpec
+from workbench.embed.store import EmbeddingStore, vectors_path
+from workbench.errors import WorkbenchError
+from workbench.labeled import registry
+from workbench.manifest.query import one, transaction
+from workbench.manifest.runs import open_run
+from workbench.manifest.workspace import Workspace
+from workbench.results import Result
+from workbench.weights import file_sha256
+
+CHUNK = 65_536
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def resolve(workspace: Workspace, spec: ModelSpec) -> ModelSpec:
+    """`imported:NAME` as the recorded model (other specs as they are)."""
+    if spec.kind != "imported":
+        return spec
+    with workspace.connect(read_only=True) as con:
+        row = one(con, "SELECT model_key, path FROM embedding_models WHERE kind = 'import' "
+                       "AND starts_with(model_key, ?)", [f"import-{spec.path}-"])
+    if row is None:
+        raise WorkbenchError(f"no imported model named {spec.path!r}: wb embed --import FILE "
+                             f"--model-name {spec.path}")
+    return ModelSpec("import", row[1], fixed_key=row[0])
+
+
+@dataclass
+class ImportResult(Result):
+    """`wb embed --import`: the model, how many rows matched faces and labeled samples, stored now."""
+
+    model: str
+    model_key: str
+    dim: int
+    rows: int
+    faces: int
+    labeled_samples: int
+    stored_now: int
+    run_id: str
+
+
+def _key_sql(columns: set[str]) -> str:
+    """Item ids of the file's rows (NULL where a key matches nothing), as a DuckDB relation."""
+    face = "f.face_id" if "face_id" in columns else "NULL"
+    by_idx = "s.sample_idx = v.sample_idx" if "sample_idx" in columns else "false"
+    by_loc = "s.locator = v.locator" if "locator" in columns else "false"
+    has_set = "set_name" in columns
+    labeled = (f"""(SELECT 'S:' || ls.registration || ':' || s.sample_idx FROM labeled_samples s
+                    JOIN labeled_sets ls ON ls.name = s.set_name
+                    WHERE s.set_name = v.set_name AND s.status = 'ok' AND ({by_idx} OR {by_loc}) LIMIT 1)"""
+               if has_set else "NULL")
+    join_face = "LEFT JOIN faces f ON f.face_id = v.face_id" if "face_id" in columns else ""
+    return f"""SELECT v.rowid AS pos, coalesce({face}, {labeled}) AS item_id, v.vector
+               FROM (SELECT row_number() OVER () AS rowid, * FROM read_parquet($file)) v {join_face}"""
+
+
+def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tuple[int, int]:
+    """One-line refusals for a file that cannot be imported whole; (rows, dim)."""
+    if "vector" not in columns:
+        raise WorkbenchError(f"{file}: no 'vector' column (columns: {', '.join(sorted(columns))})")
+    if "face_id" not in columns and not ({"set_name"} <= columns and columns & {"sample_idx", "locator"}):
+        raise WorkbenchError(f"{file}: rows need a key: face_id, or set_name with sample_idx or locator")
+    params = {"file": file}
+    rows, low, high, bad = con.execute(
+        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER ("
+        "list_sum(list_transform(vector, lambda x: CASE WHEN isnan(x) OR isinf(x) THEN 1 ELSE 0 END)) > 0 "
+        "OR list_sum(list_transform(vector, lambda x: x * x)) = 0) FROM read_parquet($file)", params).fetchone()
+    if rows == 0:
+        raise WorkbenchError(f"{file}: no rows")
+    if low != high:
+        raise WorkbenchError(f"{file}: vectors of {low} to {high} dimensions; every row needs the same")
+    if bad:
+        raise WorkbenchError(f"{file}: {bad} vectors are NaN, infinite or all zero; nothing imported")
+    keys = [c for c in ("face_id", "set_name", "sample_idx", "locator") if c in columns]
+    dup = con.execute(f"SELECT count(*) FROM (SELECT {', '.join(keys)} FROM read_parquet($file) "
+                      f"GROUP BY ALL HAVING count(*) > 1)", params).fetchone()[0]
+    if dup:
+        raise WorkbenchError(f"{file}: {dup} keys appear more than once; nothing imported")
+    matched, unmatched_example = con.execute(
+        f"SELECT count(item_id), any_value(pos) FILTER (item_id IS NULL) FROM ({_key_sql(columns)})",
+        params).fetchone()
+    if matched < rows:
+        raise WorkbenchError(f"{file}: {matched:,} of {rows:,} rows match a face or a registered labeled "
+                             f"sample (row {unmatched_example} matches none); nothing imported")
+    return rows, int(low)
+
+
+def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
+    """`wb embed --import FILE --model-name NAME`."""
+    if not NAME.match(name):
+        raise WorkbenchError("--model-name: letters, digits, '.', '_' and '-', up to 64, e.g. r100-ms1mv2")
+    path = file.expanduser().resolve()
+    if not path.is_file():
+        raise WorkbenchError(f"no such file: {path}")
+    try:
+        columns = set(pq.read_schema(path).names)
+    except (OSError, pa.ArrowException) as exc:
+        raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    key = f"import-{name}-{file_sha256(str(path))[:12]}"
+    spec = ModelSpec("import", str(path), fixed_key=key)
+    params = {"file": str(path), "name": name, "model_key": key}
+    with open_run(workspace, "embed import", params) as (con, run):
+        bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
+                         "AND starts_with(model_key, ?)", [f"import-{name}-"])
+        if bound is not None and bound[0] != key:
+            raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
+                                 "choose another --model-name")
+        try:  # a name is one file, so its dimension is the file's: checked row by row
+            rows, dim = _check(con, str(path), columns)
+        except duckdb.Error as exc:
+            raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
+        stored = 0
+        with transaction(con):
+            store = EmbeddingStore(workspace, con, spec, dim)
+            rows_con = con.cursor()  # the reader streams while `con` writes
+            reader = rows_con.execute(f"SELECT item_id, vector FROM ({_key_sql(columns)}) ORDER BY pos",
+                                      {"file": str(path)}).to_arrow_reader(CHUNK)
+            for batch in reader:
+                ids = batch.column("item_id").to_pylist()
+                vectors = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False),
+                                     np.float32).reshape(len(ids), dim)
+                missing = set(store.missing(ids))
+                keep = [i for i, item in enumerate(ids) if item in missing]
+                if keep:
+                    norms = np.linalg.norm(vectors[keep], axis=1, keepdims=True)
+                    store.append([ids[i] for i in keep], vectors[keep] / norms)
+                    stored += len(keep)
+            rows_con.close()
+        counts = con.execute("SELECT count(*) FILTER (NOT starts_with(item_id, ?)), "
+                             "count(*) FILTER (starts_with(item_id, ?)) FROM embeddings WHERE model_key = ?",
+                             [registry.ITEM_PREFIX, registry.ITEM_PREFIX, key]).fetchone()
+        result = ImportResult(f"imported:{name}", key, dim, rows, int(counts[0]), int(counts[1]), stored,
+                              run.run_id)
+        run.counts = result.as_dict()
+        return result
+
+
+@dataclass
+class ExportResult(Result):
+    """`wb embed --export`: where, which model, how many vectors of faces and labeled samples."""
+
+    out: str
+    model_key: str
+    dim: int
+    faces: int
+    labeled_samples: int
+
+
+def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str] | None = None
+               ) -> ExportResult:
+    """`wb embed --export FILE`: the stored vectors of a model (`sets`: 'unlabeled' and/or labeled
+    set names; default every one), keyed as `--import` reads them, written in row groups."""
+    spec = resolve(workspace, spec)
+    out = out.expanduser().resolve()
+    with workspace.connect(read_only=True) as con:
+        store = EmbeddingStore.open_existing(workspace, con, spec)
+        if store is None:
+            raise WorkbenchError(f"no vectors stored under {spec.key}; run wb embed with that model first")
+        wanted = sets or ["unlabeled", *(r.name for r in registry.every(con))]
+        regs = [registry.get(con, s) for s in wanted if s != "unlabeled"]
+        matrix = np.memmap(vectors_path(workspace, store.key), dtype="<f4", mode="r").reshape(-1, store.dim)
+        schema = pa.schema([("face_id", pa.string()), ("set_name", pa.string()), ("sample_idx", pa.int64()),
+                            ("locator", pa.string()), ("vector", pa.list_(pa.float32(), store.dim))])
+        queries = []
+        if "unlabeled" in wanted:
+            queries.append(("SELECT e.item_id AS face_id, NULL AS set_name, NULL::BIGINT AS sample_idx, "
+                            "NULL AS locator, e.row FROM embeddings e JOIN faces f ON f.face_id = e.item_id "
+                            "WHERE e.model_key = ? ORDER BY e.item_id", [store.key]))
+        for reg in regs:
+            queries.append(("SELECT NULL AS face_id, s.set_name, s.sample_idx, s.locator, e.row "
+                            "FROM labeled_samples s JOIN embeddings e ON e.item_id = ? || s.sample_idx "
+                            "WHERE s.set_name = ? AND e.model_key = ? ORDER BY s.sample_idx",
+                            [reg.item_prefix, reg.name, store.key]))
+        counts = {"faces": 0, "labeled": 0}
+        tmp = out.with_name(out.name + ".partial")
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for sql, params in queries:
+                for batch in con.execute(sql, params).to_arrow_reader(CHUNK):
+                    rows = batch.column("row").to_numpy()
+                    vectors = np.asarray(matrix[rows], np.float32)
+                    flat = pa.array(vectors.reshape(-1), pa.float32())
+                    table = pa.table({
+                        "face_id": batch.column("face_id").cast(pa.string()),
+                        "set_name": batch.column("set_name").cast(pa.string()),
+                        "sample_idx": batch.column("sample_idx").cast(pa.int64()),
+                        "locator": batch.column("locator").cast(pa.string()),
+                        "vector": pa.FixedSizeListArray.from_arrays(flat, store.dim)}, schema=schema)
+                    writer.write_table(table)
+                    counts["faces" if "e.item_id AS face_id" in sql else "labeled"] += len(rows)
+        tmp.replace(out)
+    return ExportResult(str(out), store.key, store.dim, counts["faces"], counts["labeled"])
