@@ -94,7 +94,8 @@ def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tupl
     rows, low, high, bad = con.execute(
         "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER ("
         "list_sum(list_transform(vector, lambda x: CASE WHEN isnan(x) OR isinf(x) THEN 1 ELSE 0 END)) > 0 "
-        "OR list_sum(list_transform(vector, lambda x: x * x)) = 0) FROM read_parquet($file)", params).fetchone()
+        "OR list_sum(list_transform(vector, lambda x: x * x)) = 0) FROM read_parquet($file)",
+        params).fetchone()
     if rows == 0:
         raise WorkbenchError(f"{file}: no rows")
     if low != high:
