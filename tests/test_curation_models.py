@@ -52,11 +52,12 @@ def test_calibrated_curation_with_real_models(celeba):
     detectors = manifest_rows(ws, "SELECT DISTINCT detector FROM wb_faces")
     assert len(detectors) == 1 and detectors[0][0].startswith("yunet-")
 
-    # Another detector in the same workspace is refused in one line, and nothing is added.
+    # Another detector in the same workspace is refused in one line, and nothing is added
+    # (leaving --detector out uses the workspace's own).
     other = celeba["root"] / "more"
     other.mkdir()
     Image.open(next(celeba["labeled"].glob("*/*.jpg"))).save(other / "x.jpg")
-    refused = wb("ingest", str(other), "-w", ws, check=False)
+    refused = wb("ingest", str(other), "--detector", "dlib", "-w", ws, check=False)
     assert refused.returncode == 1 and "detector" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert manifest_rows(ws, "SELECT count(*) FROM wb_faces")[0][0] == ingested["faces"]
@@ -76,7 +77,7 @@ def test_calibrated_curation_with_real_models(celeba):
         SELECT regexp_extract(i.path, '[^/]+$'), o.decision, o.nearest_identity, o.copy_of,
                s.identity
         FROM wb_overlap o JOIN wb_faces f USING (face_id) JOIN wb_images i USING (image_id)
-        LEFT JOIN wb_labeled_samples s ON o.copy_of = 'S:S:' || s.sample_idx
+        LEFT JOIN wb_labeled_samples s ON s.set_name = o.labeled_set AND s.sample_idx = o.copy_of_sample_idx
         WHERE f.is_primary""")
     copies = [r for r in decided if r[0].startswith("copy_")]
     strangers = [r for r in decided if not r[0].startswith("copy_")]

@@ -45,7 +45,8 @@ VIEWS: list[str] = [
     LEFT JOIN labeled_identities i ON i.set_name = s.set_name AND i.label = s.label""",
     """CREATE OR REPLACE VIEW wb_overlap AS
     SELECT o.face_id, o.labeled_set, i.identity AS nearest_identity, o.similarity, o.score,
-           o.decision, c.cluster_id, o.cluster_score, o.copy_of, o.copy_similarity
+           o.decision, c.cluster_id, o.cluster_score, o.copy_of, o.copy_similarity,
+           TRY_CAST(regexp_extract(o.copy_of, '[0-9]+$') AS BIGINT) AS copy_of_sample_idx
     FROM overlap o
     LEFT JOIN labeled_identities i ON i.set_name = o.labeled_set AND i.label = o.nearest_label
     LEFT JOIN clusters c USING (face_id)""",
