@@ -31,7 +31,8 @@ VIEWS: list[str] = [
            f.face_size, f.blur, f.brightness, f.detector
     FROM faces f""",
     """CREATE OR REPLACE VIEW wb_labeled_sets AS
-    SELECT name, path, format, aligned, n_identities, n_images, n_rejected, registered_at, run_id
+    SELECT name, path, format, aligned, n_identities, n_images, n_rejected, registered_at, run_id,
+           registration, json_extract_string(options, '$.detector') AS detector
     FROM labeled_sets""",
     """CREATE OR REPLACE VIEW wb_labeled_identities AS
     SELECT set_name, label, identity, n_images FROM labeled_identities""",
