@@ -223,4 +223,6 @@ def test_findings_in_the_app_and_reviews_back_into_clean(planted, own_ws):
                     "--workspace", str(own_ws))
     assert shown["samples"] == result["faces_out"]
     paths = fo.load_dataset(f"{name}-clean").values("filepath")
-    assert all("/cache/labeled-crops/S-clean/" in p and Path(p).stat().st_size > 0 for p in paths)
+    registration = manifest_rows(own_ws, "SELECT registration FROM wb_labeled_sets "
+                                         "WHERE name = 'S-clean'")[0][0]
+    assert all(f"/cache/labeled-crops/{registration}/" in p and Path(p).stat().st_size > 0 for p in paths)
