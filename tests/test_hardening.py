@@ -74,6 +74,7 @@ def test_an_aligned_set_with_a_scan_flood_or_a_huge_crop_gives_reasons(tmp_path)
     assert set(summary["rejected"]) == {"too many JPEG scans (509)", "not an aligned crop (4000x4000)"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("options", "reason", "within"), [
     (["--min-rate", "1000"], "transfer slower than 1000 B/s", 12),
     (["--min-rate", "0", "--response-timeout", "2"], "response took over 2 s (a slow server)", 8),
@@ -91,6 +92,7 @@ def test_a_server_that_trickles_bytes_cannot_hang_the_crawl(tmp_path, options, r
     assert proc.stderr.strip() == f"error: nothing could be fetched: 1 x {reason}"
 
 
+@pytest.mark.slow
 def test_the_time_limit_holds_during_a_download_and_leaves_it_pending(tmp_path):
     urls = tmp_path / "urls.txt"
     with FaultServer() as server:
@@ -211,6 +213,7 @@ def test_disk_full_is_recognised_through_duckdb_and_chained_errors():
     assert disk_full(ValueError("other")) is None
 
 
+@pytest.mark.slow
 def test_an_export_is_recorded_before_its_folder_appears_and_stored_absolute(tmp_path, monkeypatch):
     from tests.helpers import curated_workspace
 

@@ -53,6 +53,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_the_run_is_failed(cu
     assert manifest_rows(ws, "SELECT status FROM train_runs") == [("failed",)]
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_newest_and_the_best_as_links(curated, tmp_path):
     ws = tmp_path / "ws"
     shutil.copytree(curated, ws)
@@ -69,6 +70,7 @@ def test_checkpoints_keep_the_newest_and_the_best_as_links(curated, tmp_path):
     assert not list(folder.glob("*.tmp")) and not list(folder.glob("*.link"))
 
 
+@pytest.mark.slow
 def test_open_set_scores_stream_under_a_memory_bound(tmp_path):
     """490k faces x 85,742 classes is 168 GB of logits unchunked: here 20k x 100k (8 GB) under a
     limit of 1.5 GB more than the process had."""
