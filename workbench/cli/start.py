@@ -109,3 +109,43 @@ def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     runs = [{k: r[k] for k in ("run_id", "command", "status", "started_at", "ended_at")}
             for r in info.last_runs]
     out.print(rows_table("last runs", runs))
+
+
+models_app = typer.Typer(help="Named models: what the registry offers, what is here, and pulling one "
+                              "(nothing is ever downloaded otherwise).", no_args_is_help=True)
+app.add_typer(models_app, name="models", rich_help_panel="Start here")
+
+
+@models_app.command("list")
+@handled
+def models_list(as_json: JsonOpt = False) -> None:
+    """The registry: name, task, size, license, source, and whether the model is here."""
+    from workbench.zoo import listing
+
+    rows = listing()
+    if as_json:
+        print_json(rows)
+        return
+    out.print(rows_table("models (use a name wherever --model or --detector takes one)",
+                         [vars(r) for r in rows]))
+
+
+@models_app.command("pull")
+@handled
+def models_pull(
+    name: Annotated[str, typer.Argument(help="A name from `wb models list`.")],
+    accept_license: Annotated[bool, typer.Option(
+        "--accept-license", help="Accept a restrictive license (InsightFace packs: non-commercial "
+                                 "research only) after reading it.")] = False,
+    mirror: Annotated[str | None, typer.Option(
+        envvar="WB_MODELS_MIRROR", help="Fetch the same file names from this base URL (a team mirror).")
+                      ] = None,
+) -> None:
+    """Download a named model into the cache ($WB_MODELS_CACHE): resumable, checked by SHA-256,
+    renamed into place only when whole."""
+    from workbench.cli.render import progress_bar
+    from workbench.zoo import pull
+
+    with progress_bar(f"pull {name}", enabled=True) as bar:
+        path = pull(name, accept_license=accept_license, mirror=mirror, progress=bar)
+    out.print(f"{name}: {path}")

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from workbench import zoo
 from workbench.embed.unit import l2_normalise
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import model_path
@@ -53,12 +54,18 @@ class ModelSpec:
     def parse(cls, text: str, flip: bool = False, norm: str | None = None) -> ModelSpec:
         kind, _, rest = text.partition(":")
         mean_std = parse_norm(norm) if norm else None
-        if mean_std and kind not in ("onnx", "insightface"):
+        if mean_std and kind not in ("onnx", "insightface") and kind not in zoo.REGISTRY:
             raise WorkbenchError("--model-norm is for onnx: and insightface: models")
         if kind == "dlib" and not rest:
             return cls("dlib", str(model_path("dlib_face_recognition_resnet_model_v1.dat")), flip)
         if kind in KINDS and rest:
             return cls(kind, str(weights_file(rest)), flip, mean_std)
+        if kind in zoo.REGISTRY and not rest:  # a named model, here (`wb models pull NAME`)
+            named = zoo.REGISTRY[kind]
+            if named.task == "pack":
+                kind, rest = "insightface", str(zoo.resolve(kind))
+            elif named.task == "recognition":
+                return cls("onnx", str(zoo.resolve(kind)), flip, mean_std or named.norm)
         if kind == "imported" and rest:  # resolved against the workspace by `embed/transfer.py`
             if flip or mean_std:
                 raise WorkbenchError("--flip and --model-norm do not apply to imported vectors")
@@ -69,7 +76,8 @@ class ModelSpec:
                 raise WorkbenchError(f"no recognition model (one Nx3x112x112 input) in the "
                                      f"InsightFace pack {rest}")
             return cls("onnx", str(recogniser), flip, mean_std)
-        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS), "insightface:DIR", "imported:NAME"])
+        choices = " or ".join(["dlib", *(f"{k}:PATH" for k in KINDS), "insightface:DIR", "imported:NAME",
+                               "a model's name (sface, buffalo_l, ...: wb models list)"])
         raise WorkbenchError(f"unknown model {text!r}: use {choices}")
 
     @property

@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from workbench import zoo
 from workbench.errors import WorkbenchError
 from workbench.faces.detect import Detection, model_path
 from workbench.weights import file_sha256, pack_detector, weights_file
 
 YUNET_ENV = "WB_YUNET_MODEL"
-CHOICES = "dlib, yunet[:PATH], scrfd:PATH or insightface:DIR"
+CHOICES = "dlib, yunet[:PATH], scrfd:PATH, insightface:DIR or a pack's name (buffalo_l, ...)"
 
 
 class Detector(Protocol):
@@ -45,13 +46,12 @@ class DetectorSpec:
             return cls("dlib", str(model_path("shape_predictor_68_face_landmarks.dat")), threshold,
                        upsample)
         if kind == "yunet":
-            rest = rest or os.environ.get(YUNET_ENV, "")
-            if not rest:
-                raise WorkbenchError(f"yunet needs its model file: --detector yunet:PATH, or set "
-                                     f"{YUNET_ENV} (e.g. yunet_s_640_640.onnx from OpenCV's model zoo)")
+            rest = rest or os.environ.get(YUNET_ENV, "") or str(zoo.resolve("yunet"))  # shipped
             return cls("yunet", str(weights_file(rest, "YuNet model")), threshold)
         if kind == "scrfd" and rest:
             return cls("scrfd", str(weights_file(rest, "SCRFD model")), threshold)
+        if kind in zoo.REGISTRY and zoo.REGISTRY[kind].task == "pack" and not rest:
+            kind, rest = "insightface", str(zoo.resolve(kind))  # a named pack, here
         if kind == "insightface" and rest:
             detector = pack_detector(rest)
             if detector is None:
