@@ -104,6 +104,6 @@ def test_dlib_missing_small_faces_tells_the_user_what_to_try(tmp_path):
     web.mkdir()
     for path in sorted((CELEBA10K / "images").iterdir())[:25]:
         (web / path.name).symlink_to(path)
-    proc = wb("ingest", str(web), "-w", str(tmp_path / "ws"), "--json")
+    proc = wb("ingest", str(web), "-w", str(tmp_path / "ws"), "--detector", "dlib", "--json")
     hints = json.loads(proc.stdout)["hints"]
     assert len(hints) == 1 and "--detector yunet" in hints[0] and "--upsample 1" in hints[0]

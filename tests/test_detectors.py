@@ -131,11 +131,12 @@ def test_bad_model_files_are_one_line_errors(tmp_path):
         ModelSpec.parse(f"onnx:{detector_file}", norm="127.5")
 
 
-def test_yunet_without_a_path_names_the_fix(monkeypatch):
+def test_yunet_without_a_path_is_the_shipped_file_and_the_variable_overrides_it(monkeypatch):
     monkeypatch.delenv("WB_YUNET_MODEL", raising=False)
-    with pytest.raises(WorkbenchError, match="WB_YUNET_MODEL"):
-        DetectorSpec.parse("yunet")
+    shipped = DetectorSpec.parse("yunet")
+    assert shipped.path.endswith("workbench/faces/models/yunet_s_640_640.onnx")
     path = shared_model("yunet_s_640_640.onnx")
+    assert shipped.key == DetectorSpec.parse(f"yunet:{path}").key  # the same weights
     monkeypatch.setenv("WB_YUNET_MODEL", str(path))
     assert DetectorSpec.parse("yunet").path == str(path.resolve())
 

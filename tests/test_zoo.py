@@ -147,3 +147,27 @@ def test_yunet_ships_and_a_pack_in_insightfaces_cache_is_used_in_place(server, t
     shutil.copy(shared_model("scrfd_500m_kps.onnx"), pack / "det_500m.onnx")
     assert ModelSpec.parse("buffalo_l") == ModelSpec("onnx", str(pack / "w600k_mbf.onnx"))
     assert DetectorSpec.parse("buffalo_l") == DetectorSpec("scrfd", str(pack / "det_500m.onnx"))
+
+
+def test_a_new_workspace_ingests_with_the_shipped_yunet_and_an_old_one_keeps_dlib(tmp_path, monkeypatch):
+    from tests.conftest import SHARED
+    from tests.helpers import manifest_rows, wb_json
+
+    people = SHARED / "data" / "celeba200"
+    if not people.is_dir():
+        pytest.skip(f"real faces not found at {people}")
+    monkeypatch.delenv("WB_YUNET_MODEL", raising=False)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(sorted(next(p for p in sorted(people.iterdir()) if p.is_dir()).iterdir())[:4]):
+        shutil.copy(image, photos / f"{i}.jpg")
+    new = wb_json("ingest", str(photos), "-w", str(tmp_path / "new"))
+    assert new["faces"] >= 4 and new["hints"] == []
+    shipped = DetectorSpec.parse("yunet").key
+    assert manifest_rows(tmp_path / "new", "SELECT DISTINCT detector FROM wb_faces") == [(shipped,)]
+    old = tmp_path / "old"
+    wb_json("ingest", str(photos / "0.jpg"), "-w", str(old), "--detector", "dlib")
+    again = wb_json("ingest", str(photos), "-w", str(old))
+    assert any("keeps dlib-" in hint for hint in again["hints"])
+    assert {d for (d,) in manifest_rows(old, "SELECT DISTINCT detector FROM wb_faces")} == \
+        {DetectorSpec.parse("dlib").key}

@@ -90,8 +90,8 @@ def run_ingest(
     source = source or (Path(root.split("://", 1)[1].rstrip("/")).name if isinstance(root, str)
                         else root.resolve().name)
     workers = workers or os.cpu_count() or 1
-    spec = None if aligned else choose_detector(workspace, detector, det_threshold, upsample,
-                                                strict=True).spec
+    choice = None if aligned else choose_detector(workspace, detector, det_threshold, upsample, strict=True)
+    spec = choice.spec if choice else None
     options = IngestOptions(root=str(workspace.root), aligned=aligned, detector=spec)
     params = {"path": root if isinstance(root, str) else str(root.resolve()), "source": source,
               "aligned": aligned,
@@ -135,7 +135,7 @@ def run_ingest(
         while in_flight:
             drain()
         summary.skipped_other = stats.skipped_other
-        summary.hints = detection_hints(summary, spec)
+        summary.hints = detection_hints(summary, spec) + ([choice.note] if choice and choice.note else [])
         run.counts = summary.as_dict()
     summary.require_images(root)
     return summary
@@ -163,7 +163,7 @@ def detection_hints(summary: IngestSummary, spec: DetectorSpec | None) -> list[s
     if spec is None or spec.kind != "dlib" or summary.decoded < 20 or no_face < 0.2 * summary.decoded:
         return []
     return [f"{no_face} of {summary.decoded} decoded images had no face: dlib's HOG detector misses "
-            "faces under ~80 px and turned heads; try --detector yunet:PATH or scrfd:PATH, or "
+            "faces under ~80 px and turned heads; try --detector yunet (shipped) or scrfd:PATH, or "
             "--upsample 1 (about 4x slower), in a new workspace"]
 
 

@@ -21,7 +21,7 @@ from workbench.faces.detectors import DetectorSpec
 from workbench.manifest.query import one
 from workbench.manifest.workspace import Workspace
 
-DEFAULT = "dlib"
+DEFAULT = "yunet"  # shipped in the package: finds small web faces (dlib stays available by name)
 META_KEY = "detector"
 BEFORE_KEYS = "dlib (before detector keys)"  # faces of schema < 9 carry no key: dlib found them all
 
@@ -80,7 +80,10 @@ def choose(workspace: Workspace, text: str | None, threshold: float | None = Non
         spec = _rebuild(found)
         if threshold is not None or upsample:
             spec = DetectorSpec(spec.kind, spec.path, threshold, upsample)
-        return DetectorChoice(spec)
+        note = None if spec.kind == DEFAULT else (
+            f"this workspace keeps {spec.key}, the detector its faces were found with (new workspaces "
+            f"use {DEFAULT}; --detector {DEFAULT} needs a new workspace)")
+        return DetectorChoice(spec, note)
     spec = DetectorSpec.parse(text, threshold, upsample)
     if found is None or found["key"] == spec.key:
         return DetectorChoice(spec)
