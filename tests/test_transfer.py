@@ -45,6 +45,9 @@ def test_exported_vectors_give_another_workspace_the_same_decisions(exported, tm
     wb("overlap", "--labeled", "gen", "--model", "imported:dlib-elsewhere", "--per-identity", "4",
        "-w", str(ws2))
     assert manifest_rows(ws2, DECISIONS) == manifest_rows(ws, DECISIONS)
+    listed = manifest_rows(ws2, "SELECT count(face_id), count(sample_idx), count(DISTINCT set_name) "
+                                "FROM wb_embeddings WHERE model_kind = 'import'")
+    assert listed == [(16, 24, 1)]
     # an imported model computes nothing: a face without an imported vector is a one-line error
     wb("ingest", str(root / "labeled" / "tr0"), "--aligned", "-w", str(ws2))
     proc = wb("embed", "--model", "imported:dlib-elsewhere", "-w", str(ws2), check=False)

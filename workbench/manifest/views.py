@@ -51,6 +51,13 @@ VIEWS: list[str] = [
     FROM overlap o
     LEFT JOIN labeled_identities i ON i.set_name = o.labeled_set AND i.label = o.nearest_label
     LEFT JOIN clusters c USING (face_id)""",
+    """CREATE OR REPLACE VIEW wb_embeddings AS
+    SELECT e.model_key, m.kind AS model_kind, m.dim,
+           CASE WHEN starts_with(e.item_id, 'S:') THEN NULL ELSE e.item_id END AS face_id,
+           ls.name AS set_name,
+           TRY_CAST(regexp_extract(e.item_id, '^S:.*:([0-9]+)$', 1) AS BIGINT) AS sample_idx
+    FROM embeddings e JOIN embedding_models m USING (model_key)
+    LEFT JOIN labeled_sets ls ON ls.registration = regexp_extract(e.item_id, '^S:(.*):[0-9]+$', 1)""",
     """CREATE OR REPLACE VIEW wb_calibrations AS
     SELECT calibration_id, kind, model_key, labeled_set, settings, result, created_at, run_id
     FROM calibrations""",
