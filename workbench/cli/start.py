@@ -32,7 +32,8 @@ def demo(
     launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Open the FiftyOne App at the end.")
                       ] = True,
     steps: Annotated[int, typer.Option(
-        min=1, max=1_000_000, help="Training steps of each of the two runs.")] = 150,
+        min=1, max=1_000_000,
+        help="Training steps of each of the three runs (the curating model, the baseline, UIR).")] = 150,
     port: Annotated[int, typer.Option(min=1, max=65535, help="App port.")] = 5151,
     as_json: JsonOpt = False,
 ) -> None:
