@@ -131,6 +131,7 @@ def test_a_pack_without_a_published_hash_records_its_first_and_needs_the_license
         hashlib.sha256(BODY).hexdigest()
 
 
+@pytest.mark.slow
 def test_the_real_sface_entry_through_the_cli_checks_size(server, tmp_path):
     proc = wb("models", "pull", "sface", "--mirror", server.base, check=False)
     assert proc.returncode == 1 and "not 24227283; nothing kept" in proc.stderr  # the mirror served junk
@@ -149,6 +150,7 @@ def test_yunet_ships_and_a_pack_in_insightfaces_cache_is_used_in_place(server, t
     assert DetectorSpec.parse("buffalo_l") == DetectorSpec("scrfd", str(pack / "det_500m.onnx"))
 
 
+@pytest.mark.slow
 def test_a_new_workspace_ingests_with_the_shipped_yunet_and_an_old_one_keeps_dlib(tmp_path, monkeypatch):
     from tests.conftest import SHARED
     from tests.helpers import manifest_rows, wb_json
