@@ -150,8 +150,10 @@ def test_eval_score_and_compare(curated, tmp_path):
     ws = Workspace.at(curated)
     runs = [run_train(ws, TrainConfig(uir_loss=kind, steps=8, seed=seed, **SMALL)).run_id
             for kind in ("none", "reference") for seed in (0, 1)]
+    evals = {}
     for run_id in runs:
         results = wb_json("eval", run_id, "-w", str(curated))
+        evals[run_id] = results["eval_id"]
         open_set = results["open_set"]
         assert open_set["known_probes"] == 8 and open_set["unknown_probes"] >= 1
         arrays = np.load(Path(results["checkpoint"]).parents[1] / "eval" / results["eval_id"] / "arrays.npz")
@@ -160,6 +162,14 @@ def test_eval_score_and_compare(curated, tmp_path):
             roc_auc_score(labels, np.r_[arrays["msp_known"], arrays["msp_unknown"]]), abs=1e-9)
         assert results["centre_distance"]["n_classes"] == 8
         assert "skipped" in results["verification"]["note"]
+    first_eval = evals[runs[0]]
+    again = wb_json("eval", runs[0], "-w", str(curated))  # the same run, data and options: reused
+    assert again["reused"] is True and again["eval_id"] == first_eval
+    with ws.connect(read_only=True) as con:
+        count = con.execute("SELECT count(*) FROM wb_evaluations WHERE run_id = ?", [runs[0]]).fetchone()[0]
+    assert count == 1
+    fresh = wb_json("eval", runs[0], "--no-flip", "-w", str(curated))  # other options: evaluated
+    assert not fresh["reused"] and fresh["eval_id"] != again["eval_id"]
     scored = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
     again = wb_json("score", runs[1], "--set", "train_unlabeled,eval_unknown", "-w", str(curated))
     assert scored["scored_now"] == scored["faces"] > 0 and again["scored_now"] == 0

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from workbench.cli.options import DetectorOpt, JsonOpt, RayOpt, WorkspaceOpt
-from workbench.cli.render import err, handled, kv_table, out, print_json, progress_bar, report, rows_table
+from workbench.cli.render import (
+    err,
+    handled,
+    kv_table,
+    out,
+    print_json,
+    progress_bar,
+    report,
+    rows_table,
+    warn,
+)
 from workbench.manifest.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -151,6 +161,7 @@ def print_set(summary: LabeledSetSummary) -> None:
     out.print(kv_table(f"labeled set {summary.name}", rows))
     for note in summary.notes:
         out.print(f"[yellow]note:[/] {note}")
+    warn(summary.warnings)
 
 
 @labeled_app.command("add")

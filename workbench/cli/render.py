@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -89,12 +91,41 @@ class Bar:
         self._progress.update(self._task, info=text)
 
 
+class LogBar:
+    """Progress outside a terminal (nohup, CI logs): a line on stderr every `every` seconds with
+    the count, rate and time left, so a long step is never silent."""
+
+    def __init__(self, description: str, every: float):
+        self.description, self.every = description, every
+        self.started = self.last = time.monotonic()
+        self.info = ""
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        left = f", about {(total - done) / rate:,.0f} s left" if total and rate > 0 else ""
+        of = f"/{total:,}" if total else ""
+        info = f" {self.info}" if self.info else ""
+        err.print(f"{self.description}: {done:,}{of} ({rate:,.1f}/s{left}){info}", highlight=False,
+                  soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        self.info = text
+
+
 @contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator[Bar]:
-    """A rich progress bar on stderr (only on a terminal, never with --json)."""
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Bar | LogBar]:
+    """A rich progress bar on stderr in a terminal (not with --json); elsewhere a log line every
+    $WB_PROGRESS_EVERY seconds (30)."""
+    if not err.is_terminal:
+        yield LogBar(description, float(os.environ.get("WB_PROGRESS_EVERY", "30")))
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=not (enabled and err.is_terminal)) as progress:
+    with Progress(*columns, console=err, disable=not enabled) as progress:
         yield Bar(progress, progress.add_task(description, total=None, info=""))
 
 
@@ -146,8 +177,16 @@ def report(title: str, summary: Result | dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
+    values = plain(summary)
     out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
-                               for k, v in flatten(plain(summary)).items()]))
+                               for k, v in flatten(values).items() if k != "warnings"]))
+    warn(values.get("warnings", []))
+
+
+def warn(lines: list[str]) -> None:
+    """A result's warnings: one plain line each, on stderr, after the summary."""
+    for line in lines:
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -211,6 +211,16 @@ class DedupeCalibration:
     def thresholds(self, k: int = DedupeThresholds.k) -> DedupeThresholds:
         return DedupeThresholds(self.strict, self.loose, self.phash_bits, k)
 
+    def warnings(self) -> list[str]:
+        """A line when the measured rule misses what was asked (a model that sees copies as
+        different faces), with what to try."""
+        if self.recall_95ci[1] >= self.target_recall:
+            return []
+        return [f"the calibrated rule finds {self.recall:.2f} of synthetic web copies (95% CI up to "
+                f"{self.recall_95ci[1]:.2f}), below the {self.target_recall:.2f} asked: this model "
+                "changes its vectors under re-encoding and rescaling; try a stronger model "
+                "(--model sface, onnx:PATH), --flip, or a lower --recall"]
+
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 

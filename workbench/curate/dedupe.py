@@ -10,7 +10,7 @@ Groups are connected components; the best-quality face represents each.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
@@ -97,6 +97,7 @@ class DedupeResult(Result):
     thresholds_mode: str
     calibration: dict[str, Any] | None
     run_id: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def run_dedupe(
@@ -152,7 +153,7 @@ def run_dedupe(
             faces=len(face_ids), duplicate_pairs=len(i), groups_with_duplicates=int((sizes >= 2).sum()),
             duplicates=int(len(face_ids) - rep.sum()), model_key=store.key, **asdict(thresholds),
             thresholds_mode=mode, calibration=calibration.as_dict() if calibration else None,
-            run_id=run.run_id)
+            run_id=run.run_id, warnings=calibration.warnings() if calibration else [])
         run.counts = result.as_dict()
         return result
 

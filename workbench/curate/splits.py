@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,16 @@ class SplitResult(Result):
     seed: int
     min_quality: float
     run_id: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_warnings(counts: dict[str, int], reasons: dict[str, int]) -> list[str]:
+    """A line when nothing is left to train UIR on, naming the main reasons and what to do."""
+    if counts.get("train_unlabeled", 0) or not counts:
+        return []
+    top = ", ".join(f"{n} {why}" for why, n in list(reasons.items())[:3])
+    return [f"no face is left in train_unlabeled ({top}): `wb train --uir` has nothing to push "
+            "away; check the overlap threshold (`wb audit overlap`), --min-quality and --eval-unknown"]
 
 
 def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
@@ -119,6 +129,6 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
         reasons = dict(con.execute("SELECT reason, count(*) FROM splits WHERE split = 'excluded' "
                                    "GROUP BY reason ORDER BY 2 DESC").fetchall())
         result = SplitResult(splits=counts, excluded_by_reason=reasons, eval_unknown_clusters=len(held_out),
-                             **params, run_id=run.run_id)
+                             **params, run_id=run.run_id, warnings=split_warnings(counts, reasons))
         run.counts = result.as_dict()
         return result

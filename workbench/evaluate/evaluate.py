@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from workbench.errors import WorkbenchError
 from workbench.evaluate import metrics as m
 from workbench.evaluate.model import TrainedRun
 from workbench.formats.binpairs import read_bin
+from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.pairs import generate_pairs
 from workbench.manifest import evaluations
@@ -115,6 +117,26 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
     }, {"msp_known": msp_known, "msp_unknown": msp_unknown, "msp_unlabeled": msp_unlabeled})
 
 
+def _eval_key(con: duckdb.DuckDBPyConnection, run: TrainedRun, pairs_file: Path | None,
+              pairs_from: str | None, unlabeled_sample: int, flip: bool) -> str:
+    """What an evaluation depends on: the checkpoint file, the pairs, the labeled set's
+    registration, the faces of the splits it scores, and the options."""
+    stat = run.checkpoint.stat()
+    pairs = None
+    if pairs_file is not None:
+        pairs_stat = Path(pairs_file).stat()
+        pairs = [str(Path(pairs_file).resolve()), pairs_stat.st_size, pairs_stat.st_mtime_ns]
+    found = registry.find(con, pairs_from) if pairs_from else None
+    registration = found.id if found else None
+    faces = con.execute("SELECT md5(coalesce(string_agg(split || face_id, ',' ORDER BY split, face_id), '')) "
+                        "FROM splits WHERE split IN ('eval_unknown', ?)", [run.config.unlabeled_split]
+                        ).fetchone()[0]
+    text = json.dumps([str(run.checkpoint), stat.st_size, stat.st_mtime_ns, pairs, registration,
+                       registry.get(con, run.config.labeled).id if run.config.labeled else None, faces,
+                       unlabeled_sample, flip])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass
 class EvalResult(Result):
     """`wb eval`: verification, open-set rejection and class-centre spread (stored in wb_evaluations)."""
@@ -126,6 +148,8 @@ class EvalResult(Result):
     open_set: dict[str, Any]
     centre_distance: dict[str, Any]
     eval_id: str
+    eval_key: str = ""  # checkpoint, data and options: an equal key reuses the evaluation
+    reused: bool = False
 
 
 def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = None,
@@ -139,6 +163,11 @@ def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = Non
         trained = TrainedRun.load(con, run_id)
         trained.flip = flip
         pairs_from = pairs_from or (None if pairs_file else trained.config.labeled)
+        key = _eval_key(con, trained, pairs_file, pairs_from, unlabeled_sample, flip)
+        if (done := evaluations.with_key(con, run_id, key)) is not None:
+            stored = {k: v for k, v in done.metrics.items() if k in EvalResult.__dataclass_fields__}
+            record.counts = {"eval_id": done.eval_id, "reused": True}
+            return EvalResult(**{**stored, "reused": True})
         try:
             verify, v_arrays = verification(trained, workspace, con, pairs_file, pairs_from)
         except ValueError as exc:  # too few identities for 10 disjoint folds
@@ -151,7 +180,7 @@ def run_eval(workspace: Workspace, run_id: str, *, pairs_file: Path | None = Non
             centre_distance={"n_classes": len(trained.centres), "mean": float(distances.mean()),
                              "median": float(np.median(distances)), "min": float(distances.min()),
                              "sampled_mean_error_95": bound},
-            eval_id=f"eval-{uuid.uuid4().hex[:10]}")
+            eval_id=f"eval-{uuid.uuid4().hex[:10]}", eval_key=key)
         out = trained.run_dir / "eval" / result.eval_id
         out.mkdir(parents=True, exist_ok=True)
         hist, edges = np.histogram(distances, bins=100, range=(0, 2))

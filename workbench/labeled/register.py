@@ -134,9 +134,22 @@ def register_labeled(
                     record_detector(con, spec)
         finally:
             source.close()
-        summary = replace_field(set_summary(con, name), replaced_app_datasets=stale_datasets)
+        summary = replace_field(set_summary(con, name), replaced_app_datasets=stale_datasets,
+                                warnings=_warnings(con, name))
         run.counts = summary.as_dict()
         return summary
+
+
+def _warnings(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    """Identities that lost every image to rejection: counted as identities, matched by nothing."""
+    n, examples = con.execute(
+        "SELECT count(*), list(identity ORDER BY label)[:3] FROM labeled_identities i WHERE set_name = ? "
+        "AND n_images = 0 AND EXISTS (SELECT 1 FROM labeled_samples s WHERE s.set_name = i.set_name "
+        "AND s.label = i.label)", [name]).fetchone()
+    if not n:
+        return []
+    return [f"{n} identities had every image rejected (e.g. {', '.join(examples)}): they have no face to "
+            "match, so overlap cannot exclude their people; see the rejection reasons above"]
 
 
 def _same(existing: registry.Registration, reg_id: str, path: str, fmt: str) -> bool:
@@ -168,6 +181,7 @@ class LabeledSetSummary(Result):
     notes: list[str] = field(default_factory=list)
     replaced: dict[str, int] | None = None  # rows of the old registration removed with --replace
     replaced_app_datasets: list[str] = field(default_factory=list)  # App datasets that showed it
+    warnings: list[str] = field(default_factory=list)
 
 
 def set_summary(con: duckdb.DuckDBPyConnection, name: str) -> LabeledSetSummary:

@@ -29,6 +29,17 @@ def insert(con: duckdb.DuckDBPyConnection, evaluation: Evaluation) -> None:
                  str(evaluation.out_dir)])
 
 
+def with_key(con: duckdb.DuckDBPyConnection, run_id: str, key: str) -> Evaluation | None:
+    """An evaluation of `run_id` made from the same checkpoint, data and options (`key`)."""
+    rows = con.execute("SELECT eval_id, metrics, artifacts_dir FROM evaluations WHERE run_id = ? "
+                       "AND json_extract_string(metrics, '$.eval_key') = ? ORDER BY created_at DESC LIMIT 1",
+                       [run_id, key]).fetchall()
+    if not rows:
+        return None
+    eval_id, metrics, out_dir = rows[0]
+    return Evaluation(eval_id, run_id, json.loads(metrics), Path(out_dir))
+
+
 def latest(con: duckdb.DuckDBPyConnection, run_id: str) -> Evaluation | None:
     rows = con.execute("SELECT eval_id, metrics, artifacts_dir FROM evaluations WHERE run_id = ? "
                        "ORDER BY created_at DESC LIMIT 1", [run_id]).fetchall()

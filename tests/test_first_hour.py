@@ -1,0 +1,50 @@
+"""A new user's first hour (#30): warnings where a target is missed, progress outside a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import noise_image
+from tests.helpers import wb_json
+from workbench.curate.calibration import DedupeCalibration
+from workbench.curate.splits import split_warnings
+
+
+def test_a_dedupe_rule_below_its_recall_target_says_so():
+    missed = DedupeCalibration(strict=0.9, loose=0.8, phash_bits=4, target_recall=0.99,
+                               target_merge_rate=0.005, copies=400, distinct_pairs=1000, recall=0.67,
+                               recall_95ci=(0.62, 0.71), merge_rate=0.004, merge_rate_95ci=(0.001, 0.01))
+    assert "0.67 of synthetic web copies" in missed.warnings()[0]
+    met = DedupeCalibration(**{**missed.__dict__, "recall": 0.99, "recall_95ci": (0.98, 0.995)})
+    assert met.warnings() == []
+
+
+def test_an_empty_train_unlabeled_split_says_why():
+    lines = split_warnings({"excluded": 40}, {"overlap": 30, "duplicate": 10})
+    assert len(lines) == 1 and "no face is left in train_unlabeled (30 overlap, 10 duplicate)" in lines[0]
+    assert split_warnings({"excluded": 3, "train_unlabeled": 1}, {"overlap": 3}) == []
+
+
+def test_identities_with_every_image_rejected_are_warned_about(tmp_path):
+    good, bad = tmp_path / "set" / "alice", tmp_path / "set" / "bob"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    noise_image(1, (112, 112)).save(good / "0.jpg")
+    (bad / "0.jpg").write_bytes(b"not an image")
+    summary = wb_json("labeled", "add", "s", str(tmp_path / "set"), "--aligned", "-w", str(tmp_path / "ws"))
+    assert summary["identities"] == 2 and len(summary["warnings"]) == 1
+    assert summary["warnings"][0].startswith("1 identities had every image rejected (e.g. bob)")
+
+
+def test_progress_is_logged_outside_a_terminal(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(40):
+        noise_image(i, (112, 112)).save(folder / f"{i}.png")
+    proc = subprocess.run([sys.executable, "-m", "workbench", "ingest", str(folder), "--aligned", "--workers",
+                           "1", "--chunk-size", "8", "-w", str(tmp_path / "ws")], capture_output=True,
+                          text=True, env={**os.environ, "WB_PROGRESS_EVERY": "0"}, check=True)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ingest: ")]
+    assert lines and "/s" in lines[-1]  # count, rate and time left, as a log line
