@@ -19,6 +19,7 @@ from workbench.cli.options import (
     PerIdentityOpt,
     RayOpt,
     SeedOpt,
+    VerboseOpt,
     WorkersOpt,
     WorkspaceOpt,
     model_spec,
@@ -100,6 +101,7 @@ def overlap(
     workers: WorkersOpt = None,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Flag unlabeled faces whose identity is in the labeled set, or that copy a labeled photo.
@@ -116,7 +118,7 @@ def overlap(
     with progress_bar("overlap: embeddings", enabled=not as_json) as update:
         summary = run_overlap(Workspace.at(workspace), labeled, model=model_spec(model, flip, model_norm),
                               settings=settings, workers=workers, ray=ray, progress=update)
-    report(f"overlap with {labeled}", summary, as_json)
+    report(f"overlap with {labeled}", summary, as_json, verbose)
 
 
 @app.command(rich_help_panel="Curate")
@@ -141,6 +143,7 @@ def dedupe(
     workers: WorkersOpt = None,
     ray: RayOpt = None,
     workspace: WorkspaceOpt = None,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Group near-duplicate unlabeled faces; the best-quality face represents each group.
@@ -163,7 +166,7 @@ def dedupe(
                              thresholds=fixed, labeled_set=labeled,
                              targets=DedupeTargets(recall=recall, merge_rate=merge_rate),
                              workers=workers, ray=ray, progress=update)
-    report("dedupe", summary, as_json)
+    report("dedupe", summary, as_json, verbose)
 
 
 @app.command(rich_help_panel="Curate")

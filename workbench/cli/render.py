@@ -172,14 +172,26 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def report(title: str, summary: Result | dict[str, Any], as_json: bool) -> None:
-    """A command's summary: JSON on stdout for scripts, a key/value table for people."""
+CALIBRATION_LEAD = ("known_recall", "measured_fpir", "recall", "merge_rate", "reused")
+
+
+def report(title: str, summary: Result | dict[str, Any], as_json: bool, verbose: bool = False) -> None:
+    """A command's summary: JSON on stdout for scripts; for people, the decisions first, the
+    report's path on a line of its own (never cut), and a calibration's internals only with
+    `verbose` (its estimated error rates always)."""
     if as_json:
         print_json(summary)
         return
     values = plain(summary)
+    if values.get("report"):
+        out.print(f"report: {values['report']}", highlight=False, soft_wrap=True)
+    rows = flatten({k: v for k, v in values.items() if k not in ("warnings", "report")})
+    hidden = [k for k in rows if k.startswith("calibration.") and not verbose
+              and k.split(".", 1)[1] not in CALIBRATION_LEAD]
     out.print(kv_table(title, [(k, f"{v:.4g}" if isinstance(v, float) else v)
-                               for k, v in flatten(values).items() if k != "warnings"]))
+                               for k, v in rows.items() if k not in hidden]))
+    if hidden:
+        out.print(f"({len(hidden)} calibration details: --verbose, or --json)", highlight=False)
     warn(values.get("warnings", []))
 
 
