@@ -102,6 +102,7 @@ def test_rate_limit_holds_per_host(tmp_path):
     assert gaps.min() >= 0.2 - 0.03
 
 
+@pytest.mark.slow
 def test_killed_crawl_resumes_without_refetching(tmp_path):
     out, ws = tmp_path / "out", tmp_path / "ws"
     with FaultServer(n_gallery=30) as server:

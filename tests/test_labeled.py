@@ -126,6 +126,7 @@ def test_name_conflict_and_remove(tmp_path, aligned_folder):
     assert add("s", str(other), "-w", ws)["format"] == "rec"
 
 
+@pytest.mark.slow
 def test_folder_and_hf_give_the_same_identities(tmp_path, aligned_folder):
     datasets = pytest.importorskip("datasets")
     identities = sorted(p.name for p in aligned_folder.iterdir())

@@ -77,6 +77,7 @@ def test_resume_continues_exactly(curated):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(curated):
     proc = wb("train", "-w", str(curated), "--backbone", "r18", "--width", "0.125", "--input-size", "32",
               "--embedding-size", "32", "--batch-size", "16", "--num-workers", "0", "--steps", "50",
@@ -90,6 +91,7 @@ def test_nan_loss_stops_with_a_clear_message(curated):
     assert failed[0][0] == "failed" and "loss became" in failed[0][1] and failed[0][2] == "failed"
 
 
+@pytest.mark.slow
 def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
     ws = tmp_path / "ws"
     shutil.copytree(curated, ws)
@@ -104,6 +106,7 @@ def test_baseline_needs_no_split_and_uir_does(tmp_path, curated):
     assert baseline["steps"] == 1 and baseline["total_steps"] == 1
 
 
+@pytest.mark.slow
 def test_export_onnx_and_embed_with_onnx_and_ckpt(curated, tmp_path):
     result = run_train(Workspace.at(curated), TrainConfig(uir_loss="none", steps=3, **SMALL))
     exported = wb_json("export-model", result.run_id, "--onnx", "--out", str(tmp_path / "m.onnx"),
