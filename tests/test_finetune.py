@@ -122,6 +122,7 @@ def test_the_pretrained_mobilefacenet_converts_exactly():
     assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
 
 
+@pytest.mark.slow
 def test_an_unsupported_operator_is_named_in_one_line(tmp_path, curated):
     node = onnx.helper.make_node("Erf", ["input"], ["embedding"])
     graph = onnx.helper.make_graph(
@@ -140,6 +141,7 @@ def stored_backbone(result: dict) -> dict[str, torch.Tensor]:
     return backbone_weights(Checkpoint.open(Path(result.run_dir) / "checkpoints" / "final.pt").state)
 
 
+@pytest.mark.slow
 def test_a_frozen_warm_up_trains_the_head_only(tiny, curated):
     path, _ = tiny
     start = OnnxBackbone.load(path).state_dict()
@@ -152,6 +154,7 @@ def test_a_frozen_warm_up_trains_the_head_only(tiny, curated):
     assert ckpt.config.backbone == "onnx" and ckpt.config.num_features == 12
 
 
+@pytest.mark.slow
 def test_backbone_lr_mult_scales_only_the_backbone_and_freeze_bn_keeps_statistics(tiny, curated):
     path, _ = tiny
     start = OnnxBackbone.load(path).state_dict()

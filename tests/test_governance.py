@@ -34,6 +34,7 @@ def query(ws: Path, sql: str, params=None) -> list[tuple]:
         con.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["rec", "folder", "hf"])
 def test_export_then_register_gives_the_same_identities_and_pixels(ws, tmp_path, fmt):
     out = tmp_path / f"export_{fmt}"
