@@ -20,13 +20,19 @@ def weights_file(text: str, what: str = "model") -> Path:
     return path
 
 
-@lru_cache(maxsize=32)
-def file_sha256(path: str) -> str:
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, read now (for files that may change: downloads, imported vectors)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def file_sha256(path: str) -> str:
+    """A model file's SHA-256, once per process (model keys are asked for often)."""
+    return sha256_of(path)
 
 
 def _pack(folder: str) -> Path:

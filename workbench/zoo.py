@@ -22,7 +22,6 @@ package (Apache-2.0).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import zipfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from workbench.errors import WorkbenchError
+from workbench.weights import sha256_of
 
 PACKAGED = Path(__file__).parent / "faces" / "models"
 INSIGHTFACE_CACHE = Path("~/.insightface/models")
@@ -157,7 +157,7 @@ def pull(name: str, *, accept_license: bool = False, mirror: str | None = None,
     if model.size is not None and got != model.size:
         part.unlink()
         raise WorkbenchError(f"{name}: {url} gave {got} bytes, not {model.size}; nothing kept")
-    digest = _sha256(part)
+    digest = sha256_of(part)
     expected = model.sha256 or _recorded(folder)
     if expected is not None and digest != expected:
         part.unlink()
@@ -177,14 +177,6 @@ def pull(name: str, *, accept_license: bool = False, mirror: str | None = None,
 def _recorded(folder: Path) -> str | None:
     path = folder / "sha256.first-download"
     return path.read_text().strip() if path.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, part: Path, hosts: tuple[str, ...], size: int | None,

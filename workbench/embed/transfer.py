@@ -36,7 +36,7 @@ from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
-from workbench.weights import file_sha256
+from workbench.weights import sha256_of
 
 CHUNK = 65_536
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -127,7 +127,7 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
         columns = set(pq.read_schema(path).names)
     except (OSError, pa.ArrowException) as exc:
         raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    key = f"import-{name}-{file_sha256(str(path))[:12]}"
+    key = f"import-{name}-{sha256_of(path)[:12]}"
     spec = ModelSpec("import", str(path), fixed_key=key)
     params = {"file": str(path), "name": name, "model_key": key}
     with open_run(workspace, "embed import", params) as (con, run):
@@ -192,20 +192,21 @@ def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str]
         matrix = np.memmap(vectors_path(workspace, store.key), dtype="<f4", mode="r").reshape(-1, store.dim)
         schema = pa.schema([("face_id", pa.string()), ("set_name", pa.string()), ("sample_idx", pa.int64()),
                             ("locator", pa.string()), ("vector", pa.list_(pa.float32(), store.dim))])
-        queries = []
+        queries = []  # (counted as, SQL, parameters)
         if "unlabeled" in wanted:
-            queries.append(("SELECT e.item_id AS face_id, NULL AS set_name, NULL::BIGINT AS sample_idx, "
-                            "NULL AS locator, e.row FROM embeddings e JOIN faces f ON f.face_id = e.item_id "
-                            "WHERE e.model_key = ? ORDER BY e.item_id", [store.key]))
+            queries.append(("faces", "SELECT e.item_id AS face_id, NULL AS set_name, "
+                            "NULL::BIGINT AS sample_idx, NULL AS locator, e.row FROM embeddings e "
+                            "JOIN faces f ON f.face_id = e.item_id WHERE e.model_key = ? ORDER BY e.item_id",
+                            [store.key]))
         for reg in regs:
-            queries.append(("SELECT NULL AS face_id, s.set_name, s.sample_idx, s.locator, e.row "
+            queries.append(("labeled", "SELECT NULL AS face_id, s.set_name, s.sample_idx, s.locator, e.row "
                             "FROM labeled_samples s JOIN embeddings e ON e.item_id = ? || s.sample_idx "
                             "WHERE s.set_name = ? AND e.model_key = ? ORDER BY s.sample_idx",
                             [reg.item_prefix, reg.name, store.key]))
         counts = {"faces": 0, "labeled": 0}
         tmp = out.with_name(out.name + ".partial")
         with pq.ParquetWriter(tmp, schema) as writer:
-            for sql, params in queries:
+            for kind, sql, params in queries:
                 for batch in con.execute(sql, params).to_arrow_reader(CHUNK):
                     rows = batch.column("row").to_numpy()
                     vectors = np.asarray(matrix[rows], np.float32)
@@ -217,6 +218,6 @@ def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str]
                         "locator": batch.column("locator").cast(pa.string()),
                         "vector": pa.FixedSizeListArray.from_arrays(flat, store.dim)}, schema=schema)
                     writer.write_table(table)
-                    counts["faces" if "e.item_id AS face_id" in sql else "labeled"] += len(rows)
+                    counts[kind] += len(rows)
         tmp.replace(out)
     return ExportResult(str(out), store.key, store.dim, counts["faces"], counts["labeled"])

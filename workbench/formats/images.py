@@ -89,8 +89,9 @@ def check_encoded(data: bytes, max_side: int = MAX_CROP_SIDE) -> str | None:
     size = image_size(data, fmt)
     if size is not None and max(size) > max_side:
         return f"not an aligned crop ({size[0]}x{size[1]})"
-    if fmt == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
-        return f"too many JPEG scans ({jpeg_scans(data)})"
+    scans = jpeg_scans(data) if fmt == "JPEG" else 0
+    if scans > MAX_JPEG_SCANS:
+        return f"too many JPEG scans ({scans})"
     return None
 
 
