@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 # Lowest first. A module may import its own package and the packages of lower layers only.
 LAYERS: list[set[str]] = [
     {"errors", "results"},
-    {"parallel", "weights", "zoo"},
+    {"parallel", "weights"},
+    {"zoo"},
     {"cluster"},
     {"formats"},
     {"faces"},
