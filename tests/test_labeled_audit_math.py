@@ -143,6 +143,26 @@ def test_a_label_with_one_face_is_reported_not_checked():
     assert 100 not in [audit.findings.sample[i] for i in audit.findings.of("wrong_label")]
 
 
+def test_a_one_photo_label_of_a_labeled_person_is_found_and_a_stranger_is_not():
+    s = planted_set()
+    labels, vectors = s["labels"].copy(), s["vectors"].copy()
+    owner = int(labels[100])  # face 100's person keeps 11 photos under their own label
+    labels[100] = 2  # ... and one alone under label 2
+    stranger = np.flatnonzero(s["person"] == 7)[0]
+    vectors[stranger] = people(50, 11)[49]  # someone new, alone under label 41
+    labels[stranger] = 41
+    audit = audit_labels(vectors, labels, 42)
+    f = audit.findings
+    singles = [(f.label[i], f.other_label[i]) for i in f.of("same_person")
+               if f.evidence[i].get("single_photo")]
+    assert singles == [(2, owner)]
+    rule = audit.single
+    assert rule.single_photos == 2 and rule.fpir == 0.01  # at most 1%, about one false finding
+    assert rule.expected_false == pytest.approx(rule.measured_fpir * 2, abs=0.01)
+    assert rule.known_recall > 0.9  # lone photos of labeled people, simulated on the set
+    assert 100 not in [f.sample[i] for i in f.of("wrong_label")]
+
+
 def test_leaked_evaluation_people_are_found_by_identity_and_by_copy():
     s = planted_set()
     audit = audit_labels(s["vectors"], s["labels"], 41)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.options import JsonOpt, RayOpt, WorkspaceOpt
+from workbench.cli.options import JsonOpt, RayOpt, WorkspaceOpt, model_spec
 from workbench.cli.render import (
     comparison_table,
     err,
@@ -18,6 +18,7 @@ from workbench.cli.render import (
     progress_bar,
     report,
 )
+from workbench.errors import WorkbenchError
 from workbench.manifest.workspace import Workspace
 
 app = typer.Typer()
@@ -26,8 +27,19 @@ app = typer.Typer()
 @app.command("eval", rich_help_panel="Evaluate")
 @handled
 def eval_run(
-    run_id: Annotated[str, typer.Argument(help="A training run id.")],
-    pairs: Annotated[Path | None, typer.Option(help="InsightFace verification .bin file.")] = None,
+    run_id: Annotated[str | None, typer.Argument(
+        help="A training run id (or --model instead).", show_default=False)] = None,
+    pairs: Annotated[Path | None, typer.Option(
+        help="Verification pairs: an InsightFace .bin, or with --model also a pairs.txt protocol "
+             "(LFW's) over --images.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Evaluate this model instead of a run, on --pairs: dlib, onnx:PATH, insightface:DIR, "
+             "ckpt:PATH or a named model (wb models list). Needs no workspace.")] = None,
+    images: Annotated[Path | None, typer.Option(
+        help="With a pairs.txt: the folder of NAME/NAME_000I.jpg photos; they are detected and "
+             "aligned as ingest does.")] = None,
+    detector: Annotated[str, typer.Option(
+        help="With a pairs.txt: dlib, yunet[:PATH], scrfd:PATH or insightface:DIR.")] = "yunet",
     pairs_from: Annotated[str | None, typer.Option(
         help="Generate pairs from this labeled set.", show_default="the run's labeled set")] = None,
     flip: Annotated[bool, typer.Option(
@@ -36,7 +48,13 @@ def eval_run(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verification, open-set rejection (AUROC, FPR@95TPR, DIR@FPIR) and centre sparsity."""
+    """Verification, open-set rejection (AUROC, FPR@95TPR, DIR@FPIR) and centre sparsity of a run;
+    or, with --model, any model's verification accuracy on a standard protocol."""
+    if (run_id is None) == (model is None):
+        raise WorkbenchError("give a run id or --model (one of them)")
+    if model is not None:
+        _eval_model(model, pairs, images, detector, flip, as_json)
+        return
     from workbench.evaluate.evaluate import run_eval
 
     results = run_eval(Workspace.at(workspace), run_id, pairs_file=pairs, pairs_from=pairs_from, flip=flip)
@@ -49,6 +67,20 @@ def eval_run(
         flat += [(f"{k} mean", f"{v['mean']:.4f}") for k, v in getattr(results, section).items()
                  if isinstance(v, dict) and "mean" in v]
         out.print(kv_table(f"{section} ({run_id})", flat))
+
+
+def _eval_model(model: str, pairs: Path | None, images: Path | None, detector: str, flip: bool,
+                as_json: bool) -> None:
+    from workbench.evaluate.verify import verify_model
+    from workbench.faces.detectors import DetectorSpec
+
+    if pairs is None:
+        raise WorkbenchError("--model needs --pairs (a .bin, or a pairs.txt with --images)")
+    spec = model_spec(model, flip, None)
+    det = None if pairs.suffix == ".bin" else DetectorSpec.parse(detector)
+    with progress_bar("detect and align", enabled=not as_json) as update:
+        result = verify_model(spec, pairs, images=images, detector=det, progress=update)
+    report(f"eval {model}", result, as_json)
 
 
 @app.command(rich_help_panel="Evaluate")

@@ -86,14 +86,23 @@ def _candidate_scores(queries: np.ndarray, gallery: Gallery) -> tuple[np.ndarray
     return pair_scores(queries, gallery, candidates), candidates
 
 
+def best_other_identity(queries: np.ndarray, query_labels: np.ndarray, gallery: Gallery
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best identity score and that identity, its own label left out."""
+    scores, candidates = _candidate_scores(queries, gallery)
+    scores = np.where(candidates == query_labels[:, None], -np.inf, scores)
+    best = np.argmax(scores, axis=1)
+    rows = np.arange(len(best))
+    return scores[rows, best], candidates[rows, best]
+
+
 def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown: np.ndarray,
                     known: np.ndarray) -> OpenSetScores:
     """Score the `unknown` faces with their identity left out of the full gallery, and the
     `known` probes against a gallery rebuilt without them."""
     centres, valid = unit_centres(vectors, labels, n_ids)
     full = Gallery.build(centres, valid, vectors, labels)
-    scores, candidates = _candidate_scores(vectors[unknown], full)
-    unknown_best = np.where(candidates == labels[unknown][:, None], -np.inf, scores).max(axis=1)
+    unknown_best, _ = best_other_identity(vectors[unknown], labels[unknown], full)
     kept = ~known
     centres, valid = unit_centres(vectors[kept], labels[kept], n_ids)
     rebuilt = Gallery.build(centres, valid, vectors[kept], labels[kept])

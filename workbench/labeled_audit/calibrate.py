@@ -29,6 +29,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from workbench.curate.calibration import (
+    MAX_PROBES,
+    MAX_UNKNOWN,
+    calibrate_overlap,
+    choose_probes,
+    choose_unknown,
+    open_set_scores,
+)
 from workbench.labeled_audit.evidence import MIN_HALF, Members, TwoPeople, cohesion, match, two_people, unit
 
 MIN_SAME_RATIO = 0.5  # below this, two groups match less than half as well as each within itself
@@ -166,3 +174,40 @@ def _merged_found(vectors: np.ndarray, members: Members, pair_threshold: float, 
             vectors[np.concatenate([members.positions(a), members.positions(b)])], pair_threshold, typical)
         found.append(bool(split is not None and split.mixed(MIN_SAME_RATIO, distinct)))
     return found
+
+
+@dataclass(frozen=True)
+class SinglePhotoRule:
+    """A label with one photo is another label's person when its face scores at least
+    `threshold` against that identity: the overlap calibration's known-person threshold
+    (`curate.calibration`), measured on this set at `fpir`."""
+
+    threshold: float
+    fpir: float  # chosen: about one false finding among `single_photos` faces, at most 1%
+    measured_fpir: float
+    known_recall: float  # single photos of a labeled person that reach the threshold (simulated)
+    known_recall_95ci: tuple[float, float]
+    single_photos: int
+    expected_false: float  # single-photo findings that are two people, estimated
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, single_photos: int,
+                      clean: np.ndarray, seed: int) -> SinglePhotoRule | None:
+    """Calibrated as `wb overlap` is: faces scored with their own identity left out play other
+    people; one face of each of a sample of identities, scored with the rest of its identity,
+    plays a lone photo of a labeled person. Only `clean` faces (not suspected of a wrong label,
+    their label not found to be one person with another) play other people: the findings
+    themselves would otherwise raise the threshold. None when there is nothing to calibrate on."""
+    probes = choose_probes(labels, MAX_PROBES, seed)
+    if not probes.any() or not clean.any() or single_photos == 0:
+        return None
+    fpir = min(0.01, 1.0 / single_photos)
+    unknown = np.zeros(len(labels), bool)
+    unknown[np.flatnonzero(clean)[choose_unknown(int(clean.sum()), MAX_UNKNOWN, seed)]] = True
+    scores = open_set_scores(vectors, labels, n_ids, unknown, probes)
+    cal = calibrate_overlap(scores, n_ids, fpir, fpir, fpir, None)
+    return SinglePhotoRule(cal.threshold, fpir, cal.measured_fpir, cal.known_recall, cal.known_recall_95ci,
+                           single_photos, round(cal.measured_fpir * single_photos, 2))

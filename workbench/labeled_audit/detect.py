@@ -15,13 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from workbench.curate.calibration import best_other_identity
 from workbench.curate.dedupe import close_pairs, group_labels
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
+from workbench.curate.scoring import Gallery
 from workbench.curate.search import nearest
 from workbench.labeled_audit.calibrate import (
     SameRule,
+    SinglePhotoRule,
     WrongLabelRule,
     same_rule,
+    single_photo_rule,
     split_half_centres,
     wrong_label_rule,
 )
@@ -87,6 +91,7 @@ class LabelAudit:
     findings: Findings
     wrong: WrongLabelRule
     same: SameRule
+    single: SinglePhotoRule | None  # one-photo labels that are another label's person
     own: np.ndarray  # per face: leave-one-out score under its label (its half, for mixed labels)
     other: np.ndarray  # per face: best centre cosine of another person's label
     impostor: np.ndarray  # sampled impostor own scores (for the report)
@@ -122,6 +127,21 @@ def same_person_pairs(vectors: np.ndarray, members: Members, centres: np.ndarray
             if m.low >= rule.ratio:
                 found.append((pair[0], pair[1], float(sims[row, col]), m))
     return found
+
+
+def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray, valid: np.ndarray,
+                       rule: SinglePhotoRule) -> list[tuple[int, int, float]]:
+    """(single label, other label, identity score) for each label with one face whose face
+    reaches the rule's threshold against another identity (scored as `wb overlap` scores)."""
+    counts = np.bincount(labels, minlength=len(centres))
+    alone = np.flatnonzero(counts[labels] == 1)
+    if len(alone) == 0:
+        return []
+    gallery = Gallery.build(centres, valid, vectors, labels)
+    score, other = best_other_identity(vectors[alone], labels[alone], gallery)
+    hit = (score >= rule.threshold) & (other >= 0)
+    return [(int(labels[i]), int(o), float(s)) for i, o, s in zip(alone[hit], other[hit], score[hit],
+                                                                   strict=True)]
 
 
 def mixed_labels(vectors: np.ndarray, members: Members, rule: SameRule,
@@ -172,6 +192,15 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
     for a, b, centre_cos, m in pairs:
         findings.add("same_person", a, m.low, other_label=b, matched=m.matched, pairs=m.pairs,
                      ratio=round(m.ratio, 4), centre_cosine=round(centre_cos, 4))
+    joined = np.isin(labels, [label for a, b, *_ in pairs for label in (a, b)])
+    single_rule = single_photo_rule(vectors, labels, n_ids, int((members.counts == 1).sum()),
+                                    trusted & ~joined & (members.counts[labels] > 1), seed)
+    singles = [] if single_rule is None else \
+        single_photo_pairs(vectors, labels, first.centres, valid, single_rule)
+    for a, b, score in singles:
+        findings.add("same_person", a, score, other_label=b, single_photo=True,
+                     identity_score=round(score, 4), threshold=round(single_rule.threshold, 4),
+                     expected_false_among_singles=single_rule.expected_false)
     mixed = mixed_labels(vectors, members, same, progress)
     for label, split in mixed.items():
         positions = members.positions(label)
@@ -188,7 +217,7 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
     scores = own_scores(vectors, sub, n_sub)
     sub_valid = np.bincount(sub, minlength=n_sub) > 0
     impostor = impostor_own_scores(vectors, sub, scores.centres, sub_valid, CALIBRATION_PAIRS, seed)
-    person = _people(n_sub, pairs)
+    person = _people(n_sub, [(a, b) for a, b, *_ in pairs] + [(a, b) for a, b, _ in singles])
     other, other_person = best_other(vectors, person[sub], scores.centres, sub_valid, person)
     wrong = wrong_label_rule(scores.own, impostor, precision, other)
     flagged = wrong.flags(scores.own, other) & np.isfinite(scores.own)
@@ -199,11 +228,11 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
                      other_label=likely[int(other_person[i])] if fits else None,
                      other_score=round(float(other[i]), 4))
     counts = np.bincount(labels, minlength=n_ids)
-    return LabelAudit(findings, wrong, same, scores.own, other, impostor, trusted,
+    return LabelAudit(findings, wrong, same, single_rule, scores.own, other, impostor, trusted,
                       int(np.isnan(scores.own).sum()), int((counts == 1).sum()))
 
 
-def _people(n_sub: int, pairs: list[tuple[int, int, float, Match]]) -> np.ndarray:
+def _people(n_sub: int, pairs: list[tuple[int, int]]) -> np.ndarray:
     """A person id per (sub-)label: labels found to be one person share one."""
     return group_labels(n_sub, np.array([p[0] for p in pairs], np.int64),
                         np.array([p[1] for p in pairs], np.int64))

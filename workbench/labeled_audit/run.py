@@ -53,6 +53,7 @@ class LabeledAuditResult(Result):
     against: list[str]
     wrong_label_rule: dict[str, Any]
     same_person_rule: dict[str, Any]
+    single_photo_rule: dict[str, Any] | None  # one-photo labels: threshold, recall, expected false
     duplicate_rule: dict[str, Any]
     embedded_now: int  # faces embedded by this run (the rest were in the store)
     embed_seconds: float
@@ -139,6 +140,7 @@ def run_audit_labeled(
             cross_identity_duplicates=sum(not f.evidence[i]["same_identity"] for i in duplicates),
             unchecked_faces=audit.unchecked_faces, single_face_identities=audit.single_face_identities,
             against=sources, wrong_label_rule=audit.wrong.as_dict(), same_person_rule=audit.same.as_dict(),
+            single_photo_rule=audit.single.as_dict() if audit.single else None,
             duplicate_rule=asdict(thresholds), embedded_now=embedded_now,
             embed_seconds=round(embed_seconds, 1), seconds=round(seconds, 1),
             faces_per_second=round(len(labels) / max(seconds, 1e-9), 1), report=str(report),
