@@ -1,10 +1,11 @@
 """Overlap and dedupe quality on the lfw150 scenario, beside a plain baseline in the same run.
 
     python benchmarks/overlap_lfw.py [--lfw ../shared/data/lfw150] [--work /tmp/overlap_lfw]
+        [--model dlib] [--detector yunet]
 
 Builds the scenario (benchmarks/lfw_scenario.py), then runs the workbench as
 a user would: ingest the web folder, register the labeled part, `overlap`
-(dlib, flip-averaged) and `dedupe`. It prints:
+(`--model`, flip-averaged; dlib by default) and `dedupe`. It prints:
 - precision/recall of face-level overlap decisions: the workbench's score
   swept over thresholds, the point `auto` chose, and ablations;
 - the baseline: cosine to each identity's normalised mean centre, one global
@@ -31,6 +32,7 @@ from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import OverlapSettings, run_overlap
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore
+from workbench.faces.detectors import DetectorSpec
 from workbench.ingest.pipeline import run_ingest
 from workbench.labeled import registry
 from workbench.labeled.register import register_labeled
@@ -66,16 +68,20 @@ def main() -> None:
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW)
     parser.add_argument("--work", type=Path, default=Path("/tmp/overlap_lfw"))
     parser.add_argument("--fpir", type=float, default=0.01)
+    parser.add_argument("--model", default="dlib", help="any wb --model text")
+    parser.add_argument("--detector", default="yunet", help="any wb --detector text")
     args = parser.parse_args()
     if not args.lfw.is_dir():
         raise SystemExit(f"lfw150 not found at {args.lfw}")
     scenario = build(args.lfw, args.work / "data")
     ws = Workspace.at(args.work / "ws")
-    run_ingest(ws, scenario.web, source="web")
-    register_labeled(ws, SET, scenario.labeled)
+    detector = DetectorSpec.parse(args.detector)
+    run_ingest(ws, scenario.web, source="web", detector=args.detector)
+    register_labeled(ws, SET, scenario.labeled, detector=detector)
     targets = OverlapTargets(fpir=args.fpir, per_identity=1000)
-    summary = run_overlap(ws, SET, flip=True, settings=OverlapSettings(targets=targets))
-    dedupe = run_dedupe(ws, flip=True)
+    spec = ModelSpec.parse(args.model, flip=True)
+    summary = run_overlap(ws, SET, model=spec, flip=True, settings=OverlapSettings(targets=targets))
+    dedupe = run_dedupe(ws, model=spec, flip=True)
     print("overlap:", json.dumps({k: getattr(summary, k) for k in (
         "faces", "copy", "overlap", "ambiguous", "clean", "threshold", "ambiguous_from", "link_cosine",
         "clusters")}))
@@ -99,7 +105,6 @@ def main() -> None:
     # Effective score: a face's own score or its cluster's, whichever is higher (the decision rule).
     effective = np.where(np.isin(decision, ["copy", "overlap"]), np.maximum(z, summary.threshold), z)
     sizes = dict(zip(*np.unique(clusters, return_counts=True), strict=True))
-    spec = ModelSpec.parse("dlib", flip=True)
     store = EmbeddingStore.open_existing(ws, con, spec)
     face_ids = [r[0] for r in rows]
     vectors = store.vectors(face_ids)
@@ -145,6 +150,7 @@ def main() -> None:
     print(f"distinct photos of one person merged: {len(merged) / max(eligible, 1):.4f} "
           f"({len(merged)} of {eligible})")
     print(f"dedupe: {json.dumps({k: getattr(dedupe, k) for k in ('duplicate_pairs', 'duplicates')})}")
+    print(f"dedupe calibration: {json.dumps(dedupe.calibration, default=float)}")
     print(f"report: {summary.report}")
 
 

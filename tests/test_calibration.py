@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 
@@ -17,9 +20,13 @@ from workbench.curate.calibration import (
     single_face_scores,
     wilson,
 )
+from workbench.curate.pairs import DedupeThresholds
 from workbench.curate.scoring import Gallery, best_identity
 from workbench.embed.compute import unit_centres
-from workbench.faces.copies import web_copy
+from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo, realigned
+from workbench.faces.detectors import DetectorSpec, get_detector
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def people(n_ids: int, per: int, rng: np.random.Generator, d: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -115,10 +122,53 @@ def test_dedupe_calibration_known_answer():
     assert cal.recall == 1.0 and cal.merge_rate == pytest.approx(0.004)
 
 
-def test_web_copies_are_seeded_crops():
-    crop = np.random.default_rng(1).integers(0, 255, size=(112, 112, 3), dtype=np.uint8)
-    a = web_copy(crop, np.random.default_rng(5))
-    b = web_copy(crop, np.random.default_rng(5))
-    assert a.shape == (112, 112, 3) and a.dtype == np.uint8
+def test_loose_and_hash_bits_are_chosen_together_when_distinct_photos_are_close():
+    """Near-identical shots: 1.5% of a set's distinct pairs sit just above the copies' 1% cosine
+    with identical hashes (5% more are close in cosine only). Taking `loose` from the copies
+    alone leaves no hash bits to spend; searched together, `loose` moves above those shots and
+    the hash finds the copies between it and `strict`."""
+    rng = np.random.default_rng(3)
+    copies = PairEvidence(rng.uniform(0.80, 1.0, 1000), rng.integers(0, 5, 1000))
+    distinct = PairEvidence(np.r_[rng.uniform(0.80, 0.85, 30), rng.uniform(0.90, 0.99, 100),
+                                  rng.uniform(0.3, 0.79, 1870)],
+                            np.r_[np.zeros(30, int), rng.integers(20, 33, 100), rng.integers(10, 33, 1870)])
+    cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.01)
+    assert 0.83 <= cal.loose < cal.strict and 4 <= cal.phash_bits < 20  # above most of those shots
+    assert cal.merge_rate <= 0.01
+    assert cal.recall == pytest.approx((copies.cosine >= cal.loose).mean())  # every copy above loose
+    assert cal.recall > 0.7
+    # `loose` at the copies' 1% leaves only identical hashes (0 bits) within the budget
+    at_quantile = DedupeThresholds(cal.strict, float(np.quantile(copies.cosine, 0.01)), 0)
+    assert copies.merged(at_quantile).mean() < cal.recall - 0.4
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_web_copies_are_seeded_edits_of_the_photo(transform):
+    photo = as_photo(np.random.default_rng(1).integers(0, 255, size=(112, 112, 3), dtype=np.uint8))
+    a = edit_photo(photo, transform, np.random.default_rng(5))
+    b = edit_photo(photo, transform, np.random.default_rng(5))
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, crop)
+    assert a.dtype == np.uint8 and a.ndim == 3 and not np.array_equal(a, photo)
+    if transform in ("rescale", "crop"):
+        assert a.shape[0] < photo.shape[0] and a.shape[1] < photo.shape[1]
+    if transform == "crop":
+        assert a.shape[0] >= 0.92 * photo.shape[0] - 1  # at most 8% cut away
+    if transform == "mirror":  # the same pixels, left for right (JPEG aside)
+        assert np.abs(a[:, ::-1].astype(int) - photo).mean() < np.abs(a.astype(int) - photo).mean()
+
+
+def test_a_copy_is_refound_by_the_detector_on_a_real_face():
+    face = next(iter(sorted((SHARED / "data" / "celeba200").glob("*/*.jpg"))), None)
+    if face is None:
+        pytest.skip("needs ../shared/data/celeba200 (see the README)")
+    yunet = get_detector(DetectorSpec.parse("yunet"))
+    rgb = cv2.cvtColor(cv2.imread(str(face)), cv2.COLOR_BGR2RGB)
+    crop = realigned(rgb, yunet.detect)
+    pair = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
+    assert pair is not None
+    original, copy = pair
+    assert original.shape == copy.shape == (112, 112, 3)
+    # re-found and re-aligned: close to the crop it came from, not equal to it
+    assert 0 < np.abs(original.astype(int) - crop).mean() < 30
+    blank = np.zeros((112, 112, 3), np.uint8)
+    assert copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect) is None

@@ -15,8 +15,12 @@ from workbench.curate.splits import split_warnings
 def test_a_dedupe_rule_below_its_recall_target_says_so():
     missed = DedupeCalibration(strict=0.9, loose=0.8, phash_bits=4, target_recall=0.99,
                                target_merge_rate=0.005, copies=400, distinct_pairs=1000, recall=0.67,
-                               recall_95ci=(0.62, 0.71), merge_rate=0.004, merge_rate_95ci=(0.001, 0.01))
-    assert "0.67 of synthetic web copies" in missed.warnings()[0]
+                               recall_95ci=(0.62, 0.71), merge_rate=0.004, merge_rate_95ci=(0.001, 0.01),
+                               recall_by_transform={"tone": 0.9, "mirror": 0.4, "crop": 0.6})
+    assert "0.67 of synthetic web copies (fewest: mirror 0.40, crop 0.60)" in missed.warnings()[0]
+    assert len(missed.warnings()) == 1
+    own_copies = DedupeCalibration(**{**missed.__dict__, "distinct_like_copies": 30})
+    assert "30 of 1000 pairs of different photos" in own_copies.warnings()[1]
     met = DedupeCalibration(**{**missed.__dict__, "recall": 0.99, "recall_95ci": (0.98, 0.995)})
     assert met.warnings() == []
 

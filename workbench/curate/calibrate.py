@@ -37,17 +37,19 @@ from workbench.embed.compute import (
 )
 from workbench.embed.models import ModelSpec, load_embedder
 from workbench.errors import WorkbenchError
-from workbench.faces.copies import web_copy
+from workbench.faces.copies import TRANSFORMS, copy_pair
+from workbench.faces.detectors import get_detector
 from workbench.formats.images import decode_crops
 from workbench.ingest.hashing import phash64
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
+from workbench.manifest.detector import of_workspace as workspace_detector
 from workbench.manifest.query import one
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 
 T = TypeVar("T")
-METHOD = 3  # bump when the way a calibration is measured changes: stored ones are then redone
+METHOD = 4  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class OverlapTargets:
 class DedupeTargets:
     recall: float = 0.99  # share of web copies to find
     merge_rate: float = 0.005  # share of distinct photos of one person that may be merged
-    copies: int = 400  # synthetic copies made
+    copies: int = 800  # synthetic copies made, in turn of each transformation
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -143,18 +145,34 @@ def _phashes(crops: np.ndarray) -> np.ndarray:
     return np.array([phash64(c) for c in crops], np.uint64)
 
 
+def _embed(spec: ModelSpec, crops: np.ndarray) -> np.ndarray:
+    model = load_embedder(spec)
+    return np.concatenate([model.embed(crops[i : i + 64]) for i in range(0, len(crops), 64)])
+
+
 def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
                        fresh: bool = False) -> DedupeCalibration:
+    """Copies made as the web makes them (`faces/copies.py`), re-found by the workspace's own
+    detector, against each sampled face's most similar other photo of the same person."""
+    detector = workspace_detector(ctx.con)
+
     def compute() -> dict[str, Any]:
         rng = np.random.default_rng(targets.seed)
         n = len(labeled)
         originals = np.sort(rng.choice(n, size=min(targets.copies, n), replace=False))
-        crops = _crops(labeled, originals)
-        edited = np.stack([web_copy(c, rng) for c in crops])
-        model = load_embedder(ctx.spec)
-        copy_vectors = np.concatenate([model.embed(edited[i : i + 64]) for i in range(0, len(edited), 64)])
-        copies = PairEvidence.of(labeled_vectors(ctx, labeled, originals), copy_vectors,
-                                 _phashes(crops), _phashes(edited))
+        detect = get_detector(detector).detect
+        made, names = [], []
+        for i, crop in enumerate(_crops(labeled, originals)):
+            transform = TRANSFORMS[i % len(TRANSFORMS)]
+            pair = copy_pair(crop, transform, rng, detect)
+            if pair is not None:
+                made.append(pair)
+                names.append(transform)
+        if not made:
+            raise WorkbenchError(f"{detector.key} finds no face in the copies of {labeled.name}'s crops")
+        before, after = np.stack([p[0] for p in made]), np.stack([p[1] for p in made])
+        copies = PairEvidence.of(_embed(ctx.spec, before), _embed(ctx.spec, after), _phashes(before),
+                                 _phashes(after))
         everything = labeled_vectors(ctx, labeled, np.arange(n))
         a = _with_others(labeled.labels, targets.copies * 2, rng)
         _, _, b = single_face_scores(everything[a], labeled.labels[a], a, everything, labeled.labels)
@@ -163,10 +181,12 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
         distinct = PairEvidence.of(everything[a], everything[b], _phashes(_crops(labeled, a)),
                                    _phashes(_crops(labeled, b)))
-        return calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate).as_dict()
+        result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names))
+        return {**result.as_dict(), "detector": detector.key, "undetected_copies": len(originals) - len(made)}
 
-    return _from_stored(DedupeCalibration,
-                        _stored(ctx, "dedupe", labeled, asdict(targets), fresh, run_id, compute))
+    return _from_stored(DedupeCalibration, _stored(ctx, "dedupe", labeled,
+                                                   {**asdict(targets), "detector": detector.key},
+                                                   fresh, run_id, compute))
 
 
 def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

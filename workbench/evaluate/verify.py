@@ -22,7 +22,7 @@ from workbench.embed.models import ModelSpec, load_embedder
 from workbench.errors import WorkbenchError
 from workbench.evaluate import metrics as m
 from workbench.faces.align import align_face
-from workbench.faces.detect import Detection
+from workbench.faces.detect import nearest_centre
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.formats.binpairs import read_bin
 from workbench.formats.files import read_regular_file
@@ -54,14 +54,6 @@ class VerifyResult(Result):
     tar_at_far_1e4: float | None  # TAR at FAR 1e-4
 
 
-def centre_face(found: list[Detection], height: int, width: int) -> Detection | None:
-    """The detection whose box centre is nearest the image centre."""
-    if not found:
-        return None
-    centre = np.array([width / 2, height / 2])
-    return min(found, key=lambda d: float(np.hypot(*((d.bbox[:2] + d.bbox[2:]) / 2 - centre))))
-
-
 def photo_crops(paths: list[Path], detector: DetectorSpec,
                 progress: Callable[[int, int | None], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, 112, 112, 3) aligned crops of each photo's centre face and a mask of photos with one."""
@@ -73,7 +65,7 @@ def photo_crops(paths: list[Path], detector: DetectorSpec,
             rgb = decode_image(read_regular_file(path, MAX_IMAGE_BYTES)).rgb
         except (OSError, ValueError, Rejected) as exc:
             raise WorkbenchError(f"cannot read {path}: {exc}") from None
-        face = centre_face(det.detect(rgb), *rgb.shape[:2])
+        face = nearest_centre(det.detect(rgb), *rgb.shape[:2])
         if face is not None:
             crops[i], found[i] = align_face(rgb, face.landmarks), True
         if progress:

@@ -45,6 +45,15 @@ def primary_first(found: list[Detection]) -> list[Detection]:
     return sorted(found, key=lambda d: (-(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]), -d.score))
 
 
+def nearest_centre(found: list[Detection], height: int, width: int) -> Detection | None:
+    """The detection whose box centre is nearest the image centre: the subject of a portrait
+    or of a protocol's photo (LFW's are centred on the person named)."""
+    if not found:
+        return None
+    centre = np.array([width / 2, height / 2])
+    return min(found, key=lambda d: float(np.hypot(*((d.bbox[:2] + d.bbox[2:]) / 2 - centre))))
+
+
 def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
     """Eye centres (mean of each eye's 6 points), nose tip (30), mouth corners (48, 54)."""
     return np.stack(

@@ -42,6 +42,7 @@ from workbench.labeled_audit.evidence import MIN_HALF, Members, TwoPeople, cohes
 MIN_SAME_RATIO = 0.5  # below this, two groups match less than half as well as each within itself
 SIMULATIONS = 400  # identities split, and identity pairs merged, to calibrate
 GRID = 400  # candidate wrong-label thresholds
+SINGLE_FPIR = 0.01  # as `wb overlap --fpir`: the share of other people's lone photos found
 BELONGS_RATE = 0.01  # share of faces kept under their labels that fit another identity that well
 
 
@@ -183,7 +184,7 @@ class SinglePhotoRule:
     (`curate.calibration`), measured on this set at `fpir`."""
 
     threshold: float
-    fpir: float  # chosen: about one false finding among `single_photos` faces, at most 1%
+    fpir: float  # the overlap calibration's default
     measured_fpir: float
     known_recall: float  # single photos of a labeled person that reach the threshold (simulated)
     known_recall_95ci: tuple[float, float]
@@ -204,7 +205,7 @@ def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, singl
     probes = choose_probes(labels, MAX_PROBES, seed)
     if not probes.any() or not clean.any() or single_photos == 0:
         return None
-    fpir = min(0.01, 1.0 / single_photos)
+    fpir = SINGLE_FPIR
     unknown = np.zeros(len(labels), bool)
     unknown[np.flatnonzero(clean)[choose_unknown(int(clean.sum()), MAX_UNKNOWN, seed)]] = True
     scores = open_set_scores(vectors, labels, n_ids, unknown, probes)

@@ -57,6 +57,12 @@ def record(con: duckdb.DuckDBPyConnection, spec: DetectorSpec) -> None:
                 [META_KEY, json.dumps(spec.to_record())])
 
 
+def of_workspace(con: duckdb.DuckDBPyConnection) -> DetectorSpec:
+    """The detector this workspace's faces are found with (the default before its first faces)."""
+    found = recorded(con)
+    return DetectorSpec.parse(DEFAULT) if found is None else _rebuild(found)
+
+
 def _rebuild(found: dict[str, Any]) -> DetectorSpec:
     if "path" not in found:
         raise WorkbenchError(f"this workspace's faces were found with {found['key']}, whose weights file "
