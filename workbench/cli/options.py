@@ -31,7 +31,7 @@ ModelNormOpt = Annotated[str | None, typer.Option(
 DetectorOpt = Annotated[str | None, typer.Option(
     help="Face detector: dlib (HOG, packaged), yunet[:PATH] (small faces; PATH or $WB_YUNET_MODEL), "
          "scrfd:PATH (InsightFace's) or insightface:DIR (a model pack's det_*.onnx).",
-    show_default="the workspace's (recorded with its first faces; dlib in a new workspace)")]
+    show_default="the workspace's (recorded with its first faces; yunet in a new workspace)")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show the calibration's internals too.")]
 PerIdentityOpt = Annotated[int, typer.Option(min=1, max=100_000, help="Labeled faces per identity centre.")]
 SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Sampling seed.")]

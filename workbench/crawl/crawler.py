@@ -112,6 +112,8 @@ class HostGate:
         self.interval = interval
         self._lock = asyncio.Lock()
         self._next = 0.0
+        self._last: float | None = None
+        self.min_gap: float | None = None  # the closest two requests to this host were sent
 
     async def wait_turn(self) -> None:
         """Wait until `interval` has passed since the previous request to this host was sent."""
@@ -119,7 +121,11 @@ class HostGate:
             delay = self._next - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            self._next = time.monotonic() + self.interval
+            now = time.monotonic()
+            if self._last is not None:
+                gap = now - self._last
+                self.min_gap = gap if self.min_gap is None else min(self.min_gap, gap)
+            self._last, self._next = now, now + self.interval
 
 
 class Crawler:
@@ -428,8 +434,10 @@ class Crawler:
                 task.cancel()
         left = one(self.con, "SELECT count(*) FROM crawl_urls WHERE status = 'pending'")[0]
         hosts = sorted({urlsplit(u).netloc for u in self.requested})
+        gaps = [g.min_gap for g in self.gates.values() if g.min_gap is not None]
         return {**self.counts, "pending": int(left), "requests": len(self.requested), "hosts": hosts,
-                "not_fetched": dict(self.why_not.most_common(5))}
+                "not_fetched": dict(self.why_not.most_common(5)),
+                "min_request_gap_s": round(min(gaps), 4) if gaps else None}
 
 
 RATE_GRACE_S = 5.0
@@ -483,6 +491,7 @@ class CrawlResult(Result):
     stored_files: int
     run_id: str
     not_fetched: dict[str, int] = field(default_factory=dict)  # the commonest reasons, with counts
+    min_request_gap_s: float | None = None  # the closest two requests to one host were sent
     ingest: dict[str, Any] | None = None
 
 
