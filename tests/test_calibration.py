@@ -164,11 +164,11 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
     yunet = get_detector(DetectorSpec.parse("yunet"))
     rgb = cv2.cvtColor(cv2.imread(str(face)), cv2.COLOR_BGR2RGB)
     crop = realigned(rgb, yunet.detect)
-    pair = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
-    assert pair is not None
-    original, copy = pair
-    assert original.shape == copy.shape == (112, 112, 3)
+    original, copy, refound = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
+    assert refound and original.shape == copy.shape == (112, 112, 3)
     # re-found and re-aligned: close to the crop it came from, not equal to it
     assert 0 < np.abs(original.astype(int) - crop).mean() < 30
-    blank = np.zeros((112, 112, 3), np.uint8)
-    assert copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect) is None
+    # no face to find: the crop itself, and an edited copy with simulated re-alignment error
+    blank = np.full((112, 112, 3), 90, np.uint8)
+    original, copy, refound = copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect)
+    assert not refound and original is blank and copy.shape == (112, 112, 3)

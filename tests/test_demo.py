@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from tests.helpers import wb, wb_json
+from workbench.demo import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,11 +44,19 @@ def test_demo_runs_the_loop_and_finds_what_was_planted(demo):
     assert result["labeled"]["identities"] == truth["size"]["labeled_identities"]
     assert len(set(result["runs"].values())) == 3, "the baseline is trained on the curated splits, not reused"
     arms = {arm["arm"]: arm for arm in result["comparison"]["arms"]}
-    assert set(arms) == {"baseline (none)", "reference (w=0.1)"}
+    assert set(arms) == {"baseline (none)", "UIR reference (w=0.1)"}
     assert all(0.5 < arm["AUROC (MSP)"][0] <= 1 for arm in arms.values())
     assert result["browse"]["samples"] == sum(cur["faces_by_source"].values())
     assert Path(result["comparison"]["report"]).name == "report.html"
     assert Path(result["comparison"]["report"]).exists()
+    # what it wrote for the README: the same result, and its Markdown
+    written = json.loads((root / "demo-results.json").read_text())
+    assert written["result"]["curation"] == cur and written["result"]["runs"] == result["runs"]
+    assert (root / "demo-results.md").read_text() == report.markdown(written["result"],
+                                                                     written["machine"]) + "\n"
+    # the README's figures come from this demo: the same planted data, found the same way
+    kept = json.loads((ROOT / report.KEPT).read_text())["result"]
+    assert kept["curation"] == cur
 
 
 @pytest.mark.slow

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import noise_image
 from tests.helpers import wb_json
 from workbench.curate.calibration import DedupeCalibration
 from workbench.curate.splits import split_warnings
+from workbench.demo import report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_dedupe_rule_below_its_recall_target_says_so():
@@ -52,3 +57,23 @@ def test_progress_is_logged_outside_a_terminal(tmp_path):
                           text=True, env={**os.environ, "WB_PROGRESS_EVERY": "0"}, check=True)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("ingest: ")]
     assert lines and "/s" in lines[-1]  # count, rate and time left, as a log line
+
+
+def test_the_readme_shows_what_the_demo_printed():
+    """The README's demo section is the Markdown of the kept demo result, word for word."""
+    kept = json.loads((ROOT / report.KEPT).read_text())
+    section = report.section_of((ROOT / "README.md").read_text())
+    assert section == report.markdown(kept["result"], kept["machine"]), (
+        "README's demo section is stale: python -m workbench.demo.report "
+        "wb-demo/demo-results.json README.md")
+
+
+def test_the_demo_report_reads_its_directions_from_the_numbers():
+    kept = json.loads((ROOT / report.KEPT).read_text())
+    result = kept["result"]
+    arms = {arm["arm"]: arm for arm in result["comparison"]["arms"]}
+    base, uir = arms[report.BASELINE], arms[report.UIR]
+    for before, after, word in ((0.8, 0.7, "lowered"), (0.7, 0.8, "raised")):
+        base["MSP eval_unknown (mean)"], uir["MSP eval_unknown (mean)"] = [before, 0.0], [after, 0.0]
+        assert f"UIR {word} the mean confidence on held-out unknown people ({before:.3f} -> {after:.3f})" \
+            in report.markdown(result, "m")

@@ -8,6 +8,7 @@ from workbench.evaluate.metrics import (
     auroc,
     fpr_at_tpr,
     open_set_identification,
+    open_set_scores,
     pairwise_cosine_distances,
     roc_curve,
     softmax_stats,
@@ -80,3 +81,11 @@ def test_softmax_stats_by_hand():
     p, arg, h = softmax_stats(np.array([[0.0, np.log(3.0)]]))
     assert p[0] == pytest.approx(0.75) and arg[0] == 1
     assert h[0] == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
+
+
+def test_open_set_scores_include_the_energy_score_by_hand():
+    centres = np.array([[1.0, 0.0], [0.0, 1.0]])
+    emb = np.array([[0.6, 0.8]])
+    scores = open_set_scores(emb, centres, 10.0, chunk_elements=1)
+    assert scores.energy[0] == pytest.approx(np.log(np.exp(6.0) + np.exp(8.0)))
+    assert scores.max_cos[0] == pytest.approx(0.8) and scores.pred[0] == 1

@@ -57,6 +57,18 @@ def test_uir_training_end_to_end(curated):
     assert status == "done" and json.loads(snapshot)["identities"] == 8
 
 
+@pytest.mark.parametrize("loss", ["objectosphere", "energy"])
+def test_a_competing_open_set_loss_trains_through_the_cli(curated, loss):
+    result = wb_json("train", "--open-set-loss", loss, "--steps", "12", "--backbone", "r18", "--width",
+                     "0.125", "--input-size", "32", "--embedding-size", "32", "--batch-size", "16",
+                     "-w", str(curated))
+    lines = metrics(result["run_dir"])
+    assert lines[-1]["step"] == 12 and all(np.isfinite(m["loss"]) for m in lines)
+    assert any(m["uir_loss"] > 0 for m in lines)  # the open-set term is logged where UIR's is
+    both = wb("train", "--open-set-loss", loss, "--uir", "-w", str(curated), check=False)
+    assert both.returncode == 1 and "--open-set-loss replaces --uir" in both.stderr
+
+
 def test_resume_continues_exactly(curated):
     ws = Workspace.at(curated)
     config = dict(uir_loss="kl-uniform", steps=12, checkpoint_every=6, **SMALL)
@@ -192,7 +204,7 @@ def test_eval_score_and_compare(curated, tmp_path):
     assert np.allclose([r[3] for r in rows], scipy.stats.entropy(probs, axis=1), atol=1e-4)
     result = wb_json("compare", *runs, "--out", str(tmp_path / "cmp"), "-w", str(curated))
     arms = {a["arm"]: a for a in result["arms"]}
-    assert set(arms) == {"baseline (none)", "reference (w=0.1)"} and result["warnings"] == []
+    assert set(arms) == {"baseline (none)", "UIR reference (w=0.1)"} and result["warnings"] == []
     assert all(len(a["runs"]) == 2 for a in arms.values())
     report = (tmp_path / "cmp" / "report.html").read_text()
     assert "AUROC" in report and (tmp_path / "cmp" / "msp_histograms.png").exists()

@@ -11,7 +11,17 @@ import torch
 
 from workbench.train.backbones import DEPTHS, build_backbone
 from workbench.train.heads import MarginHead, margin_logits
-from workbench.train.losses import uir_kl_uniform, uir_loss, uir_reference
+from workbench.train.losses import (
+    ENERGY_IN,
+    ENERGY_OUT,
+    energy_hinges,
+    entropic,
+    magnitude,
+    open_set_loss,
+    uir_kl_uniform,
+    uir_loss,
+    uir_reference,
+)
 
 
 def naive_reference(logits: torch.Tensor) -> torch.Tensor:
@@ -150,3 +160,51 @@ def test_a_training_step_on_loader_crops_at_112_px_does_not_crash():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_entropic_open_set_loss_is_kl_uniform_plus_log_n():
+    logits = torch.randn(5, 9, dtype=torch.float64) * 4
+    torch.testing.assert_close(entropic(logits), uir_kl_uniform(logits) + math.log(9))
+
+
+def test_objectosphere_magnitude_by_hand():
+    # d = 4, xi = 2: known norms 1 and 3 pay (2-1)^2 and 0 (mean 0.5); the unknown norm 2 pays 4
+    assert magnitude(torch.tensor([1.0, 3.0]), torch.tensor([2.0]), 4).item() == pytest.approx((0.5 + 4) / 4)
+    assert magnitude(torch.tensor([2.0, 5.0]), torch.tensor([]), 4).item() == 0.0
+
+
+def test_energy_hinges_by_hand():
+    s = 10.0
+    # known: E/s = -(2 + log 2)/10 is above ENERGY_IN = -0.5; unknown: E/s ~ -0.5 is below ENERGY_OUT = -0.2
+    known, unknown = torch.tensor([[0.2, 0.2]]) * s, torch.tensor([[0.5, -1.0]]) * s
+    e_known = -(2 + math.log(2)) / 10
+    e_unknown = -(5 + math.log1p(math.exp(-15))) / 10
+    expected = (e_known - ENERGY_IN) ** 2 + (ENERGY_OUT - e_unknown) ** 2
+    assert energy_hinges(known, unknown, s).item() == pytest.approx(expected, rel=1e-5)
+    # rows already on the right side of their margins pay nothing
+    assert energy_hinges(torch.tensor([[1.0, 0.0]]) * s, torch.tensor([[0.0, 0.0]]) * s, s).item() == 0.0
+
+
+def test_objectosphere_in_a_batch_is_entropic_on_unknown_rows_plus_magnitude():
+    torch.manual_seed(0)
+    features = torch.randn(6, 4, dtype=torch.float64) * 3
+    head = MarginHead(4, 5).double()
+    cos = head.cosine(features).double()
+    got = open_set_loss("objectosphere", cos, 4, 8.0, features)
+    norms = features.norm(dim=1)
+    expected = entropic(8.0 * cos[4:]).mean() + magnitude(norms[:4], norms[4:], 4)
+    assert got.item() == pytest.approx(expected.item())
+    assert open_set_loss("kl-uniform", cos, 4, 8.0).item() == pytest.approx(
+        uir_kl_uniform(8.0 * cos[4:]).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["objectosphere", "energy"])
+def test_open_set_losses_have_finite_gradients(kind):
+    features = (torch.randn(6, 8, dtype=torch.float64) * 2).requires_grad_()
+    weight = torch.randn(5, 8, dtype=torch.float64)
+
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        cos = torch.nn.functional.normalize(f) @ torch.nn.functional.normalize(weight).T
+        return open_set_loss(kind, cos, 3, 4.0, f)
+
+    assert torch.autograd.gradcheck(loss, (features,))

@@ -215,18 +215,24 @@ def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def comparison_table(result: Result | dict[str, Any]) -> Table:
-    """Metrics by arm (mean ± std over seeds), as `wb compare` and `wb demo` print them."""
+    """Metrics by arm, as `wb compare` and `wb demo` print them: mean ± std where an arm has
+    several runs (seeds), the value alone where it has one (one run has no spread to show)."""
     from workbench.evaluate.compare import ROWS
 
     result = plain(result)
-    table = Table(title="comparison (mean ± std over seeds)", title_justify="left")
+    counts = sorted({len(arm["runs"]) for arm in result["arms"]})
+    title = "comparison (one run per arm)" if counts == [1] else \
+        f"comparison (mean ± std over {'/'.join(map(str, counts))} runs per arm)"
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     for arm in result["arms"]:
-        table.add_column(f"{arm['arm']} [{len(arm['runs'])}]")
+        runs = len(arm["runs"])
+        table.add_column(f"{arm['arm']}" + (f" [{runs} runs]" if runs > 1 else ""))
     for label, _ in ROWS:
         cells = []
         for arm in result["arms"]:
             cell = arm[label]
-            cells.append("n/a" if cell is None else f"{cell[0]:.4f} ± {cell[1]:.4f}")
+            cells.append("n/a" if cell is None else f"{cell[0]:.4f}" if len(arm["runs"]) == 1
+                         else f"{cell[0]:.4f} ± {cell[1]:.4f}")
         table.add_row(label, *cells)
     return table

@@ -75,7 +75,7 @@ def print_demo(result: dict[str, Any]) -> None:
     ov, wide, dup = cur["overlap"], cur["overlap_or_ambiguous"], cur["near_duplicates"]
     out.print(kv_table("curation against the planted truth", [
         ("overlap: planted photos of known people", ov["planted"]),
-        ("overlap: flagged overlap / also ambiguous", f"{ov['flagged']} / {wide['flagged']}"),
+        ("overlap: flagged copy or overlap / with ambiguous too", f"{ov['flagged']} / {wide['flagged']}"),
         ("overlap precision / recall", f"{ov['precision']:.3f} / {ov['recall']:.3f}"),
         ("overlap or ambiguous (both excluded): precision / recall",
          f"{wide['precision']:.3f} / {wide['recall']:.3f}"),

@@ -22,7 +22,12 @@ def train(
     uir_loss: Annotated[str | None, typer.Option(
         help="reference (authors' release; default with --uir) | kl-uniform (paper's intent) | none.",
         show_default="reference with --uir, else none")] = None,
-    uir_weight: Annotated[float, typer.Option(min=0.0, max=1000.0, help="Weight of the UIR loss.")] = 0.1,
+    open_set_loss: Annotated[str | None, typer.Option(
+        help="A competing open-set loss on the unlabeled rows instead of UIR: objectosphere "
+             "(entropic loss + feature magnitude; Dhamija et al. 2018) | energy (energy-bounded "
+             "hinges; Liu et al. 2020). Weighted by --uir-weight.")] = None,
+    uir_weight: Annotated[float, typer.Option(
+        min=0.0, max=1000.0, help="Weight of the UIR (or --open-set-loss) term.")] = 0.1,
     unlabeled_ratio: Annotated[float, typer.Option(
         min=0.0, max=0.95, help="Share of each batch from unlabeled faces.")] = 0.25,
     labeled: Annotated[str | None, typer.Option(help="Labeled set.", show_default="the only one")] = None,
@@ -71,9 +76,14 @@ def train(
 ) -> None:
     """Train on the labeled set plus the curated unlabeled split (torchrun for several processes)."""
     from workbench.train.config import TrainConfig
+    from workbench.train.losses import OPEN_SET_LOSSES
     from workbench.train.run import run_train_command, slow_run_hint
 
-    form = uir_loss or ("reference" if uir else "none")
+    if open_set_loss is not None and (uir or uir_loss is not None):
+        raise WorkbenchError("--open-set-loss replaces --uir / --uir-loss: give one of them")
+    if open_set_loss is not None and open_set_loss not in OPEN_SET_LOSSES:
+        raise WorkbenchError(f"--open-set-loss must be one of {', '.join(OPEN_SET_LOSSES)}")
+    form = open_set_loss or uir_loss or ("reference" if uir else "none")
     config = TrainConfig(
         labeled=labeled, unlabeled_split=split_name, uir_loss=form, uir_weight=uir_weight,
         unlabeled_ratio=unlabeled_ratio, backbone=backbone, width=width, input_size=input_size,

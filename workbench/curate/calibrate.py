@@ -161,15 +161,9 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         n = len(labeled)
         originals = np.sort(rng.choice(n, size=min(targets.copies, n), replace=False))
         detect = get_detector(detector).detect
-        made, names = [], []
-        for i, crop in enumerate(_crops(labeled, originals)):
-            transform = TRANSFORMS[i % len(TRANSFORMS)]
-            pair = copy_pair(crop, transform, rng, detect)
-            if pair is not None:
-                made.append(pair)
-                names.append(transform)
-        if not made:
-            raise WorkbenchError(f"{detector.key} finds no face in the copies of {labeled.name}'s crops")
+        names = [TRANSFORMS[i % len(TRANSFORMS)] for i in range(len(originals))]
+        made = [copy_pair(crop, t, rng, detect) for crop, t in zip(_crops(labeled, originals), names,
+                                                                   strict=True)]
         before, after = np.stack([p[0] for p in made]), np.stack([p[1] for p in made])
         copies = PairEvidence.of(_embed(ctx.spec, before), _embed(ctx.spec, after), _phashes(before),
                                  _phashes(after))
@@ -182,7 +176,8 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         distinct = PairEvidence.of(everything[a], everything[b], _phashes(_crops(labeled, a)),
                                    _phashes(_crops(labeled, b)))
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names))
-        return {**result.as_dict(), "detector": detector.key, "undetected_copies": len(originals) - len(made)}
+        return {**result.as_dict(), "detector": detector.key,
+                "copies_not_refound": sum(not p[2] for p in made)}
 
     return _from_stored(DedupeCalibration, _stored(ctx, "dedupe", labeled,
                                                    {**asdict(targets), "detector": detector.key},

@@ -6,7 +6,8 @@ team's current model would be) -> overlap, dedupe, split with it -> train the
 baseline and the UIR run on the curated splits with the same batches (the
 baseline ignores the unlabeled rows, so both see the same labeled faces) ->
 eval, score and compare both -> sync to FiftyOne. Sized to finish in a few
-minutes on two CPU cores.
+minutes on two CPU cores. The result goes to `demo-results.json` and
+`demo-results.md` in the workspace (`report.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from workbench.browse.sync import run_browse_sync
 from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import run_overlap
 from workbench.curate.splits import run_split
+from workbench.demo import report
 from workbench.demo.data import DemoSize, write_demo_data
 from workbench.evaluate.compare import run_compare
 from workbench.evaluate.evaluate import run_eval
@@ -166,9 +168,11 @@ def run_demo(root: Path, settings: DemoSettings | None = None,
     browse = step("sync to FiftyOne", lambda: run_browse_sync(ws)) \
         if settings.browse else None
     curation = curation_scores(ws.manifest_path, truth, data)
-    return DemoResult(
+    result = DemoResult(
         workspace=str(ws.root), data=str(data), seconds=round(time.perf_counter() - started, 1),
         steps=steps, ingest={"web": web, "scenes": scenes}, labeled=labeled, overlap=overlap,
         dedupe=dedupe, split=split, curation=curation,
         runs={"curation": curator["run_id"], "baseline": baseline["run_id"], "uir": uir["run_id"]},
         comparison=comparison, browse=browse)
+    report.write(ws.root, result.as_dict())
+    return result

@@ -19,12 +19,15 @@ from workbench.evaluate.metrics import roc_curve
 from workbench.manifest import evaluations, train_runs
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
+from workbench.train.losses import UIR_LOSSES
 
 ROWS = [
     ("verification accuracy", ("verification", "accuracy")),
     ("TAR@FAR=1e-3", ("verification", "tar_at_far_1e-3")),
     ("AUROC (MSP)", ("open_set", "auroc_msp")),
     ("FPR@95%TPR", ("open_set", "fpr_at_95_tpr")),
+    ("AUROC (max cosine)", ("open_set", "auroc_max_cos")),
+    ("AUROC (energy)", ("open_set", "auroc_energy")),
     ("DIR@FPIR=1e-2", ("open_set", "dir_at_fpir_1e-2")),
     ("DIR@FPIR=1e-1", ("open_set", "dir_at_fpir_1e-1")),
     ("MSP known (mean)", ("open_set", "msp_known", "mean")),
@@ -61,8 +64,12 @@ def load_runs(workspace: Workspace, run_ids: list[str]) -> list[dict[str, Any]]:
 
 
 def arm_name(config: dict[str, Any]) -> str:
-    return f"{config['uir_loss']} (w={config['uir_weight']:g})" if config["uir_loss"] != "none" else \
-        "baseline (none)"
+    """'baseline (none)', or the open-set loss (UIR's forms named as UIR) and its weight: which run
+    is which, in every table."""
+    kind = config["uir_loss"]
+    if kind == "none":
+        return "baseline (none)"
+    return f"{'UIR ' if kind in UIR_LOSSES else ''}{kind} (w={config['uir_weight']:g})"
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

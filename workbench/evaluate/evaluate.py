@@ -5,8 +5,10 @@
   or generated from a registered labeled set.
 - Open-set: known probes are the labeled faces the run held out; unknown probes
   the `eval_unknown` split (never trained on). AUROC and FPR at 95% TPR of the
-  max softmax probability (MSP); DIR at FPIR 1e-2 and 1e-1 against the class
-  centres as gallery.
+  max softmax probability (MSP), and of the max cosine to any centre and the
+  energy score (logsumexp of the logits) beside it; DIR at FPIR 1e-2 and 1e-1
+  against the class centres as gallery. (Feature norm, the third score
+  Objectosphere moves, is not among them: embeddings are stored normalised.)
 - Sparsity: pairwise cosine distance between class centres (exact below 20k
   classes, sampled with a 95% error bound above).
 """
@@ -112,6 +114,11 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
         "dir_at_fpir_1e-2": m.open_set_identification(top_known, correct, top_unknown, 1e-2),
         "dir_at_fpir_1e-1": m.open_set_identification(top_known, correct, top_unknown, 1e-1),
         "closed_set_top1": float(correct.mean()),
+        # the same rejection by the other scores: a loss can move one and not another
+        "auroc_max_cos": m.auroc(top_known, top_unknown),
+        "fpr_at_95_tpr_max_cos": m.fpr_at_tpr(top_known, top_unknown, 0.95),
+        "auroc_energy": m.auroc(known_scores.energy, unknown_scores.energy),
+        "fpr_at_95_tpr_energy": m.fpr_at_tpr(known_scores.energy, unknown_scores.energy, 0.95),
         "msp_known": _stats(msp_known), "msp_eval_unknown": _stats(msp_unknown),
         "msp_unlabeled": _stats(msp_unlabeled),
     }, {"msp_known": msp_known, "msp_unknown": msp_unknown, "msp_unlabeled": msp_unlabeled})

@@ -114,12 +114,15 @@ def pairwise_cosine_distances(centres: np.ndarray, *, exact_limit: int = 20_000,
 
 @dataclass(frozen=True)
 class OpenSetScores:
-    """Per face: max softmax probability, its class, entropy (nats) and max cosine to any centre."""
+    """Per face: max softmax probability, its class, entropy (nats), max cosine to any centre and
+    the energy score logsumexp(s * cos) (minus the free energy; Liu et al. 2020): three ways to
+    say "known", which a loss can move separately."""
 
     msp: np.ndarray
     pred: np.ndarray
     entropy: np.ndarray
     max_cos: np.ndarray
+    energy: np.ndarray
 
 
 CHUNK_ELEMENTS = 1 << 25  # logits held at once (128 MB in fp32): ~390 faces at 85,742 classes
@@ -132,13 +135,16 @@ def open_set_scores(embeddings: np.ndarray, centres: np.ndarray, scale: float,
     490k x 85,742 logit matrix is 168 GB)."""
     n = len(embeddings)
     out = OpenSetScores(np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.float64),
-                        np.empty(n, np.float32))
+                        np.empty(n, np.float32), np.empty(n, np.float64))
     rows = max(1, chunk_elements // max(1, len(centres)))
     for start in range(0, n, rows):
         cos = embeddings[start : start + rows] @ centres.T
         part = slice(start, start + len(cos))
         out.max_cos[part] = cos.max(axis=1)
-        out.msp[part], out.pred[part], out.entropy[part] = softmax_stats(scale * cos)
+        logits = scale * cos.astype(np.float64)
+        out.msp[part], out.pred[part], out.entropy[part] = softmax_stats(logits)
+        top = logits.max(axis=1)
+        out.energy[part] = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
     return out
 
 

@@ -7,7 +7,9 @@ or two, and it is most of what separates a copy's crop from the original's,
 so copies are made the way they happen: an aligned crop is set in a photo-like
 canvas (its border mirrored outwards by `PAD` px), both the canvas and its
 edited copy go through the real detector and alignment, and the two crops are
-compared. (A wider canvas with a replicated border moved YuNet's landmarks
+compared; where the detector cannot find the face at all (drawings, generated
+test faces), the edit is applied to the crop itself and simulated re-alignment
+error stands in. (A wider canvas with a replicated border moved YuNet's landmarks
 more than the edits did: cropped copies' 5th-percentile cosine 0.77 against
 0.93 with this one, MobileFaceNet on celeba200.) Each copy
 carries the name of its transformation, so a calibration reports recall per
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from workbench.faces.align import align_face
+from workbench.faces.align import CROP_SIZE, align_face
 from workbench.faces.detect import Detection, nearest_centre
 
 PAD = 16  # border added around a 112 px crop to make it a photo
@@ -102,13 +104,24 @@ def realigned(rgb: np.ndarray, detect: Callable[[np.ndarray], list[Detection]]) 
     return None if face is None else align_face(rgb, face.landmarks)
 
 
+def _rejitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Back to a 112 px crop with the few pixels of re-alignment error a detector would add."""
+    rgb = cv2.resize(rgb, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    centre = (CROP_SIZE / 2, CROP_SIZE / 2)
+    matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-3, 3), rng.uniform(0.97, 1.03))
+    matrix[:, 2] += rng.uniform(-2.5, 2.5, size=2)
+    return cv2.warpAffine(rgb, matrix, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
 def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
-              detect: Callable[[np.ndarray], list[Detection]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(original, copy): both re-detected and aligned from their photos; None when the detector
-    misses either (such a copy never becomes a face for dedupe to find)."""
+              detect: Callable[[np.ndarray], list[Detection]]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(original, copy, refound): both re-detected and aligned from their photos (refound), or,
+    where the detector misses either (faces it cannot see: drawings, generated test faces), the
+    crop and its edited copy brought back to the crop's frame with simulated re-alignment error."""
     photo = as_photo(crop)
     original = realigned(photo, detect)
     copy = realigned(edit_photo(photo, transform, rng), detect)
-    if original is None or copy is None:
-        return None
-    return original, copy
+    if original is not None and copy is not None:
+        return original, copy, True
+    return crop, _rejitter(edit_photo(crop, transform, rng), rng), False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.train.losses import UIR_LOSSES
+from workbench.train.losses import LOSSES
 
 # (field, lowest, highest): the same ranges the CLI declares on its options, for Python callers
 NUMERIC = (("uir_weight", 0, 1000), ("unlabeled_ratio", 0, 0.95), ("width", 0.0625, 4),
@@ -62,8 +62,8 @@ class TrainConfig:
         return (self.init or "").removeprefix("onnx:")
 
     def validate(self) -> None:
-        if self.uir_loss not in UIR_LOSSES:
-            raise WorkbenchError(f"--uir-loss must be one of {', '.join(UIR_LOSSES)}")
+        if self.uir_loss not in LOSSES:
+            raise WorkbenchError(f"--uir-loss / --open-set-loss must be one of {', '.join(LOSSES)}")
         if self.amp not in ("none", "bf16"):
             raise WorkbenchError("--amp must be none or bf16")
         if not 0 <= self.unlabeled_ratio < 1:

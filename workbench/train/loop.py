@@ -33,7 +33,7 @@ from workbench.train.backbones import build_backbone, normalise_input
 from workbench.train.config import TrainConfig
 from workbench.train.data import LabeledFaces, LabeledPlan, ResumableBatches, UnlabeledFaces, UnlabeledPlan
 from workbench.train.heads import MarginHead
-from workbench.train.losses import uir_loss
+from workbench.train.losses import open_set_loss
 from workbench.train.onnx_backbone import OnnxBackbone
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -88,7 +88,7 @@ class FaceModel(nn.Module):
         scored = embeddings if kind != "none" else embeddings[:n]  # no unlabeled cosines for nothing
         cos = self.head.cosine(scored)
         margin = self.head.loss(cos[:n], labels)
-        unknown = uir_loss(kind, cos[n:], self.head.s) if len(cos) > n else margin.new_zeros(())
+        unknown = open_set_loss(kind, cos, n, self.head.s, scored) if len(cos) > n else margin.new_zeros(())
         return margin + weight * unknown, margin.detach(), unknown.detach()
 
 
