@@ -154,6 +154,9 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
                        fresh: bool = False) -> DedupeCalibration:
     """Copies made as the web makes them (`faces/copies.py`), re-found by the workspace's own
     detector, against each sampled face's most similar other photo of the same person."""
+    if ctx.spec.kind == "import":
+        raise WorkbenchError("imported vectors cannot embed synthetic copies of S's faces to calibrate "
+                             "the duplicate rule")
     detector = workspace_detector(ctx.con)
 
     def compute() -> dict[str, Any]:
@@ -191,6 +194,14 @@ def _with_others(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
 
 
+def _dedupe_or_note(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
+                    fresh: bool) -> dict[str, Any]:
+    try:
+        return dedupe_calibration(ctx, labeled, targets, run_id, fresh).as_dict()
+    except WorkbenchError as exc:
+        return {"note": f"not calibrated: {exc}"}
+
+
 @dataclass
 class CalibrateResult(Result):
     """`wb calibrate`: both calibrations with their measured error rates."""
@@ -221,7 +232,7 @@ def run_calibrate(workspace: Workspace, labeled_set: str | None, *, model: str |
             result = CalibrateResult(
                 labeled_set=name, model_key=ctx.store().key,
                 overlap=overlap_calibration(ctx, labeled, overlap, run.run_id, fresh).as_dict(),
-                dedupe=dedupe_calibration(ctx, labeled, dedupe, run.run_id, fresh).as_dict(),
+                dedupe=_dedupe_or_note(ctx, labeled, dedupe, run.run_id, fresh),
                 run_id=run.run_id)
         run.counts = result.as_dict()
         return result

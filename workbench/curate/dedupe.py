@@ -122,6 +122,8 @@ def run_dedupe(
         name = labeled_set or registry.only_one(con)
         if thresholds is not None:
             mode = "fixed"
+        elif name is not None and ctx.spec.kind == "import":
+            thresholds, mode = DedupeThresholds(), "defaults (imported vectors: no copies to embed)"
         elif name is not None:
             with LabeledSet(workspace, con, name) as labeled:
                 calibration = dedupe_calibration(ctx, labeled, targets, run.run_id)
