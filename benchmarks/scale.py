@@ -244,8 +244,9 @@ def main() -> None:
         ("status", info["web"] + info["records"], ["status", *w]),
         ("export --format rec (train_unlabeled)", 0, ["export", "--split", "train_unlabeled", "--format",
                                                       "rec", "--out", str(work / "export"), *w]),
-        *[(f"forget --image (one, #{i + 1})", 1, None) for i in range(10)],
-        ("forget --source (1,000 images)", 1000,
+        *[(f"forget --image --no-compact (#{i + 1})", 1, None) for i in range(10)],
+        ("compact (the ten erasures)", 10, ["compact", *w]),
+        ("forget --source (1,000 images, compacts)", 1000,
          ["forget", "--source", "forget-me", "--reason", "bench", *w]),
         ("train --steps 50 (reads the labeled rec)", 50 * 64,
          ["train", "--labeled", SET, "--steps", "50", "--backbone", "r18", "--width", "0.25", "--input-size",
@@ -257,8 +258,9 @@ def main() -> None:
         if name in state:
             seconds, rss, items = state[name]
             truth = truth or (write_vectors(work, ws, info, args.dim) if name == "split" else {})
-        elif name.startswith("forget --image"):
-            seconds, rss, _ = run_step(["forget", "--image", one_image(ws), "--reason", "bench", *w])
+        elif name.startswith("forget --image"):  # ten requests in a row, one rewrite after them
+            seconds, rss, _ = run_step(["forget", "--image", one_image(ws), "--reason", "bench",
+                                        "--no-compact", *w])
         elif wb_args is None:
             t0 = time.perf_counter()
             truth = write_vectors(work, ws, info, args.dim)

@@ -81,6 +81,25 @@ def test_forget_an_image_leaves_no_trace(ws, tmp_path):
     assert wb_json("status", "-w", str(ws))["images"] == 19
 
 
+def test_forgets_without_compaction_leave_no_trace_after_one_compact(ws):
+    """Erased at once from every table; the bytes go with the one rewrite `wb compact` makes."""
+    rows = query(ws, "SELECT f.face_id, f.image_id FROM wb_faces f ORDER BY 1 LIMIT 2")
+    for _, image_id in rows:
+        result = wb_json("forget", "--image", image_id, "--no-compact", "-w", str(ws))
+        assert result["faces"] == 1 and result["compaction"].startswith("pending")
+        assert query(ws, "SELECT count(*) FROM wb_images WHERE image_id = ?", [image_id])[0][0] == 0
+    status = wb("status", "-w", str(ws))
+    assert "2 erasure(s) are gone from every table" in status.stderr
+    done = wb_json("compact", "-w", str(ws))
+    assert done["erasures"] == 2 and done["bytes_after"] > 0
+    for path in ws.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for face_id, image_id in rows:
+                assert image_id.encode() not in data and face_id.encode() not in data, path
+    assert "erasure(s)" not in wb("status", "-w", str(ws)).stderr
+
+
 def test_forget_an_identity_removes_labeled_faces_and_centres(ws):
     before = query(ws, "SELECT count(*) FROM wb_labeled_samples WHERE identity = 'person2'")[0][0]
     result = wb_json("forget", "--identity", "person2", "-w", str(ws))

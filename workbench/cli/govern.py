@@ -44,6 +44,10 @@ def forget(
     reason: Annotated[str | None, typer.Option(help="Why (kept in the tombstone).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; change nothing.")
                        ] = False,
+    compact: Annotated[bool, typer.Option(
+        "--compact/--no-compact", help="Rewrite the manifest now so no byte of the erased rows stays in "
+        "it; --no-compact leaves that to `wb compact`, once for many requests (the rewrite grows with "
+        "the manifest).")] = True,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -53,7 +57,7 @@ def forget(
     if sum(v is not None for v in (identity, source, image, url)) != 1:
         raise WorkbenchError("give exactly one of --identity, --source, --image, --url")
     summary = run_forget(Workspace.at(workspace), identity=identity, source=source, image=image,
-                         url=url, reason=reason, dry_run=dry_run)
+                         url=url, reason=reason, dry_run=dry_run, compact=compact)
     if as_json:
         print_json(summary)
         return
@@ -61,6 +65,15 @@ def forget(
                        [(k, v) for k, v in summary.as_dict().items() if k != "stale_exports"]))
     for export_row in summary.stale_exports:
         out.print(f"stale export {export_row['export_id']}: {export_row['out']} (delete or re-export)")
+
+
+@app.command(rich_help_panel="Govern")
+@handled
+def compact(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Rewrite the manifest into a fresh file: erased rows (wb forget --no-compact) leave no bytes."""
+    from workbench.governance.compaction import run_compact
+
+    report("compact", run_compact(Workspace.at(workspace)), as_json)
 
 
 @app.command(rich_help_panel="Govern")

@@ -17,6 +17,7 @@ from workbench.cli.render import (
     print_json,
     rows_table,
     serve_app,
+    warn,
 )
 from workbench.manifest.workspace import Workspace
 
@@ -92,11 +93,15 @@ def print_demo(result: dict[str, Any]) -> None:
 @handled
 def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by source, status and rejection reason, faces, and the last runs."""
+    from workbench.governance.compaction import pending
     from workbench.manifest.status import workspace_status
 
     ws = Workspace.at(workspace)
     with ws.connect(read_only=True) as con:
-        info = workspace_status(con)
+        info, owed = workspace_status(con), pending(con)
+    if owed:
+        warn([f"{owed} erasure(s) are gone from every table but may still have bytes in the manifest "
+              "file (wb forget --no-compact): run wb compact"])
     if as_json:
         print_json(info)
         return
