@@ -37,12 +37,14 @@ from workbench.curate.calibration import (
     choose_unknown,
     open_set_scores,
 )
+from workbench.embed.compute import sample_per_identity
 from workbench.labeled_audit.evidence import MIN_HALF, Members, TwoPeople, cohesion, match, two_people, unit
 
 MIN_SAME_RATIO = 0.5  # below this, two groups match less than half as well as each within itself
 SIMULATIONS = 400  # identities split, and identity pairs merged, to calibrate
 GRID = 400  # candidate wrong-label thresholds
 SINGLE_FPIR = 0.01  # as `wb overlap --fpir`: the share of other people's lone photos found
+GALLERY_PER_IDENTITY = 10  # faces per identity in the galleries, as `wb overlap`'s default
 BELONGS_RATE = 0.01  # share of faces kept under their labels that fit another identity that well
 
 
@@ -202,6 +204,8 @@ def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, singl
     plays a lone photo of a labeled person. Only `clean` faces (not suspected of a wrong label,
     their label not found to be one person with another) play other people: the findings
     themselves would otherwise raise the threshold. None when there is nothing to calibrate on."""
+    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)
+    vectors, labels, clean = vectors[kept], labels[kept], clean[kept]
     probes = choose_probes(labels, MAX_PROBES, seed)
     if not probes.any() or not clean.any() or single_photos == 0:
         return None

@@ -20,7 +20,9 @@ from workbench.curate.dedupe import close_pairs, group_labels
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import Gallery
 from workbench.curate.search import nearest
+from workbench.embed.compute import sample_per_identity
 from workbench.labeled_audit.calibrate import (
+    GALLERY_PER_IDENTITY,
     SameRule,
     SinglePhotoRule,
     WrongLabelRule,
@@ -137,7 +139,10 @@ def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndar
     alone = np.flatnonzero(counts[labels] == 1)
     if len(alone) == 0:
         return []
-    gallery = Gallery.build(centres, valid, vectors, labels)
+    # the identities' sampled faces, as `wb overlap` keeps them: all of them at MS1MV2's size would be
+    # padded to the largest identity (85k identities x ~1,000 slots x d floats)
+    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, 0)
+    gallery = Gallery.build(centres, valid, vectors[kept], labels[kept])
     score, other = best_other_identity(vectors[alone], labels[alone], gallery)
     hit = (score >= rule.threshold) & (other >= 0)
     return [(int(labels[i]), int(o), float(s)) for i, o, s in zip(alone[hit], other[hit], score[hit],
