@@ -49,7 +49,8 @@ from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 
 T = TypeVar("T")
-METHOD = 4  # bump when the way a calibration is measured changes: stored ones are then redone
+DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
+METHOD = 5  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         copies = PairEvidence.of(_embed(ctx.spec, before), _embed(ctx.spec, after), _phashes(before),
                                  _phashes(after))
         everything = labeled_vectors(ctx, labeled, np.arange(n))
-        a = _with_others(labeled.labels, targets.copies * 2, rng)
+        a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         _, _, b = single_face_scores(everything[a], labeled.labels[a], a, everything, labeled.labels)
         a, b = a[b >= 0], b[b >= 0]
         if len(a) == 0:
