@@ -172,3 +172,16 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
     blank = np.full((112, 112, 3), 90, np.uint8)
     original, copy, refound = copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect)
     assert not refound and original is blank and copy.shape == (112, 112, 3)
+
+
+def test_identical_photos_filed_twice_are_not_distinct_photos():
+    """A labeled set holding one photo twice: that pair (cosine 1, same hash) is not a merge of two
+    photos, so exact copies stay within the budget and are found."""
+    rng = np.random.default_rng(4)
+    copies = PairEvidence(np.r_[np.ones(10), rng.uniform(0.85, 0.99, 190)], np.r_[np.zeros(10, int),
+                                                                                 rng.integers(0, 6, 190)])
+    distinct = PairEvidence(np.r_[np.ones(3), rng.uniform(0.3, 0.8, 297)],
+                            np.r_[np.zeros(3, int), rng.integers(10, 33, 297)])
+    cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
+    assert cal.strict < 0.81  # just above the highest of the 297 distinct photos, not above 1
+    assert cal.recall == 1.0 and cal.distinct_like_copies == 3

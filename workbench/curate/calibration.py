@@ -34,6 +34,7 @@ from workbench.embed.compute import unit_centres
 
 MAX_PROBES = 5000  # known-person probes: one face each of this many identities
 MAX_UNKNOWN = 20000  # unknown-person probes: labeled faces with their identity left out
+IDENTICAL = 1 - 1e-6  # cosine of two identical crops (the embedding is deterministic)
 SAME_PHOTO_RATE = 0.01  # share of distinct photos of one person that may be called copies
 COPY_CANDIDATES = 32  # nearest labeled faces searched per probe; its own identity's are skipped
 
@@ -256,6 +257,13 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     can sit where many distinct photos of one person are close too (sets with near-identical
     shots), leaving no hash bits to spend and few copies found.
     """
+    like_copies = int(((distinct.cosine >= np.median(copies.cosine))
+                       & (distinct.hash_bits <= np.median(copies.hash_bits))).sum())
+    # Identical crops are one photo filed twice (the labeled set's own duplicates), not two photos:
+    # counted as merges they would leave no budget at all, not even for exact copies.
+    photos = ~((distinct.cosine >= IDENTICAL) & (distinct.hash_bits == 0))
+    photos = photos if photos.any() else np.ones_like(photos)
+    distinct = PairEvidence(distinct.cosine[photos], distinct.hash_bits[photos])
     strict = threshold_at_rate(distinct.cosine, merge_rate / 2)
     candidates = np.quantile(copies.cosine, np.linspace(1 - recall, 0.99, 50), method="lower")
     best = (-1, strict, -1)
@@ -278,6 +286,5 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
         merge_rate=float(merged.mean()), merge_rate_95ci=wilson(int(merged.sum()), len(merged)),
         recall_by_transform={} if transforms is None else
         {str(t): round(float(found[transforms == t].mean()), 4) for t in dict.fromkeys(transforms.tolist())},
-        distinct_like_copies=int(((distinct.cosine >= np.median(copies.cosine))
-                                  & (distinct.hash_bits <= np.median(copies.hash_bits))).sum()),
+        distinct_like_copies=like_copies,
     )

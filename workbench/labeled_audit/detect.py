@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.curate.calibration import best_other_identity
+from workbench.curate.calibration import IDENTICAL, best_other_identity
 from workbench.curate.dedupe import close_pairs, group_labels
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import Gallery
@@ -48,7 +48,6 @@ PAIR_FAR = 1e-3  # share of different-person face pairs that 'match'
 CALIBRATION_PAIRS = 200_000
 NEIGHBOUR_IDENTITIES = 5  # centres searched per identity for one person under two labels
 CANDIDATES_PER_FACE = 3  # centres searched per evaluation face for leakage
-EXACT = 1 - 1e-6  # cosine of identical crops (the embedding is deterministic)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -296,5 +295,5 @@ def duplicate_pairs(vectors: np.ndarray, t: DedupeThresholds, phash: Callable[[n
     hashes = phash(involved)
     bits = popcount64(hashes[np.searchsorted(involved, i)] ^ hashes[np.searchsorted(involved, j)])
     dup = is_duplicate(cos, bits, t)
-    return [(int(a), int(b), float(c), bool(c >= EXACT and same_bytes(int(a), int(b))))
+    return [(int(a), int(b), float(c), bool(c >= IDENTICAL and same_bytes(int(a), int(b))))
             for a, b, c in zip(i[dup], j[dup], cos[dup], strict=True)]
