@@ -77,3 +77,33 @@ def test_the_demo_report_reads_its_directions_from_the_numbers():
         base["MSP eval_unknown (mean)"], uir["MSP eval_unknown (mean)"] = [before, 0.0], [after, 0.0]
         assert f"UIR {word} the mean confidence on held-out unknown people ({before:.3f} -> {after:.3f})" \
             in report.markdown(result, "m")
+
+
+def test_help_uses_plain_words():
+    """Values read TEXT, INTEGER, PATH; flags show no value; required arguments are bare in the usage."""
+    text = subprocess.run([sys.executable, "-m", "workbench", "ingest", "--help"], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    assert "Usage: wb ingest [OPTIONS] PATH" in text
+    assert "<bool>" not in text and "<str>" not in text and "{path}" not in text
+    assert "INTEGER [1<=x<=1024]" in text and "--source                 TEXT" in text
+
+
+def test_the_ingest_bar_knows_its_total_from_the_start(tmp_path):
+    """The folder is counted before the work starts: every update carries the same total, and a
+    rerun counts the files it skips as done."""
+    from workbench.ingest.pipeline import run_ingest
+    from workbench.manifest.workspace import Workspace
+
+    folder = tmp_path / "faces"
+    for i in range(7):
+        (folder / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        noise_image(i).save(folder / f"d{i % 2}" / f"{i}.png")
+    updates: list[tuple[int, int | None]] = []
+    run_ingest(Workspace.at(tmp_path / "ws"), folder, aligned=True, chunk_size=3, workers=1,
+               progress=lambda done, total: updates.append((done, total)))
+    assert {total for _, total in updates} == {7} and [d for d, _ in updates] == list(range(1, 8))
+    noise_image(99).save(folder / "d0" / "new.png")
+    again: list[tuple[int, int | None]] = []
+    run_ingest(Workspace.at(tmp_path / "ws"), folder, aligned=True, workers=1,
+               progress=lambda done, total: again.append((done, total)))
+    assert again == [(8, 8)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from workbench.cli import browse, collect, curate, evaluate, govern, start, train
+from workbench.cli.help_words import plain_help
 
 app = typer.Typer(
     name="wb",
@@ -19,3 +20,8 @@ app = typer.Typer(
 )
 for panel in (start, collect, curate, train, evaluate, browse, govern):
     app.add_typer(panel.app)
+
+
+def main() -> None:
+    """The `wb` entry point: the Typer app as a click command with plain help words."""
+    plain_help(typer.main.get_command(app))(prog_name="wb")

@@ -107,7 +107,9 @@ def run_ingest(
             check_one_detector(con, spec.key)
             record_detector(con, spec)
         _clear_partial_writes(workspace.root / TMP_DIR)
-        total = 0
+        # A local folder is counted first (names and sizes only: seconds at a million files), so
+        # the bar's total and time left are right from the start; a remote one grows as it is listed.
+        expected = None if isinstance(root, str) else sum(1 for _ in walk_images(root))
         in_flight: deque[Iterable[FileResult]] = deque()
 
         def drain() -> None:
@@ -116,7 +118,7 @@ def run_ingest(
                 results.append(result)
                 summary.processed += 1
                 if progress:
-                    progress(summary.processed, total)
+                    progress(summary.processed + summary.already_ingested, expected or summary.files_seen)
             _commit(con, results, source, run.run_id, summary, spec.key if spec else None)
             summary.ray_nodes = nodes_used(mapper)
             run.counts = summary.as_dict()
@@ -128,7 +130,6 @@ def run_ingest(
             summary.odd_names += sum(display_path(e.path) != e.path for e in chunk)
             todo = _not_yet_ingested(con, chunk)
             summary.already_ingested += len(chunk) - len(todo)
-            total += len(todo)
             in_flight.append(mapper(work, todo))
             if len(in_flight) > 1:
                 drain()
