@@ -57,6 +57,7 @@ def test_uir_training_end_to_end(curated):
     assert status == "done" and json.loads(snapshot)["identities"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["objectosphere", "energy"])
 def test_a_competing_open_set_loss_trains_through_the_cli(curated, loss):
     result = wb_json("train", "--open-set-loss", loss, "--steps", "12", "--backbone", "r18", "--width",
