@@ -45,6 +45,19 @@ def test_approximate_search_reranks_to_exact_similarities():
     np.testing.assert_allclose(sims[:, 0], exact, rtol=1e-5)
 
 
+def test_reranking_in_blocks_gives_the_same_neighbours(monkeypatch):
+    """Candidates' vectors are gathered a block of rows at a time: one row per block gives what one
+    block for the whole batch gives."""
+    from workbench.curate import search
+
+    centres, points, _ = blobs(500, 5, 16, 0.3)
+    whole = nearest(points, centres, 3, exact=False)
+    monkeypatch.setattr(search, "RERANK_FLOATS", 1)
+    blocks = nearest(points, centres, 3, exact=False)
+    np.testing.assert_array_equal(whole[1], blocks[1])
+    np.testing.assert_allclose(whole[0], blocks[0], rtol=1e-6)
+
+
 def test_more_neighbours_than_base():
     sims, idx = nearest(unit(np.ones((2, 4))), unit(np.eye(4)[:1]), 3, exact=True)
     assert idx[:, 1:].tolist() == [[-1, -1], [-1, -1]] and np.isinf(sims[:, 1:]).all()

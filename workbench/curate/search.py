@@ -18,6 +18,7 @@ import numpy as np
 
 EXACT_LIMIT = 5e9  # queries x base vectors below which brute force is fast enough
 RERANK_FACTOR = 4
+RERANK_FLOATS = 1 << 24  # candidate vector components gathered at once for re-ranking (64 MB)
 QUERY_BATCH = 65536
 
 
@@ -100,9 +101,14 @@ def _ivf_sq8(base: np.ndarray, nprobe: int) -> faiss.Index:
 
 
 def _rerank(queries: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact similarities of the candidates, best k kept."""
-    safe = np.where(cand < 0, 0, cand)
-    sims = np.einsum("nd,nkd->nk", queries, base[safe])
+    """Exact similarities of the candidates, best k kept; the candidates' vectors are gathered a
+    block of rows at a time (a whole batch's gather is 1.2 GB at 128-d, 4.8 GB at 512-d)."""
+    sims = np.empty(cand.shape, np.float32)
+    rows = max(1, RERANK_FLOATS // max(1, cand.shape[1] * base.shape[1]))
+    for start in range(0, len(queries), rows):
+        block = cand[start : start + rows]
+        sims[start : start + rows] = np.einsum("nd,nkd->nk", queries[start : start + rows],
+                                               base[np.where(block < 0, 0, block)])
     sims[cand < 0] = -np.inf
     order = np.argsort(-sims, axis=1)[:, :k]
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(cand, order, axis=1)
