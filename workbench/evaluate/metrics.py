@@ -125,7 +125,7 @@ class OpenSetScores:
     energy: np.ndarray
 
 
-CHUNK_ELEMENTS = 1 << 25  # logits held at once (128 MB in fp32): ~390 faces at 85,742 classes
+CHUNK_ELEMENTS = 1 << 25  # logits held at once (256 MB in float64): ~390 faces at 85,742 classes
 
 
 def open_set_scores(embeddings: np.ndarray, centres: np.ndarray, scale: float,
@@ -141,17 +141,26 @@ def open_set_scores(embeddings: np.ndarray, centres: np.ndarray, scale: float,
         cos = embeddings[start : start + rows] @ centres.T
         part = slice(start, start + len(cos))
         out.max_cos[part] = cos.max(axis=1)
-        logits = scale * cos.astype(np.float64)
-        out.msp[part], out.pred[part], out.entropy[part] = softmax_stats(logits)
-        top = logits.max(axis=1)
-        out.energy[part] = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        # float64: at s = 64 a float32 exp underflows to 0 and the entropy's 0 * log 0 turns NaN
+        p, out.energy[part] = _softmax(scale * cos.astype(np.float64))
+        out.msp[part], out.pred[part], out.entropy[part] = _probability_stats(p)
     return out
+
+
+def _softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise probabilities and log-sum-exp, from one exp of the logits."""
+    top = logits.max(axis=1, keepdims=True)
+    p = np.exp(logits - top)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    return p, (top + np.log(total))[:, 0]
+
+
+def _probability_stats(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
+    return p.max(axis=1), p.argmax(axis=1), entropy
 
 
 def softmax_stats(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(max probability, argmax, entropy in nats) per row, computed stably."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    entropy = -(p * np.log(np.maximum(p, 1e-300))).sum(axis=1)
-    return p.max(axis=1), p.argmax(axis=1), entropy
+    return _probability_stats(_softmax(logits)[0])
