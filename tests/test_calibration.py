@@ -23,7 +23,8 @@ from workbench.curate.calibration import (
 from workbench.curate.pairs import DedupeThresholds
 from workbench.curate.scoring import Gallery, best_identity
 from workbench.embed.compute import unit_centres
-from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo, realigned
+from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo
+from workbench.faces.detect import aligned_centre_face
 from workbench.faces.detectors import DetectorSpec, get_detector
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -163,7 +164,7 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
         pytest.skip("needs ../shared/data/celeba200 (see the README)")
     yunet = get_detector(DetectorSpec.parse("yunet"))
     rgb = cv2.cvtColor(cv2.imread(str(face)), cv2.COLOR_BGR2RGB)
-    crop = realigned(rgb, yunet.detect)
+    crop = aligned_centre_face(rgb, yunet.detect)
     original, copy, refound = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
     assert refound and original.shape == copy.shape == (112, 112, 3)
     # re-found and re-aligned: close to the crop it came from, not equal to it

@@ -35,7 +35,7 @@ from workbench.embed.compute import (
     labeled_vectors,
     sample_per_identity,
 )
-from workbench.embed.models import ModelSpec, load_embedder
+from workbench.embed.models import ModelSpec, embed_crops
 from workbench.errors import WorkbenchError
 from workbench.faces.copies import TRANSFORMS, copy_pair
 from workbench.faces.detectors import get_detector
@@ -146,11 +146,6 @@ def _phashes(crops: np.ndarray) -> np.ndarray:
     return np.array([phash64(c) for c in crops], np.uint64)
 
 
-def _embed(spec: ModelSpec, crops: np.ndarray) -> np.ndarray:
-    model = load_embedder(spec)
-    return np.concatenate([model.embed(crops[i : i + 64]) for i in range(0, len(crops), 64)])
-
-
 def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
                        fresh: bool = False) -> DedupeCalibration:
     """Copies made as the web makes them (`faces/copies.py`), re-found by the workspace's own
@@ -169,8 +164,8 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         made = [copy_pair(crop, t, rng, detect) for crop, t in zip(_crops(labeled, originals), names,
                                                                    strict=True)]
         before, after = np.stack([p[0] for p in made]), np.stack([p[1] for p in made])
-        copies = PairEvidence.of(_embed(ctx.spec, before), _embed(ctx.spec, after), _phashes(before),
-                                 _phashes(after))
+        copies = PairEvidence.of(embed_crops(ctx.spec, before), embed_crops(ctx.spec, after),
+                                 _phashes(before), _phashes(after))
         everything = labeled_vectors(ctx, labeled, np.arange(n))
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         _, _, b = single_face_scores(everything[a], labeled.labels[a], a, everything, labeled.labels)

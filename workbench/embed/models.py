@@ -167,6 +167,13 @@ class Flipped:
         return l2_normalise(both[: len(crops)] + both[len(crops) :])
 
 
+def embed_crops(spec: ModelSpec, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Unit embeddings of (n, 112, 112, 3) crops held in memory, `batch` at a time (a whole
+    protocol in one call would hold every layer's activations for all of it)."""
+    model = load_embedder(spec)
+    return np.concatenate([model.embed(crops[i : i + batch]) for i in range(0, len(crops), batch)])
+
+
 @lru_cache(maxsize=4)
 def load_embedder(spec: ModelSpec) -> Embedder:
     """One model per process and spec."""

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.embed.models import ModelSpec, load_embedder
+from workbench.embed.models import ModelSpec, embed_crops
 from workbench.errors import WorkbenchError
 from workbench.evaluate import metrics as m
-from workbench.faces.align import align_face
-from workbench.faces.detect import nearest_centre
+from workbench.faces.detect import aligned_centre_face
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.formats.binpairs import read_bin
 from workbench.formats.files import read_regular_file
@@ -31,7 +30,6 @@ from workbench.formats.pairs_txt import read_pairs_txt
 from workbench.ingest.decode import Rejected, decode_image
 from workbench.results import Result
 
-BATCH = 256
 MAX_IMAGE_BYTES = 64 << 20
 
 
@@ -65,17 +63,12 @@ def photo_crops(paths: list[Path], detector: DetectorSpec,
             rgb = decode_image(read_regular_file(path, MAX_IMAGE_BYTES)).rgb
         except (OSError, ValueError, Rejected) as exc:
             raise WorkbenchError(f"cannot read {path}: {exc}") from None
-        face = nearest_centre(det.detect(rgb), *rgb.shape[:2])
-        if face is not None:
-            crops[i], found[i] = align_face(rgb, face.landmarks), True
+        crop = aligned_centre_face(rgb, det.detect)
+        if crop is not None:
+            crops[i], found[i] = crop, True
         if progress:
             progress(i + 1, len(paths))
     return crops, found
-
-
-def embed_batches(model: ModelSpec, crops: np.ndarray) -> np.ndarray:
-    embedder = load_embedder(model)
-    return np.concatenate([embedder.embed(crops[i : i + BATCH]) for i in range(0, len(crops), BATCH)])
 
 
 @dataclass
@@ -118,7 +111,7 @@ def protocol_crops(pairs_file: Path, *, images: Path | None = None, detector: De
 
 def verify_crops(model: ModelSpec, faces: ProtocolCrops, pairs: str) -> VerifyResult:
     """10-fold verification accuracy (the protocol's folds) and TAR at low FAR of `model`."""
-    emb = embed_batches(model, faces.crops)
+    emb = embed_crops(model, faces.crops)
     a, b = faces.a, faces.b
     scores = np.where(faces.found[a] & faces.found[b], np.einsum("nd,nd->n", emb[a], emb[b]), -1.0)
     acc, std, threshold = m.verification_accuracy(scores, faces.issame, faces.folds)

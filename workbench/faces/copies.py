@@ -23,8 +23,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from workbench.faces.align import CROP_SIZE, align_face
-from workbench.faces.detect import Detection, nearest_centre
+from workbench.faces.align import CROP_SIZE
+from workbench.faces.detect import Detection, aligned_centre_face
 
 PAD = 16  # border added around a 112 px crop to make it a photo
 TRANSFORMS = ("reencode", "rescale", "crop", "tone", "rotate", "mirror", "overlay", "mixed")
@@ -98,12 +98,6 @@ def as_photo(crop: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(crop, PAD, PAD, PAD, PAD, cv2.BORDER_REFLECT_101)
 
 
-def realigned(rgb: np.ndarray, detect: Callable[[np.ndarray], list[Detection]]) -> np.ndarray | None:
-    """The photo's centre face, aligned; None when the detector finds nobody."""
-    face = nearest_centre(detect(rgb), *rgb.shape[:2])
-    return None if face is None else align_face(rgb, face.landmarks)
-
-
 def _rejitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Back to a 112 px crop with the few pixels of re-alignment error a detector would add."""
     rgb = cv2.resize(rgb, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
@@ -120,8 +114,8 @@ def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
     where the detector misses either (faces it cannot see: drawings, generated test faces), the
     crop and its edited copy brought back to the crop's frame with simulated re-alignment error."""
     photo = as_photo(crop)
-    original = realigned(photo, detect)
-    copy = realigned(edit_photo(photo, transform, rng), detect)
+    original = aligned_centre_face(photo, detect)
+    copy = aligned_centre_face(edit_photo(photo, transform, rng), detect)
     if original is not None and copy is not None:
         return original, copy, True
     return crop, _rejitter(edit_photo(crop, transform, rng), rng), False

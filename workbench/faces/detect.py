@@ -9,6 +9,7 @@ this module; `detectors.py` picks one.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.faces.align import align_face
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ def nearest_centre(found: list[Detection], height: int, width: int) -> Detection
         return None
     centre = np.array([width / 2, height / 2])
     return min(found, key=lambda d: float(np.hypot(*((d.bbox[:2] + d.bbox[2:]) / 2 - centre))))
+
+
+def aligned_centre_face(rgb: np.ndarray, detect: Callable[[np.ndarray], list[Detection]]
+                        ) -> np.ndarray | None:
+    """The 112x112 aligned crop of the photo's centre face; None when the detector finds nobody."""
+    face = nearest_centre(detect(rgb), *rgb.shape[:2])
+    return None if face is None else align_face(rgb, face.landmarks)
 
 
 def landmarks68_to_5(points: np.ndarray) -> np.ndarray:
