@@ -25,10 +25,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from workbench.errors import WorkbenchError
 from workbench.evaluate import metrics as m
 from workbench.evaluate.model import TrainedRun
-from workbench.formats.binpairs import read_bin
+from workbench.evaluate.verify import bin_protocol
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.pairs import generate_pairs
@@ -51,13 +50,9 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 def verification(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
                  pairs_file: Path | None, pairs_from: str | None) -> tuple[dict[str, Any], dict]:
     if pairs_file:
-        pairs = read_bin(pairs_file)
-        images = [img if isinstance(img, bytes) else None for img in pairs.images]
-        if any(i is None for i in images):
-            raise WorkbenchError(f"{pairs_file}: decoded-array .bin files are not supported yet")
+        images, issame, folds = bin_protocol(pairs_file)
         emb = run.embed_encoded(images)
         left, right = emb[0::2], emb[1::2]
-        issame, folds = pairs.issame, np.arange(len(pairs.issame)) * 10 // len(pairs.issame)
         source = str(pairs_file)
     else:
         with LabeledSet(ws, con, pairs_from) as labeled:

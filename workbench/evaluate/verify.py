@@ -71,6 +71,16 @@ def photo_crops(paths: list[Path], detector: DetectorSpec,
     return crops, found
 
 
+def bin_protocol(pairs_file: Path) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """An InsightFace `.bin` as (encoded crops, pair i being 2i and 2i+1; same-person flags; the
+    10 folds in file order, as InsightFace's evaluation cuts them)."""
+    pairs = read_bin(pairs_file)
+    if any(not isinstance(img, bytes) for img in pairs.images):
+        raise WorkbenchError(f"{pairs_file}: decoded-array .bin files are not supported yet")
+    n = len(pairs.issame)
+    return list(pairs.images), np.asarray(pairs.issame, bool), np.arange(n) * 10 // n
+
+
 @dataclass
 class ProtocolCrops:
     """A protocol's aligned faces, each once, and its pairs as indices into them."""
@@ -90,14 +100,10 @@ def protocol_crops(pairs_file: Path, *, images: Path | None = None, detector: De
                    progress: Callable[[int, int | None], None] | None = None) -> ProtocolCrops:
     """The faces of a `.bin` (aligned already) or of a pairs.txt's photos (detected and aligned)."""
     if pairs_file.suffix == ".bin":
-        pairs = read_bin(pairs_file)
-        if any(not isinstance(img, bytes) for img in pairs.images):
-            raise WorkbenchError(f"{pairs_file}: decoded-array .bin files are not supported yet")
-        crops = decode_crops(list(pairs.images))
-        n = len(pairs.issame)
-        return ProtocolCrops(crops, np.ones(len(crops), bool), np.arange(0, 2 * n, 2),
-                             np.arange(1, 2 * n, 2), np.asarray(pairs.issame, bool),
-                             np.arange(n) * 10 // n, n, 0, None)
+        encoded, issame, folds = bin_protocol(pairs_file)
+        n = len(issame)
+        return ProtocolCrops(decode_crops(encoded), np.ones(2 * n, bool), np.arange(0, 2 * n, 2),
+                             np.arange(1, 2 * n, 2), issame, folds, n, 0, None)
     if images is None or detector is None:
         raise WorkbenchError("a pairs.txt protocol needs --images (the photos' folder) and a detector")
     plist = read_pairs_txt(pairs_file, images)
