@@ -126,7 +126,7 @@ def run_forget(workspace: Workspace, *, identity: str | None = None, source: str
     Without `compact` the rows are gone from every table at once but the file's free pages may
     still hold their bytes until `wb compact` (`compaction.py`) rewrites it: a long list of
     requests then costs one rewrite of the manifest instead of one each (a rewrite grows with the
-    manifest: ~1.3 s at 340k faces, tens of seconds at MS1MV2's size)."""
+    manifest: ~1.8 s at 340k faces, tens of seconds at MS1MV2's size)."""
     with workspace.lock("forget"):
         with workspace.connect() as con:
             summary = _erase(workspace, con, identity=identity, source=source, image=image, url=url,

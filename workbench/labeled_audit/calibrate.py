@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from workbench.curate.calibrate import OverlapTargets
 from workbench.curate.calibration import (
     MAX_PROBES,
     MAX_UNKNOWN,
@@ -44,7 +45,7 @@ MIN_SAME_RATIO = 0.5  # below this, two groups match less than half as well as e
 SIMULATIONS = 400  # identities split, and identity pairs merged, to calibrate
 GRID = 400  # candidate wrong-label thresholds
 SINGLE_FPIR = 0.01  # as `wb overlap --fpir`: the share of other people's lone photos found
-GALLERY_PER_IDENTITY = 10  # faces per identity in the galleries, as `wb overlap`'s default
+GALLERY_PER_IDENTITY = OverlapTargets().per_identity  # faces per identity in the galleries, as overlap's
 BELONGS_RATE = 0.01  # share of faces kept under their labels that fit another identity that well
 
 

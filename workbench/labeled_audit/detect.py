@@ -131,7 +131,7 @@ def same_person_pairs(vectors: np.ndarray, members: Members, centres: np.ndarray
 
 
 def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray, valid: np.ndarray,
-                       rule: SinglePhotoRule) -> list[tuple[int, int, float]]:
+                       rule: SinglePhotoRule, seed: int) -> list[tuple[int, int, float]]:
     """(single label, other label, identity score) for each label with one face whose face
     reaches the rule's threshold against another identity (scored as `wb overlap` scores)."""
     counts = np.bincount(labels, minlength=len(centres))
@@ -140,7 +140,7 @@ def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndar
         return []
     # the identities' sampled faces, as `wb overlap` keeps them: all of them at MS1MV2's size would be
     # padded to the largest identity (85k identities x ~1,000 slots x d floats)
-    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, 0)
+    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)  # the faces the rule was measured with
     gallery = Gallery.build(centres, valid, vectors[kept], labels[kept])
     score, other = best_other_identity(vectors[alone], labels[alone], gallery)
     hit = (score >= rule.threshold) & (other >= 0)
@@ -200,7 +200,7 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
     single_rule = single_photo_rule(vectors, labels, n_ids, int((members.counts == 1).sum()),
                                     trusted & ~joined & (members.counts[labels] > 1), seed)
     singles = [] if single_rule is None else \
-        single_photo_pairs(vectors, labels, first.centres, valid, single_rule)
+        single_photo_pairs(vectors, labels, first.centres, valid, single_rule, seed)
     for a, b, score in singles:
         findings.add("same_person", a, score, other_label=b, single_photo=True,
                      identity_score=round(score, 4), threshold=round(single_rule.threshold, 4),
