@@ -23,6 +23,7 @@ from workbench.embed.models import ModelSpec
 from workbench.embed.store import read_vectors
 from workbench.evaluate.model import TrainedRun
 from workbench.manifest.workspace import Workspace
+from workbench.train.checkpoint import Checkpoint
 from workbench.train.config import TrainConfig
 from workbench.train.run import run_train
 
@@ -193,6 +194,19 @@ def test_eval_score_and_compare(curated, tmp_path):
         rows = con.execute("SELECT face_id, max_prob, pred_identity, entropy FROM wb_scores "
                            "WHERE run_id = ? ORDER BY face_id", [runs[1]]).fetchall()
         trained = TrainedRun.load(con, runs[1])
+    # the feature-norm score is the norm of the backbone's output before normalisation
+    crops = np.stack([np.asarray(noise_image(i)) for i in range(3)])
+    x = torch.nn.functional.interpolate(
+        (torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5, size=(32, 32),
+        mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        raw = Checkpoint.open(trained.checkpoint).backbone()(x).numpy()
+    trained.flip = False
+    unit, norms = trained.embed_with_norms(crops)
+    assert np.allclose(norms, np.linalg.norm(raw, axis=1), rtol=1e-4)
+    assert np.allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    assert 0.0 <= results["open_set"]["auroc_feature_norm"] <= 1.0
+    with ws.connect(read_only=True) as con:
         key = ModelSpec("ckpt", str(trained.checkpoint), flip=True).key
         found, emb = read_vectors(ws, con, key, [r[0] for r in rows])
         names = dict(con.execute("SELECT label, identity FROM labeled_identities WHERE set_name = ?",

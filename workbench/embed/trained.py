@@ -22,9 +22,14 @@ class CheckpointEmbedder:
         self.model, self.config = ckpt.backbone().to(self.device), ckpt.config
         self.dim = self.config.num_features
 
-    @torch.no_grad()
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        """Unit embeddings of (n, 112, 112, 3) RGB crops, resized to the run's input size."""
+        """Unit embeddings of (n, 112, 112, 3) RGB crops."""
+        return l2_normalise(self.features(crops))
+
+    @torch.no_grad()
+    def features(self, crops: np.ndarray) -> np.ndarray:
+        """The backbone's features before normalisation (their norm is a rejection score of its
+        own: Objectosphere trains it), of RGB crops resized to the run's input size."""
         size = self.config.input_size
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(crops), BATCH):
@@ -34,4 +39,4 @@ class CheckpointEmbedder:
                 x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                                                     align_corners=False)
             out.append(self.model(x).float().cpu().numpy())
-        return l2_normalise(np.concatenate(out))
+        return np.concatenate(out)

@@ -28,6 +28,7 @@ ROWS = [
     ("FPR@95%TPR", ("open_set", "fpr_at_95_tpr")),
     ("AUROC (max cosine)", ("open_set", "auroc_max_cos")),
     ("AUROC (energy)", ("open_set", "auroc_energy")),
+    ("AUROC (feature norm)", ("open_set", "auroc_feature_norm")),
     ("DIR@FPIR=1e-2", ("open_set", "dir_at_fpir_1e-2")),
     ("DIR@FPIR=1e-1", ("open_set", "dir_at_fpir_1e-1")),
     ("MSP known (mean)", ("open_set", "msp_known", "mean")),

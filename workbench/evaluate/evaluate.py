@@ -6,9 +6,9 @@
 - Open-set: known probes are the labeled faces the run held out; unknown probes
   the `eval_unknown` split (never trained on). AUROC and FPR at 95% TPR of the
   max softmax probability (MSP), and of the max cosine to any centre and the
-  energy score (logsumexp of the logits) beside it; DIR at FPIR 1e-2 and 1e-1
-  against the class centres as gallery. (Feature norm, the third score
-  Objectosphere moves, is not among them: embeddings are stored normalised.)
+  energy score (logsumexp of the logits) and the feature norm before
+  normalisation (what Objectosphere trains) beside it; DIR at FPIR 1e-2 and 1e-1
+  against the class centres as gallery.
 - Sparsity: pairwise cosine distance between class centres (exact below 20k
   classes, sampled with a 95% error bound above).
 """
@@ -90,10 +90,11 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
     with LabeledSet(ws, con, run.config.labeled) as labeled:
         position = {int(s): i for i, s in enumerate(labeled.samples.column("sample_idx").to_numpy())}
         pos = [position[s] for s in held if s in position]
-        known = run.embed_encoded([labeled.crop_bytes(p) for p in pos])
+        known, norm_known = run.embed_encoded_with_norms([labeled.crop_bytes(p) for p in pos])
         known_labels = labeled.labels[pos]
-    unknown = run.embed_files(_face_crops(ws, con, "eval_unknown"))
-    unlabeled = run.embed_files(_face_crops(ws, con, run.config.unlabeled_split, unlabeled_sample))
+    unknown, norm_unknown = run.embed_files_with_norms(_face_crops(ws, con, "eval_unknown"))
+    unlabeled = run.embed_files_with_norms(_face_crops(ws, con, run.config.unlabeled_split,
+                                                       unlabeled_sample))[0]
     known_scores, unknown_scores = run.scores(known), run.scores(unknown)
     msp_known, msp_unknown = known_scores.msp, unknown_scores.msp
     msp_unlabeled = run.scores(unlabeled).msp
@@ -114,6 +115,8 @@ def open_set(run: TrainedRun, ws: Workspace, con: duckdb.DuckDBPyConnection,
         "fpr_at_95_tpr_max_cos": m.fpr_at_tpr(top_known, top_unknown, 0.95),
         "auroc_energy": m.auroc(known_scores.energy, unknown_scores.energy),
         "fpr_at_95_tpr_energy": m.fpr_at_tpr(known_scores.energy, unknown_scores.energy, 0.95),
+        "auroc_feature_norm": m.auroc(norm_known, norm_unknown),
+        "fpr_at_95_tpr_feature_norm": m.fpr_at_tpr(norm_known, norm_unknown, 0.95),
         "msp_known": _stats(msp_known), "msp_eval_unknown": _stats(msp_unknown),
         "msp_unlabeled": _stats(msp_unlabeled),
     }, {"msp_known": msp_known, "msp_unknown": msp_unknown, "msp_unlabeled": msp_unlabeled})

@@ -10,8 +10,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from workbench.embed.models import Flipped
 from workbench.embed.trained import CheckpointEmbedder
+from workbench.embed.unit import l2_normalise
 from workbench.evaluate.metrics import OpenSetScores, open_set_scores
 from workbench.formats.images import decode_crops
 from workbench.manifest import train_runs
@@ -41,20 +41,37 @@ class TrainedRun:
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """Unit embeddings of (n, 112, 112, 3) crops."""
-        return (Flipped(self.embedder) if self.flip else self.embedder).embed(crops)
+        return self.embed_with_norms(crops)[0]
+
+    def embed_with_norms(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit embeddings of crops (the mean of the crop's and its mirror's unit features when
+        flipping) and the feature norm before normalisation (averaged the same way)."""
+        views = np.concatenate([crops, crops[:, :, ::-1]]) if self.flip else crops
+        raw = self.embedder.features(views)
+        norms, unit = np.linalg.norm(raw, axis=1), l2_normalise(raw)
+        if self.flip:
+            n = len(crops)
+            return l2_normalise(unit[:n] + unit[n:]), (norms[:n] + norms[n:]) / 2
+        return unit, norms
 
     def embed_encoded(self, encoded: Sequence[bytes]) -> np.ndarray:
-        """Unit embeddings of encoded crops, decoded a batch at a time (490k eval faces decoded at
-        once would be 18 GB of pixels, twice with flips)."""
+        """Unit embeddings of encoded crops, decoded a batch at a time."""
+        return self.embed_encoded_with_norms(encoded)[0]
+
+    def embed_encoded_with_norms(self, encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """`embed_with_norms` of encoded crops, decoded a batch at a time (490k eval faces decoded
+        at once would be 18 GB of pixels, twice with flips)."""
         out = np.empty((len(encoded), self.config.num_features), np.float32)
+        norms = np.empty(len(encoded), np.float32)
         for start in range(0, len(encoded), DECODE_BATCH):
             part = encoded[start : start + DECODE_BATCH]
-            out[start : start + len(part)] = self.embed(decode_crops(list(part)))
-        return out
+            out[start : start + len(part)], norms[start : start + len(part)] = \
+                self.embed_with_norms(decode_crops(list(part)))
+        return out, norms
 
-    def embed_files(self, paths: Sequence[Path]) -> np.ndarray:
-        """Unit embeddings of crop files, read a batch at a time."""
-        return self.embed_encoded(_LazyFiles(paths))
+    def embed_files_with_norms(self, paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit embeddings and feature norms of crop files, read a batch at a time."""
+        return self.embed_encoded_with_norms(_LazyFiles(paths))
 
     def scores(self, embeddings: np.ndarray) -> OpenSetScores:
         """Max softmax probability, argmax, entropy and max cosine of each face against every class
