@@ -18,11 +18,14 @@ the same of the shipped pretrained recogniser, on a CPU:
 - Verification: pairs from another folder set (default: lfw150 identities with
   two or more photos), people and photos no arm trains on.
 - Arms, each from the same ONNX weights: `pretrained` (backbone frozen, only the
-  ArcFace head trained: the model's own figures), then `none`, `reference` and
-  `kl-uniform` (weight 0.1) fine-tuned for the same steps: a head warm-up with the
-  backbone frozen, then everything at backbone lr x 0.1. Every arm sees the same
-  labeled and unlabeled batches per seed; only the loss differs.
-- Reported per arm: mean +- std over seeds, and each UIR arm's paired difference
+  ArcFace head trained: the model's own figures), then `none`, `reference`,
+  `kl-uniform`, `objectosphere` and `energy` (weight 0.1) fine-tuned for the same
+  steps: a head warm-up with the backbone frozen, then everything at backbone lr x
+  0.1. Every arm sees the same labeled and unlabeled batches per seed; only the
+  loss differs. (`uir_proxy.py` asks the same with the power a CPU affords.)
+- On a GPU the same command runs the comparison at the scale `gpu_train.sh` times:
+  `--device cuda --amp bf16 --batch-size 512 --steps 2000 --seeds 0 1 ... 19`.
+- Reported per arm: mean +- std over seeds, and each other arm's paired difference
   from `none` with a 95% t interval. `--sweep` adds weights 0.3 and 1.0.
   Evaluation embeds single crops (no flip averaging) to fit a 2-core CPU's hour.
 
@@ -54,6 +57,7 @@ from workbench.labeled.pairs import write_pairs
 from workbench.labeled.register import register_labeled
 from workbench.manifest.workspace import Workspace
 from workbench.train.config import TrainConfig
+from workbench.train.losses import OPEN_SET_LOSSES
 from workbench.train.run import train_or_reuse
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -62,6 +66,9 @@ METRICS = {  # label -> path into `wb eval` results
     "MSP eval_unknown (mean)": ("open_set", "msp_eval_unknown", "mean"),
     "MSP known probes (mean)": ("open_set", "msp_known", "mean"),
     "AUROC (MSP)": ("open_set", "auroc_msp"),
+    "AUROC (max cosine)": ("open_set", "auroc_max_cos"),
+    "AUROC (energy)": ("open_set", "auroc_energy"),
+    "AUROC (feature norm)": ("open_set", "auroc_feature_norm"),
     "FPR@95TPR (MSP)": ("open_set", "fpr_at_95_tpr"),
     "DIR@FPIR 1e-2": ("open_set", "dir_at_fpir_1e-2"),
     "closed-set top-1": ("open_set", "closed_set_top1"),
@@ -161,7 +168,8 @@ def arms(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], list[int]]
     tune = {"freeze_backbone_steps": args.warmup, "steps": args.warmup + args.steps}
     out = [("pretrained", {"uir_loss": "none", "freeze_backbone_steps": args.warmup + args.steps,
                            "steps": args.warmup + args.steps}, args.seeds[:1])]
-    out += [(name, {"uir_loss": name, **tune}, args.seeds) for name in ("none", "reference", "kl-uniform")]
+    out += [(name, {"uir_loss": name, **tune}, args.seeds)
+            for name in ("none", "reference", "kl-uniform", *OPEN_SET_LOSSES)]
     if args.sweep:
         out += [(f"{name} w={w:g}", {"uir_loss": name, "uir_weight": w, **tune}, args.seeds)
                 for name in ("reference", "kl-uniform") for w in (0.3, 1.0)]
@@ -191,6 +199,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30, help="head warm-up steps, backbone frozen")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pairs-per-fold", type=int, default=60)
+    parser.add_argument("--device", default="cpu", help="cuda: the comparison at GPU scale")
+    parser.add_argument("--amp", default="none", help="bf16 on a GPU")
     parser.add_argument("--quick", action="store_true", help="a smoke check in a few minutes")
     parser.add_argument("--sweep", action="store_true", help="also UIR weights 0.3 and 1.0")
     args = parser.parse_args()
@@ -210,7 +220,7 @@ def main() -> None:
     print("curation:", json.dumps({k: curated[k] for k in ("split", "truth") if k in curated}, default=str))
     base = dict(labeled="S", init=f"onnx:{args.model}", batch_size=args.batch_size, unlabeled_ratio=0.25,
                 lr=0.1, backbone_lr_mult=0.1, warmup_steps=0, num_workers=2, checkpoint_every=100_000,
-                holdout_per_identity=2, holdout_min_samples=6)
+                holdout_per_identity=2, holdout_min_samples=6, device=args.device, amp=args.amp)
     table: dict[str, dict[int, dict[str, float]]] = {}
     run_ids = []
     for name, overrides, seeds in arms(args):

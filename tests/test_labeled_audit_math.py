@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers import unit
 from workbench.curate.pairs import DedupeThresholds
+from workbench.labeled_audit import evidence
 from workbench.labeled_audit.calibrate import wrong_label_rule
 from workbench.labeled_audit.clean import plan_clean
 from workbench.labeled_audit.detect import audit_labels, duplicate_pairs, leaked_identities
@@ -221,3 +222,30 @@ def test_members_group_positions_by_label():
     members = Members.of(np.array([2, 0, 2, 1]), 4)
     assert members.counts.tolist() == [1, 1, 2, 0]
     assert members.positions(2).tolist() == [0, 2] and members.positions(3).tolist() == []
+    among = Members.of(np.array([2, 0, 2, 1]), 4, among=np.array([False, True, True, True]))
+    assert among.counts.tolist() == [1, 1, 1, 0]
+    assert among.positions(2).tolist() == [2] and among.positions(0).tolist() == [1]  # whole-set positions
+
+
+def test_own_scores_are_the_same_computed_a_block_of_faces_at_a_time(monkeypatch):
+    s = planted_set()
+    whole = own_scores(s["vectors"], s["labels"], 41)
+    monkeypatch.setattr(evidence, "CHUNK", 7)  # 480 faces in 69 blocks, labels across block edges
+    blocks = own_scores(s["vectors"], s["labels"], 41)
+    assert np.allclose(blocks.sums, whole.sums) and np.allclose(blocks.own, whole.own, atol=1e-6)
+    assert np.array_equal(blocks.weights, whole.weights)
+
+
+def test_an_audit_of_vectors_held_in_half_precision_finds_the_same():
+    """At MS1MV2's size the audit holds float16 vectors; what it finds must not change."""
+    s = planted_set()
+    full, half = (audit_labels(s["vectors"].astype(dtype), s["labels"], 41)
+                  for dtype in (np.float32, np.float16))
+    assert half.findings.kind == full.findings.kind and half.findings.label == full.findings.label
+    assert half.findings.sample == full.findings.sample
+    assert half.findings.other_label == full.findings.other_label
+    assert np.allclose(half.own, full.own, atol=2e-3, equal_nan=True)
+    t = DedupeThresholds(strict=0.9999, loose=0.95, phash_bits=4, k=4)
+    hashes = np.arange(len(s["vectors"]), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    pairs = duplicate_pairs(s["vectors"].astype(np.float16), t, lambda p: hashes[p], lambda a, b: True)
+    assert [(i, j, exact) for i, j, _, exact in pairs] == [(49, 50, True)]  # identical rows: cosine 1

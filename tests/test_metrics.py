@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from workbench.embed.unit import unit_rows
 from workbench.evaluate.metrics import (
     auroc,
     fpr_at_tpr,
@@ -89,3 +90,16 @@ def test_open_set_scores_include_the_energy_score_by_hand():
     scores = open_set_scores(emb, centres, 10.0, chunk_elements=1)
     assert scores.energy[0] == pytest.approx(np.log(np.exp(6.0) + np.exp(8.0)))
     assert scores.max_cos[0] == pytest.approx(0.8) and scores.pred[0] == 1
+
+
+def test_unit_rows_upcast_half_precision_and_renormalise():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((6, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    same = unit_rows(v, np.array([2, 0]))
+    assert same.dtype == np.float32 and np.array_equal(same, v[[2, 0]])  # float32: as stored
+    half = unit_rows(v.astype(np.float16), slice(0, 6))
+    assert half.dtype == np.float32 and np.allclose(half, v, atol=1e-3)
+    # a float16 row is not unit length any more; renormalised, a row and its copy score cosine 1
+    assert abs(float(np.sum(v.astype(np.float16).astype(np.float32) ** 2, axis=1).max()) - 1) > 1e-6
+    assert np.allclose(np.sum(half * half, axis=1), 1, atol=1e-6)

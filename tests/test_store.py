@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from workbench.embed import store as store_module
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore, read_vectors
 from workbench.errors import WorkbenchError
@@ -46,6 +47,19 @@ def test_a_torn_write_is_trimmed_and_every_committed_vector_reads_back(ws, spec)
         assert store.path.stat().st_size == 5 * DIM * 4
         assert np.array_equal(store.vectors(ids), vectors(5))
         assert store.rows(ids).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_vectors_read_back_in_any_order_as_float16_a_block_at_a_time(ws, spec, monkeypatch):
+    ids = [f"face{i}" for i in range(5)]
+    with ws.connect() as con:
+        store = EmbeddingStore(ws, con, spec, DIM)
+        with transaction(con):
+            store.append(ids, vectors(5))
+        monkeypatch.setattr(store_module, "GATHER_ROWS", 2)
+        order = [4, 0, 3, 1, 2]
+        half = store.vectors([ids[i] for i in order], np.float16)
+        assert half.dtype == np.float16 and np.array_equal(half, vectors(5)[order].astype(np.float16))
+        assert np.array_equal(store.vectors([ids[i] for i in order]), vectors(5)[order])
 
 
 def test_rows_appended_in_a_rolled_back_transaction_are_never_referenced(ws, spec):

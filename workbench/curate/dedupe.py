@@ -25,6 +25,7 @@ from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
+from workbench.embed.unit import unit_rows
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
@@ -43,7 +44,8 @@ def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, 
     keep = (cols >= 0) & (cols != rows) & (s >= loose)
     i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
     pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
-    cos = np.einsum("nd,nd->n", vectors[pairs[:, 0]], vectors[pairs[:, 1]]) if len(pairs) else s[:0]
+    cos = np.einsum("nd,nd->n", unit_rows(vectors, pairs[:, 0]), unit_rows(vectors, pairs[:, 1])) \
+        if len(pairs) else s[:0]
     return pairs[:, 0], pairs[:, 1], cos
 
 

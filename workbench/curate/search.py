@@ -16,6 +16,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from workbench.embed.unit import unit_rows
+
 EXACT_LIMIT = 5e9  # queries x base vectors below which brute force is fast enough
 RERANK_FACTOR = 4
 RERANK_FLOATS = 1 << 24  # candidate vector components gathered at once for re-ranking (64 MB)
@@ -32,9 +34,9 @@ def nearest(
     Missing neighbours (k > len(base)) get similarity -inf and index -1.
     `cluster` (a `cluster.RayMapper`): query batches are searched by Ray tasks against `base`,
     put in the object store once; each worker builds its index once and keeps it.
+    Either matrix may be float16 (millions of faces held in half the memory): queries are
+    upcast a batch at a time, the base as the index takes it in (see `unit_rows`).
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    base = np.ascontiguousarray(base, dtype=np.float32)
     k_eff = min(k, len(base))
     if exact is None:
         exact = float(len(queries)) * len(base) <= EXACT_LIMIT
@@ -45,10 +47,11 @@ def nearest(
     starts = range(0, len(queries), QUERY_BATCH)
     if cluster is not None:
         found = cluster.map_with(partial(_search_batch, k=k_eff, exact=exact, nprobe=nprobe), base,
-                                 (queries[start : start + QUERY_BATCH] for start in starts))
+                                 (unit_rows(queries, slice(start, start + QUERY_BATCH)) for start in starts))
     else:
         index = _flat(base) if exact else _ivf_sq8(base, nprobe)
-        found = (_search(index, base, queries[start : start + QUERY_BATCH], k_eff, exact) for start in starts)
+        found = (_search(index, base, unit_rows(queries, slice(start, start + QUERY_BATCH)), k_eff, exact)
+                 for start in starts)
     for start, (s, i) in zip(starts, found, strict=True):
         sims[start : start + len(s), :k_eff] = s
         idx[start : start + len(s), :k_eff] = i
@@ -81,8 +84,14 @@ def _search_batch(base: np.ndarray, batch: np.ndarray, k: int, exact: bool,
 
 def _flat(base: np.ndarray) -> faiss.Index:
     index = faiss.IndexFlatIP(base.shape[1])
-    index.add(base)
+    _add(index, base)
     return index
+
+
+def _add(index: faiss.Index, base: np.ndarray) -> None:
+    """Add the base a block at a time, each upcast to the float32 that FAISS takes."""
+    for start in range(0, len(base), QUERY_BATCH):
+        index.add(np.ascontiguousarray(unit_rows(base, slice(start, start + QUERY_BATCH))))
 
 
 def _ivf_sq8(base: np.ndarray, nprobe: int) -> faiss.Index:
@@ -93,9 +102,9 @@ def _ivf_sq8(base: np.ndarray, nprobe: int) -> faiss.Index:
     index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(0)
-    train = base[rng.choice(len(base), size=min(len(base), 64 * nlist), replace=False)]
+    train = unit_rows(base, np.sort(rng.choice(len(base), size=min(len(base), 64 * nlist), replace=False)))
     index.train(train)
-    index.add(base)
+    _add(index, base)
     index.nprobe = nprobe
     return index
 
@@ -108,7 +117,7 @@ def _rerank(queries: np.ndarray, base: np.ndarray, cand: np.ndarray, k: int) -> 
     for start in range(0, len(queries), rows):
         block = cand[start : start + rows]
         sims[start : start + rows] = np.einsum("nd,nkd->nk", queries[start : start + rows],
-                                               base[np.where(block < 0, 0, block)])
+                                               unit_rows(base, np.where(block < 0, 0, block)))
     sims[cand < 0] = -np.inf
     order = np.argsort(-sims, axis=1)[:, :k]
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(cand, order, axis=1)

@@ -130,9 +130,10 @@ def embed_labeled(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray)
     return ids
 
 
-def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
-    """Embeddings of the labeled samples at `positions`, computing the missing ones."""
-    return ctx.store().vectors(embed_labeled(ctx, labeled, positions))
+def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarray,
+                    dtype: type = np.float32) -> np.ndarray:
+    """Embeddings of the labeled samples at `positions` as `dtype`, computing the missing ones."""
+    return ctx.store().vectors(embed_labeled(ctx, labeled, positions), dtype)
 
 
 def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: int) -> Centres:

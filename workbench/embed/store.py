@@ -20,6 +20,8 @@ from workbench.errors import WorkbenchError
 from workbench.manifest.query import one, registered
 from workbench.manifest.workspace import Workspace
 
+GATHER_ROWS = 65_536  # vectors read from the file at once
+
 
 def vectors_path(workspace: Workspace, model_key: str) -> Path:
     return workspace.root / "embeddings" / model_key / "vectors.f32"
@@ -105,8 +107,15 @@ class EmbeddingStore:
             raise KeyError(f"{len(item_ids) - len(found['pos'])} items have no embedding")
         return found["row"]
 
-    def vectors(self, item_ids: list[str]) -> np.ndarray:
-        return np.asarray(self.matrix()[self.rows(item_ids)])
+    def vectors(self, item_ids: list[str], dtype: type = np.float32) -> np.ndarray:
+        """Stored vectors of `item_ids` in order, as `dtype` (float16 holds millions of faces in
+        half the memory; see `unit.unit_rows`), gathered a block of rows at a time so that no
+        float32 copy of them all is made on the way."""
+        rows, matrix = self.rows(item_ids), self.matrix()
+        out = np.empty((len(rows), self.dim), dtype)
+        for start in range(0, len(rows), GATHER_ROWS):
+            out[start : start + GATHER_ROWS] = matrix[rows[start : start + GATHER_ROWS]]
+        return out
 
 
 def stored_rows(con: duckdb.DuckDBPyConnection, model_key: str, item_ids: list[str]) -> dict[str, np.ndarray]:

@@ -212,7 +212,7 @@ def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str]
         tmp = out.with_name(out.name + ".partial")
         with pq.ParquetWriter(tmp, schema) as writer:
             for kind, sql, params in queries:
-                for batch in con.execute(sql, params).to_arrow_reader(CHUNK):
+                for batch in con.sql(sql, params=params).to_arrow_reader(CHUNK):
                     rows = batch.column("row").to_numpy()
                     vectors = np.asarray(matrix[rows], np.float32)
                     flat = pa.array(vectors.reshape(-1), pa.float32())

@@ -10,3 +10,13 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32 (an all-zero row stays zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def unit_rows(vectors: np.ndarray, index: np.ndarray | slice) -> np.ndarray:
+    """`vectors[index]` as float32 unit rows. A float16 matrix (how millions of faces are held
+    in memory: half the bytes) is upcast a gather at a time and renormalised, so that two
+    identical rows still score cosine 1 to float32 precision."""
+    rows = vectors[index]
+    if rows.dtype == np.float16:
+        return l2_normalise(rows.astype(np.float32))
+    return np.ascontiguousarray(rows, dtype=np.float32)

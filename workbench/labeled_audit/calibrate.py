@@ -39,6 +39,7 @@ from workbench.curate.calibration import (
     open_set_scores,
 )
 from workbench.embed.compute import sample_per_identity
+from workbench.embed.unit import unit_rows
 from workbench.labeled_audit.evidence import MIN_HALF, Members, TwoPeople, cohesion, match, two_people, unit
 
 MIN_SAME_RATIO = 0.5  # below this, two groups match less than half as well as each within itself
@@ -107,7 +108,7 @@ def split_half_centres(vectors: np.ndarray, members: Members, recall: float, see
     big = np.flatnonzero(members.counts >= 6)
     cosines = []
     for label in rng.choice(big, size=min(SIMULATIONS, len(big)), replace=False):
-        faces = vectors[rng.permutation(members.positions(label))]
+        faces = unit_rows(vectors, rng.permutation(members.positions(label)))
         halves = unit(np.stack([faces[: len(faces) // 2].sum(axis=0), faces[len(faces) // 2:].sum(axis=0)]))
         cosines.append(float(halves[0] @ halves[1]))
     return float(np.quantile(cosines, 1 - recall)) if cosines else 1.0
@@ -138,11 +139,11 @@ def same_rule(vectors: np.ndarray, members: Members, centres: np.ndarray, pair_t
     rng = np.random.default_rng(seed)
     big = np.flatnonzero(members.counts >= 6)
     sample = rng.choice(big, size=min(SIMULATIONS, len(big)), replace=False)
-    rates = [cohesion(vectors[members.positions(label)], pair_threshold).raw for label in sample]
+    rates = [cohesion(unit_rows(vectors, members.positions(label)), pair_threshold).raw for label in sample]
     typical = float(np.median(rates)) if rates else 0.5
     ratios = []
     for label in sample:
-        faces = vectors[rng.permutation(members.positions(label))]
+        faces = unit_rows(vectors, rng.permutation(members.positions(label)))
         a, b = faces[: len(faces) // 2], faces[len(faces) // 2:]
         ratios.append(match(a, b, pair_threshold, cohesion(a, pair_threshold), cohesion(b, pair_threshold),
                             typical).low)
@@ -175,7 +176,8 @@ def _merged_found(vectors: np.ndarray, members: Members, pair_threshold: float, 
         if min(members.counts[a], members.counts[b]) < MIN_HALF * (members.counts[a] + members.counts[b]):
             continue
         split: TwoPeople | None = two_people(
-            vectors[np.concatenate([members.positions(a), members.positions(b)])], pair_threshold, typical)
+            unit_rows(vectors, np.concatenate([members.positions(a), members.positions(b)])), pair_threshold,
+            typical)
         found.append(bool(split is not None and split.mixed(MIN_SAME_RATIO, distinct)))
     return found
 
@@ -206,7 +208,7 @@ def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, singl
     their label not found to be one person with another) play other people: the findings
     themselves would otherwise raise the threshold. None when there is nothing to calibrate on."""
     kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)
-    vectors, labels, clean = vectors[kept], labels[kept], clean[kept]
+    vectors, labels, clean = unit_rows(vectors, kept), labels[kept], clean[kept]
     probes = choose_probes(labels, MAX_PROBES, seed)
     if not probes.any() or not clean.any() or single_photos == 0:
         return None

@@ -21,6 +21,7 @@ from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import Gallery
 from workbench.curate.search import nearest
 from workbench.embed.compute import sample_per_identity
+from workbench.embed.unit import unit_rows
 from workbench.labeled_audit.calibrate import (
     GALLERY_PER_IDENTITY,
     SameRule,
@@ -102,7 +103,8 @@ class LabelAudit:
 
 
 def within_labels(vectors: np.ndarray, members: Members, threshold: float) -> list[Cohesion]:
-    return [cohesion(vectors[members.positions(label)], threshold) for label in range(len(members.counts))]
+    return [cohesion(unit_rows(vectors, members.positions(label)), threshold)
+            for label in range(len(members.counts))]
 
 
 def same_person_pairs(vectors: np.ndarray, members: Members, centres: np.ndarray, valid: np.ndarray,
@@ -123,8 +125,9 @@ def same_person_pairs(vectors: np.ndarray, members: Members, centres: np.ndarray
             if a == b or pair in seen:
                 continue
             seen.add(pair)
-            m = match(vectors[members.positions(pair[0])], vectors[members.positions(pair[1])],
-                      rule.pair_threshold, within[pair[0]], within[pair[1]], rule.typical_cohesion)
+            a_faces, b_faces = (unit_rows(vectors, members.positions(label)) for label in pair)
+            m = match(a_faces, b_faces, rule.pair_threshold, within[pair[0]], within[pair[1]],
+                      rule.typical_cohesion)
             if m.low >= rule.ratio:
                 found.append((pair[0], pair[1], float(sims[row, col]), m))
     return found
@@ -141,8 +144,8 @@ def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndar
     # the identities' sampled faces, as `wb overlap` keeps them: all of them at MS1MV2's size would be
     # padded to the largest identity (85k identities x ~1,000 slots x d floats)
     kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)  # the faces the rule was measured with
-    gallery = Gallery.build(centres, valid, vectors[kept], labels[kept])
-    score, other = best_other_identity(vectors[alone], labels[alone], gallery)
+    gallery = Gallery.build(centres, valid, unit_rows(vectors, kept), labels[kept])
+    score, other = best_other_identity(unit_rows(vectors, alone), labels[alone], gallery)
     hit = (score >= rule.threshold) & (other >= 0)
     return [(int(labels[i]), int(o), float(s)) for i, o, s in zip(alone[hit], other[hit], score[hit],
                                                                    strict=True)]
@@ -153,7 +156,8 @@ def mixed_labels(vectors: np.ndarray, members: Members, rule: SameRule,
     found = {}
     n = len(members.counts)
     for label in range(n):
-        split = two_people(vectors[members.positions(label)], rule.pair_threshold, rule.typical_cohesion)
+        split = two_people(unit_rows(vectors, members.positions(label)), rule.pair_threshold,
+                           rule.typical_cohesion)
         if rule.mixed(split):
             found[label] = split
         if progress and (label % 1000 == 999 or label == n - 1):
@@ -189,10 +193,10 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
     # under A would otherwise make A and B look like one person.
     trusted = ~(first.own < wrong_label_rule(first.own, impostor_own_scores(
         vectors, labels, first.centres, valid, CALIBRATION_PAIRS, seed), precision).threshold)
-    kept = Members.of(labels[trusted], n_ids)
+    kept = Members.of(labels, n_ids, among=trusted)
     findings = Findings()
-    pairs = same_person_pairs(vectors[trusted], kept, first.centres, valid,
-                              within_labels(vectors[trusted], kept, threshold), same)
+    pairs = same_person_pairs(vectors, kept, first.centres, valid, within_labels(vectors, kept, threshold),
+                              same)
     for a, b, centre_cos, m in pairs:
         findings.add("same_person", a, m.low, other_label=b, matched=m.matched, pairs=m.pairs,
                      ratio=round(m.ratio, 4), centre_cosine=round(centre_cos, 4))
@@ -271,10 +275,10 @@ def leaked_identities(eval_vectors: np.ndarray, eval_labels: np.ndarray, n_eval:
         if len(faces) == 0:
             continue
         candidates = np.union1d(ids[idx[faces][idx[faces] >= 0]], labels[face[faces, 0][face[faces, 0] >= 0]])
-        group = eval_vectors[faces]
+        group = unit_rows(eval_vectors, faces)
         within_e = cohesion(group, rule.pair_threshold)
         for s in candidates:
-            s_faces = vectors[members.positions(s)]
+            s_faces = unit_rows(vectors, members.positions(s))
             if s not in within_s:
                 within_s[s] = cohesion(s_faces, rule.pair_threshold)
             m = match(s_faces, group, rule.pair_threshold, within_s[s], within_e, rule.typical_cohesion)

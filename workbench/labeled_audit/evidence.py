@@ -24,12 +24,13 @@ from scipy.sparse import csr_matrix
 from scipy.spatial.distance import squareform
 
 from workbench.curate.calibration import wilson
+from workbench.embed.unit import unit_rows
 
 TRIM = 0.2  # share of each identity's least typical members left out of its centre
 TRIM_FROM = 5  # identities with fewer faces keep all of them
 MIN_HALF = 0.2  # a mixed identity's smaller person holds at least this share of its faces
 MIN_COHESION = 0.2  # ... and each half's members match each other at least this often
-CHUNK = 262_144  # faces per block of per-face arithmetic
+CHUNK = 65_536  # faces per block of per-face arithmetic (a float64 block: 256 MB at 512-d)
 PRIOR_PAIRS = 10  # pseudo-pairs at the set's typical rate added to every group's own pairs
 
 
@@ -41,8 +42,11 @@ class Members:
     starts: np.ndarray
 
     @classmethod
-    def of(cls, labels: np.ndarray, n_ids: int) -> Members:
-        order = np.argsort(labels, kind="stable")
+    def of(cls, labels: np.ndarray, n_ids: int, among: np.ndarray | None = None) -> Members:
+        """Positions by label; only those where `among` is True when given (positions still
+        index the whole set, so no subset of the vectors is copied)."""
+        positions = np.arange(len(labels)) if among is None else np.flatnonzero(among)
+        order = positions[np.argsort(labels[positions], kind="stable")]
         return cls(order, np.searchsorted(labels[order], np.arange(n_ids + 1)))
 
     @property
@@ -60,10 +64,15 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 def label_sums(vectors: np.ndarray, labels: np.ndarray, n_ids: int,
                weights: np.ndarray | None = None) -> np.ndarray:
-    """Per-label (weighted) sum of vectors, as one sparse product (no Python loop over faces)."""
+    """Per-label (weighted) sum of vectors in float64, a sparse product per block of faces (no
+    Python loop over faces, and no float64 copy of millions of them)."""
     w = np.ones(len(labels)) if weights is None else weights
-    onehot = csr_matrix((w, (labels, np.arange(len(labels)))), shape=(n_ids, len(labels)))
-    return np.asarray(onehot @ vectors.astype(np.float64))
+    sums = np.zeros((n_ids, vectors.shape[1]), np.float64)
+    for c in _chunks(len(labels)):
+        rows = np.arange(c.stop - c.start)
+        onehot = csr_matrix((w[c], (labels[c], rows)), shape=(n_ids, len(rows)))
+        sums += onehot @ unit_rows(vectors, c).astype(np.float64)
+    return sums
 
 
 def rank_in_label(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,22 +100,23 @@ def own_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int) -> OwnScores
     first = unit(label_sums(vectors, labels, n_ids))
     typical = np.empty(len(labels), np.float32)
     for c in _chunks(len(labels)):
-        typical[c] = np.einsum("nd,nd->n", vectors[c], first[labels[c]])
+        typical[c] = np.einsum("nd,nd->n", unit_rows(vectors, c), first[labels[c]])
     rank, size = rank_in_label(typical, labels)
     weights = np.where((size >= TRIM_FROM) & (rank < np.floor(TRIM * size)), 0.0, 1.0)
     sums = label_sums(vectors, labels, n_ids, weights)
     own = np.empty(len(labels), np.float32)
     for c in _chunks(len(labels)):
-        rest = sums[labels[c]] - weights[c, None] * vectors[c]
+        rows = unit_rows(vectors, c)
+        rest = sums[labels[c]] - weights[c, None] * rows
         norms = np.linalg.norm(rest, axis=1)
-        score = np.einsum("nd,nd->n", vectors[c], rest) / np.maximum(norms, 1e-12)
+        score = np.einsum("nd,nd->n", rows, rest) / np.maximum(norms, 1e-12)
         own[c] = np.where(norms < 1e-6, np.nan, score)
     return OwnScores(own, unit(sums), sums, weights)
 
 
-def _chunks(n: int, size: int = CHUNK) -> list[slice]:
-    """Row slices, so per-face temporaries stay small at millions of faces."""
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+def _chunks(n: int) -> list[slice]:
+    """Row slices of `CHUNK` faces, so per-face temporaries stay small at millions of faces."""
+    return [slice(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
 
 
 def impostor_own_scores(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray,
@@ -120,7 +130,7 @@ def impostor_own_scores(vectors: np.ndarray, labels: np.ndarray, centres: np.nda
     faces = rng.integers(len(vectors), size=n)
     other = ids[rng.integers(len(ids), size=n)]
     keep = other != labels[faces]
-    return np.einsum("nd,nd->n", vectors[faces[keep]], centres[other[keep]])
+    return np.einsum("nd,nd->n", unit_rows(vectors, faces[keep]), centres[other[keep]])
 
 
 def pair_threshold(vectors: np.ndarray, labels: np.ndarray, far: float, n: int, seed: int,
@@ -133,7 +143,7 @@ def pair_threshold(vectors: np.ndarray, labels: np.ndarray, far: float, n: int, 
     a, b = rng.integers(len(vectors), size=n), rng.integers(len(vectors), size=n)
     la, lb = labels[a], labels[b]
     different = (la != lb) & (np.einsum("nd,nd->n", centres[la], centres[lb]) < same_from)
-    cos = np.einsum("nd,nd->n", vectors[a[different]], vectors[b[different]])
+    cos = np.einsum("nd,nd->n", unit_rows(vectors, a[different]), unit_rows(vectors, b[different]))
     return float(np.quantile(cos, 1 - far)) if len(cos) else 1.0
 
 

@@ -32,6 +32,8 @@ from workbench.labeled_audit.sources import EvalFaces, bin_faces, set_faces
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 
+HALF_FROM_BYTES = 1 << 30  # the set's float32 vectors above which the audit holds them as float16
+
 
 @dataclass
 class LabeledAuditResult(Result):
@@ -113,7 +115,10 @@ def run_audit_labeled(
             sample_idx = labeled.samples.column("sample_idx").to_numpy()
             embedded_now = len(ctx.store().missing(labeled.item_ids()))
             embed_started = time.perf_counter()
-            vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
+            # MS1MV2 at 512-d is 12 GB of float32: held as float16 (cosines within ~1e-3), and every
+            # step gathers float32 rows from it as it needs them
+            dtype = np.float16 if len(labeled) * ctx.store().dim * 4 > HALF_FROM_BYTES else np.float32
+            vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)), dtype)
             embed_seconds = time.perf_counter() - embed_started
             audit = audit_labels(vectors, labels, n_ids, precision=precision, same_recall=same_recall,
                                  seed=seed)
