@@ -59,7 +59,7 @@ class EmbeddingStore:
                 "ON e.item_id = w.item_id AND e.model_key = ?", [self.key]).fetchall()}
         return [i for i in item_ids if i not in have]
 
-    def append(self, item_ids: list[str], vectors: np.ndarray) -> None:
+    def append(self, item_ids: list[str] | pa.Array, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.shape != (len(item_ids), self.dim):
             raise ValueError(f"expected {(len(item_ids), self.dim)} vectors, got {vectors.shape}")
@@ -74,7 +74,7 @@ class EmbeddingStore:
             os.fsync(handle.fileno())
         first = size // self.row_bytes
         with registered(self.con, new_rows=pa.table({
-            "item_id": pa.array(item_ids, pa.string()),
+            "item_id": item_ids if isinstance(item_ids, pa.Array) else pa.array(item_ids, pa.string()),
             "row": pa.array(np.arange(first, first + len(item_ids)), pa.int64()),
         })):
             self.con.execute("INSERT INTO embeddings (model_key, item_id, row) "

@@ -96,11 +96,11 @@ def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tupl
     if "face_id" not in columns and not ({"set_name"} <= columns and columns & {"sample_idx", "locator"}):
         raise WorkbenchError(f"{file}: rows need a key: face_id, or set_name with sample_idx or locator")
     params = {"file": file}
+    # one pass: a NaN or infinite component makes the squared norm NaN or infinite
     rows, low, high, bad = con.execute(
-        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER ("
-        "list_sum(list_transform(vector, lambda x: CASE WHEN isnan(x) OR isinf(x) THEN 1 ELSE 0 END)) > 0 "
-        "OR list_sum(list_transform(vector, lambda x: x * x)) = 0) FROM read_parquet($file)",
-        params).fetchone()
+        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER (isnan(n2) OR isinf(n2) "
+        "OR n2 = 0) FROM (SELECT vector, list_sum(list_transform(vector, lambda x: x * x)) AS n2 "
+        "FROM read_parquet($file))", params).fetchone()
     if rows == 0:
         raise WorkbenchError(f"{file}: no rows")
     if low != high:
@@ -149,18 +149,18 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
         with transaction(con):
             store = EmbeddingStore(workspace, con, spec, dim)
             rows_con = con.cursor()  # the reader streams while `con` writes
-            reader = rows_con.execute(f"SELECT item_id, vector FROM ({_key_sql(columns)})",
-                                      {"file": str(path)}).to_arrow_reader(CHUNK)
+            # items that already have a vector under the model (a re-import) are left out by the
+            # query itself: one anti-join, not a look-up per chunk
+            reader = rows_con.sql(
+                f"SELECT k.item_id, k.vector FROM ({_key_sql(columns)}) k ANTI JOIN (SELECT item_id "
+                f"FROM embeddings WHERE model_key = $model_key) e ON e.item_id = k.item_id",
+                params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
             for batch in reader:
-                ids = batch.column("item_id").to_pylist()
-                vectors = np.asarray(batch.column("vector").flatten().to_numpy(zero_copy_only=False),
-                                     np.float32).reshape(len(ids), dim)
-                missing = set(store.missing(ids))
-                keep = [i for i, item in enumerate(ids) if item in missing]
-                if keep:
-                    norms = np.linalg.norm(vectors[keep], axis=1, keepdims=True)
-                    store.append([ids[i] for i in keep], vectors[keep] / norms)
-                    stored += len(keep)
+                ids = batch.column("item_id")
+                flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                vectors = np.asarray(flat, np.float32).reshape(len(ids), dim)
+                store.append(ids, vectors / np.sqrt(np.einsum("nd,nd->n", vectors, vectors))[:, None])
+                stored += len(ids)
             rows_con.close()
         counts = con.execute("SELECT count(*) FILTER (NOT starts_with(item_id, ?)), "
                              "count(*) FILTER (starts_with(item_id, ?)) FROM embeddings WHERE model_key = ?",
