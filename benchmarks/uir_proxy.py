@@ -232,15 +232,17 @@ def score(model: Proxy, features: Features, probe: np.ndarray, classes: np.ndarr
             "verification": accuracy}
 
 
-def arms(n_u: int, quick: bool) -> list[Arm]:
+def arms(n_u: int, declared_only: bool) -> list[Arm]:
+    """`none`, each loss at each weight, and the size sweep; only `none` and each loss at the
+    declared weight when `declared_only` (for many seeds)."""
     out = [Arm("none", "none", 0.0)]
     for loss, weights in (("reference", WEIGHTS), ("kl-uniform", WEIGHTS), ("objectosphere", OTHER_WEIGHTS),
                           ("energy", OTHER_WEIGHTS)):
-        for w in (DECLARED_WEIGHT,) if quick else weights:
+        for w in (DECLARED_WEIGHT,) if declared_only else weights:
             out.append(Arm(f"{loss} w={w:g}", loss, w))
     for loss in ("reference", "kl-uniform", "objectosphere", "energy"):
         for size in SIZES:
-            if size < n_u and not quick:
+            if size < n_u and not declared_only:
                 out.append(Arm(f"{loss} w={DECLARED_WEIGHT:g}, U={size}", loss, DECLARED_WEIGHT, size))
     return out
 
@@ -325,13 +327,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--probes", type=int, default=5, help="known probes held out per S identity")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--declared-only", action="store_true",
+                        help="only `none` and each loss at the declared weight (to afford more seeds)")
+    parser.add_argument("--out", default="results", help="name of the results files under --work")
     parser.add_argument("--quick", action="store_true", help="a smoke run in a few minutes")
     args = parser.parse_args()
     if not args.labeled.exists() or not args.model.exists():
         raise SystemExit(f"needs {args.labeled} and {args.model} (../shared, or pass --labeled/--model)")
     if args.quick:
         args.work = args.work.with_name(args.work.name + "-quick")
-        args.seeds, args.steps = min(args.seeds, 4), min(args.steps, 400)
+        args.seeds, args.steps, args.declared_only = min(args.seeds, 4), min(args.steps, 400), True
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     ws = Workspace.at(args.work / "ws")
@@ -344,7 +349,8 @@ def main() -> None:
           f"{len(features.u_vectors)}, unknown probes {len(features.unknown)}, pairs {len(features.issame)}; "
           f"curation and vectors {prepared:.0f} s", flush=True)
     settings = {k: getattr(args, k) for k in ("steps", "batch_size", "unlabeled_per_batch", "lr", "probes")}
-    plan = [(arm, seed) for seed in range(args.seeds) for arm in arms(len(features.u_vectors), args.quick)]
+    plan = [(arm, seed) for seed in range(args.seeds)
+            for arm in arms(len(features.u_vectors), args.declared_only)]
     results: dict[str, dict[int, dict[str, float]]] = {}
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(features,)) as pool:
@@ -356,12 +362,12 @@ def main() -> None:
     text, summary = report(results)
     text += "\n\n" + conclusions(summary)
     total = time.perf_counter() - started
-    (args.work / "results.json").write_text(json.dumps(
+    (args.work / f"{args.out}.json").write_text(json.dumps(
         {"settings": {**settings, "seeds": args.seeds}, "curation": curated.get("split"), "results": results,
          "summary": summary, "total_s": total}, indent=1, default=str))
-    (args.work / "results.md").write_text(text + "\n")
+    (args.work / f"{args.out}.md").write_text(text + "\n")
     print("\n" + text)
-    print(f"\ntotal: {total / 60:.1f} min; results in {args.work / 'results.md'}")
+    print(f"\ntotal: {total / 60:.1f} min; results in {args.work / args.out}.md")
 
 
 if __name__ == "__main__":
