@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import struct
+import sys
 
 import numpy as np
 import pytest
 
+from workbench.formats import recordio
 from workbench.formats.recordio import (
     MAGIC_BYTES,
     IRHeader,
@@ -110,3 +112,32 @@ def test_missing_index_and_truncation_and_bad_magic(tmp_path):
     (tmp_path / "train.rec").write_bytes(b"\x00" * 4 + data[4:])
     with pytest.raises(RecordIOError, match="bad magic"):
         RecordIOReader(tmp_path / "train.rec")
+
+
+def _resident_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_scan_does_not_keep_the_whole_file_resident(tmp_path, monkeypatch):
+    """MS1MV2's train.rec is 14 GB: reading it through must not leave it all in the resident set."""
+    rng = np.random.default_rng(0)
+    payloads = [rng.bytes(40_000) for _ in range(200)]  # 8 MB of records
+    rec = tmp_path / "train.rec"
+    write_insightface_rec(rec, ((i // 20, p) for i, p in enumerate(payloads)), num_classes=10)
+    monkeypatch.setattr(recordio, "RESIDENT_BYTES", 1 << 20)
+    with RecordIOReader(rec) as reader:
+        keys = rec_layout(reader).image_keys
+        seen = [bytes(image) for _, _, image in reader.iter_images(keys, batch=16)]
+        assert seen == payloads  # the data behind the views stays right after pages are released
+        assert _resident_kb(rec) < 3 * 1024
+        one_by_one = [unpack(reader.read_key(int(k)))[1] for k in keys]
+        assert one_by_one == payloads and _resident_kb(rec) < 3 * 1024
