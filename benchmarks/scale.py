@@ -186,7 +186,12 @@ def run_step(args: list[str]) -> tuple[float, float, dict]:
     if proc.returncode != 0:
         raise SystemExit(f"wb {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     rss = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("WB_PEAK_RSS_KB")]
-    return seconds, (rss[-1] / 2**20 if rss else float("nan")), json.loads(proc.stdout or "{}")
+    # the result is the last JSON object, printed from a line of its own; anything before it is
+    # shown (a full-scale ingest once printed '{}' ahead of it)
+    start = proc.stdout.rfind("\n{\n") + 1
+    if proc.stdout[:start].strip():
+        print(f"  (stdout before the result: {proc.stdout[:start].strip()[:300]!r})", flush=True)
+    return seconds, (rss[-1] / 2**20 if rss else float("nan")), json.loads(proc.stdout[start:] or "{}")
 
 
 def one_image(ws: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
+import sys
 import time
 import typing
 from pathlib import Path
@@ -225,3 +226,17 @@ def test_an_export_is_recorded_before_its_folder_appears_and_stored_absolute(tmp
     assert manifest_rows(ws, "SELECT out FROM wb_exports") == [(str(tmp_path / "rel-out"),)]
     assert (tmp_path / "rel-out" / "manifest.csv").is_file()
     assert not list(tmp_path.glob(".rel-out.*.partial"))
+
+
+@pytest.mark.slow
+def test_long_manifest_queries_print_nothing_on_stdout(tmp_path):
+    """DuckDB draws a progress bar on stdout for queries past 2 s (a million-face ingest has
+    some); `wb ... --json` must stay JSON. The control shows DuckDB, left to itself, draws it."""
+    slow = "SELECT count(*) FROM range(1000000000) t(i) WHERE hash(i) % 7 = 0"
+    ours = ("from pathlib import Path; from workbench.manifest.workspace import Workspace\n"
+            f"with Workspace.at(Path({str(tmp_path / 'ws')!r})).connect() as con:\n"
+            f"    con.execute({slow!r}).fetchall()")
+    plain = f"import duckdb; duckdb.connect({str(tmp_path / 'plain.duckdb')!r}).execute({slow!r}).fetchall()"
+    printed = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              check=True).stdout for code in (ours, plain)]
+    assert printed[0] == "" and "%" in printed[1]

@@ -90,6 +90,10 @@ class Workspace:
                 ) from None
             raise WorkbenchError(f"cannot open manifest {self.manifest_path}: {exc}") from exc
         try:
+            # DuckDB draws a progress bar on stdout for queries past 2 s (a million-face ingest
+            # has some), which would corrupt `--json` output; the workbench shows its own progress
+            con.execute("SET enable_progress_bar = false")
+            con.execute("SET enable_progress_bar_print = false")
             if not read_only:
                 migrate(con)
                 con.execute(
