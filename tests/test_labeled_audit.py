@@ -107,6 +107,18 @@ def test_a_rerun_reuses_embeddings_and_replaces_the_findings(planted):
     assert manifest_rows(ws, "SELECT kind, count(*) FROM labeled_findings GROUP BY 1 ORDER BY 1") == before
 
 
+def test_an_audit_holding_the_set_in_half_precision_finds_the_same(planted, own_ws, monkeypatch):
+    """Above 1 GiB of float32 (MS1MV2) the audit holds float16 vectors; forced here on a small set."""
+    from workbench.embed import compute
+    from workbench.labeled_audit.run import run_audit_labeled
+
+    monkeypatch.setattr(compute, "HALF_FROM_BYTES", 0)
+    run_audit_labeled(Workspace.at(own_ws), "S", model=planted["model"],
+                      against=[str(planted["root"] / "eval.bin")])
+    query = "SELECT kind, locator, identity, other_identity FROM wb_labeled_findings ORDER BY ALL"
+    assert manifest_rows(own_ws, query) == manifest_rows(planted["ws"], query)
+
+
 @pytest.fixture()
 def own_ws(planted, tmp_path) -> Path:
     copy = tmp_path / "ws"

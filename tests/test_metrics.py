@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from workbench.curate.search import nearest
 from workbench.embed.unit import unit_rows
 from workbench.evaluate.metrics import (
     auroc,
@@ -103,3 +104,17 @@ def test_unit_rows_upcast_half_precision_and_renormalise():
     # a float16 row is not unit length any more; renormalised, a row and its copy score cosine 1
     assert abs(float(np.sum(v.astype(np.float16).astype(np.float32) ** 2, axis=1).max()) - 1) > 1e-6
     assert np.allclose(np.sum(half * half, axis=1), 1, atol=1e-6)
+
+
+def test_approximate_search_over_half_precision_vectors_matches_float32():
+    """The IVF path re-ranks candidates gathered as (queries, candidates, d) blocks: a float16 base
+    must give the float32 answer (a block once normalised along the wrong axis, inflating cosines)."""
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((3000, 32)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    queries = base[:200] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    full = nearest(queries, base, 5, exact=False)
+    sims, idx = nearest(queries.astype(np.float16), base.astype(np.float16), 5, exact=False)
+    assert np.allclose(sims, np.einsum("nd,nkd->nk", queries, base[idx]), atol=2e-3)  # true cosines
+    assert np.allclose(sims[:, 0], full[0][:, 0], atol=2e-3) and (idx[:, 0] == full[1][:, 0]).all()

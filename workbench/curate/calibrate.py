@@ -34,8 +34,10 @@ from workbench.embed.compute import (
     embedding_run,
     labeled_vectors,
     sample_per_identity,
+    whole_set_vectors,
 )
 from workbench.embed.models import ModelSpec, embed_crops
+from workbench.embed.unit import unit_rows
 from workbench.errors import WorkbenchError
 from workbench.faces.copies import TRANSFORMS, copy_pair
 from workbench.faces.detectors import get_detector
@@ -128,7 +130,7 @@ def overlap_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: Overlap
         scores = open_set_scores(vectors, labels, n_ids, unknown, known)
         copy_impostors = same_person = None
         if targets.copies:
-            everything = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
+            everything = whole_set_vectors(ctx, labeled)
             copy_impostors, same_person, _ = single_face_scores(
                 vectors[unknown], labels[unknown], positions[unknown], everything, labeled.labels)
         return calibrate_overlap(scores, n_ids, targets.fpir, targets.ambiguous_fpir, targets.copy_fpir,
@@ -166,14 +168,15 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         before, after = np.stack([p[0] for p in made]), np.stack([p[1] for p in made])
         copies = PairEvidence.of(embed_crops(ctx.spec, before), embed_crops(ctx.spec, after),
                                  _phashes(before), _phashes(after))
-        everything = labeled_vectors(ctx, labeled, np.arange(n))
+        everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
-        _, _, b = single_face_scores(everything[a], labeled.labels[a], a, everything, labeled.labels)
+        _, _, b = single_face_scores(unit_rows(everything, a), labeled.labels[a], a, everything,
+                                     labeled.labels)
         a, b = a[b >= 0], b[b >= 0]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        distinct = PairEvidence.of(everything[a], everything[b], _phashes(_crops(labeled, a)),
-                                   _phashes(_crops(labeled, b)))
+        distinct = PairEvidence.of(unit_rows(everything, a), unit_rows(everything, b),
+                                   _phashes(_crops(labeled, a)), _phashes(_crops(labeled, b)))
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names))
         return {**result.as_dict(), "detector": detector.key,
                 "copies_not_refound": sum(not p[2] for p in made)}

@@ -44,6 +44,7 @@ from workbench.embed.compute import (
     embedding_run,
     ensure_centres,
     labeled_vectors,
+    whole_set_vectors,
 )
 from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
@@ -191,7 +192,7 @@ def run_overlap(
         decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
         copies = None
         if settings.targets.copies and calibration.copy_threshold is not None:
-            copies = find_copies(vectors, labeled_vectors(ctx, labeled, np.arange(len(labeled))),
+            copies = find_copies(vectors, whole_set_vectors(ctx, labeled),
                                  calibration.copy_threshold, calibration.same_photo_from, cluster)
             decision = np.where(copies.copy, "copy", np.where(copies.found, "overlap", decision))
             label = np.where(copies.found, labeled.labels[np.maximum(copies.index, 0)], label)

@@ -34,6 +34,7 @@ ProgressFn = Callable[[int, int], None]
 COMMIT_EVERY = 512
 WORKER_BATCH = 8
 RAY_SHARD_BATCHES = 8  # worker batches per Ray task: 64 crops
+HALF_FROM_BYTES = 1 << 30  # a whole set's float32 vectors above which they are held as float16
 
 
 def embed_encoded(encoded: list[bytes], spec: ModelSpec) -> np.ndarray:
@@ -134,6 +135,15 @@ def labeled_vectors(ctx: EmbedContext, labeled: LabeledSet, positions: np.ndarra
                     dtype: type = np.float32) -> np.ndarray:
     """Embeddings of the labeled samples at `positions` as `dtype`, computing the missing ones."""
     return ctx.store().vectors(embed_labeled(ctx, labeled, positions), dtype)
+
+
+def whole_set_vectors(ctx: EmbedContext, labeled: LabeledSet) -> np.ndarray:
+    """Every sample's vector, as the audit and the calibration hold a whole set: float16 when the
+    float32 matrix would pass `HALF_FROM_BYTES` (MS1MV2 is 3 GB at 128-d, 12 GB at 512-d), to be
+    read with `unit.unit_rows`, which upcasts a gather at a time (cosines within ~1e-3)."""
+    n = len(labeled)
+    dtype = np.float16 if n * ctx.store().dim * 4 > HALF_FROM_BYTES else np.float32
+    return labeled_vectors(ctx, labeled, np.arange(n), dtype)
 
 
 def ensure_centres(ctx: EmbedContext, set_name: str, per_identity: int, seed: int) -> Centres:

@@ -7,8 +7,8 @@ import numpy as np
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, float32 (an all-zero row stays zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """Vectors along the last axis scaled to unit length, float32 (an all-zero one stays zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 

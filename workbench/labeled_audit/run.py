@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
 from workbench.curate.pairs import DedupeThresholds
-from workbench.embed.compute import ProgressFn, embedding_run, labeled_vectors
+from workbench.embed.compute import ProgressFn, embedding_run, whole_set_vectors
 from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
@@ -31,8 +31,6 @@ from workbench.labeled_audit.report import score_histograms, suspects_grid
 from workbench.labeled_audit.sources import EvalFaces, bin_faces, set_faces
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
-
-HALF_FROM_BYTES = 1 << 30  # the set's float32 vectors above which the audit holds them as float16
 
 
 @dataclass
@@ -115,10 +113,7 @@ def run_audit_labeled(
             sample_idx = labeled.samples.column("sample_idx").to_numpy()
             embedded_now = len(ctx.store().missing(labeled.item_ids()))
             embed_started = time.perf_counter()
-            # MS1MV2 at 512-d is 12 GB of float32: held as float16 (cosines within ~1e-3), and every
-            # step gathers float32 rows from it as it needs them
-            dtype = np.float16 if len(labeled) * ctx.store().dim * 4 > HALF_FROM_BYTES else np.float32
-            vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)), dtype)
+            vectors = whole_set_vectors(ctx, labeled)
             embed_seconds = time.perf_counter() - embed_started
             audit = audit_labels(vectors, labels, n_ids, precision=precision, same_recall=same_recall,
                                  seed=seed)

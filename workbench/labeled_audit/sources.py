@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from workbench.curate.dedupe import group_labels
-from workbench.embed.compute import EmbedContext, embed_items, labeled_vectors
+from workbench.embed.compute import EmbedContext, embed_items, whole_set_vectors
 from workbench.formats.binpairs import read_bin
 from workbench.labeled.access import LabeledSet
 
@@ -61,5 +61,5 @@ def bin_faces(ctx: EmbedContext, path: Path) -> EvalFaces:
 
 def set_faces(ctx: EmbedContext, name: str) -> EvalFaces:
     with LabeledSet(ctx.workspace, ctx.con, name) as labeled:
-        vectors = labeled_vectors(ctx, labeled, np.arange(len(labeled)))
+        vectors = whole_set_vectors(ctx, labeled)
         return EvalFaces(name, vectors, labeled.labels.astype(np.int64), labeled.identities)
