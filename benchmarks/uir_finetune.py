@@ -176,12 +176,19 @@ def arms(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], list[int]]
     return out
 
 
+def interval(diffs: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t interval of paired differences."""
+    mean = float(diffs.mean())
+    half = float(scipy.stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    return mean, mean - half, mean + half
+
+
 def paired(diffs: list[float]) -> str:
     d = np.asarray(diffs)
     if len(d) < 2:
         return f"{d.mean():+.4f}"
-    half = scipy.stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}]"
+    mean, low, high = interval(d)
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def main() -> None:

@@ -52,12 +52,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import scipy.stats
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from uir_finetune import SHARED, curate, prepare_data
+from uir_finetune import SHARED, curate, interval, prepare_data
 
 from workbench.embed.compute import run_embed
 from workbench.embed.models import ModelSpec
@@ -128,26 +127,20 @@ def load_features(ws: Workspace, spec: ModelSpec, work: Path, pairs_per_fold: in
     table = pq.read_table(exported)
     flat = table.column("vector").combine_chunks().flatten()
     vectors = np.asarray(flat, np.float32).reshape(table.num_rows, -1)
-    face_id = table.column("face_id").to_pylist()
-    set_name = table.column("set_name").to_pylist()
-    sample_idx = table.column("sample_idx").to_pylist()
-    with ws.connect(read_only=True) as con:
-        split = dict(con.execute("SELECT face_id, split FROM wb_splits").fetchall())
-        label = {(r[0], r[1]): r[2] for r in con.execute(
-            "SELECT set_name, sample_idx, label FROM wb_labeled_samples WHERE status = 'ok'").fetchall()}
-
-    def rows(keep: Any) -> np.ndarray:
-        return np.array([i for i in range(len(face_id)) if keep(i)], np.int64)
-
-    s_rows = rows(lambda i: set_name[i] == "S")
-    p_rows = rows(lambda i: set_name[i] == "pairs")
-    u_rows = rows(lambda i: face_id[i] is not None and split.get(face_id[i]) == "train_unlabeled")
-    k_rows = rows(lambda i: face_id[i] is not None and split.get(face_id[i]) == "eval_unknown")
-    p_labels = np.array([label[("pairs", sample_idx[i])] for i in p_rows])
+    with ws.connect(read_only=True) as con:  # each exported row's role (S, pairs or its split) and label
+        roles = con.execute(
+            "SELECT coalesce(v.set_name, sp.split) AS role, s.label FROM (SELECT row_number() OVER () "
+            "AS pos, * FROM read_parquet($file)) v LEFT JOIN wb_splits sp ON sp.face_id = v.face_id "
+            "LEFT JOIN wb_labeled_samples s ON s.set_name = v.set_name AND s.sample_idx = v.sample_idx "
+            "ORDER BY v.pos", {"file": str(exported)}).fetchnumpy()
+    role, label = roles["role"].astype(str), roles["label"]
+    s_rows, p_rows = role == "S", role == "pairs"
+    p_labels = np.asarray(label[p_rows], np.int64)
     left, right, folds = generate_pairs(p_labels, n_folds=10, pairs_per_fold=pairs_per_fold, seed=0)
-    return Features(vectors[s_rows], np.array([label[("S", sample_idx[i])] for i in s_rows]),
-                    vectors[u_rows], vectors[k_rows], vectors[p_rows][left], vectors[p_rows][right],
-                    p_labels[left] == p_labels[right], folds)
+    pairs = vectors[p_rows]
+    return Features(vectors[s_rows], np.asarray(label[s_rows], np.int64),
+                    vectors[role == "train_unlabeled"], vectors[role == "eval_unknown"],
+                    pairs[left], pairs[right], p_labels[left] == p_labels[right], folds)
 
 
 def holdout(labels: np.ndarray, per_identity: int, seed: int) -> np.ndarray:
@@ -249,13 +242,6 @@ def arms(n_u: int, declared_only: bool) -> list[Arm]:
             if size < n_u and not declared_only:
                 out.append(Arm(f"{loss} w={DECLARED_WEIGHT:g}, U={size}", loss, DECLARED_WEIGHT, size))
     return out
-
-
-def interval(diffs: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95% t interval of paired differences."""
-    mean = float(diffs.mean())
-    half = float(scipy.stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    return mean, mean - half, mean + half
 
 
 def verdict(low: float, high: float, direction: int) -> str:

@@ -170,13 +170,14 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
                                  _phashes(before), _phashes(after))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
-        _, _, b = single_face_scores(unit_rows(everything, a), labeled.labels[a], a, everything,
-                                     labeled.labels)
-        a, b = a[b >= 0], b[b >= 0]
+        faces = unit_rows(everything, a)
+        _, _, b = single_face_scores(faces, labeled.labels[a], a, everything, labeled.labels)
+        paired = b >= 0
+        a, b, faces = a[paired], b[paired], faces[paired]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        distinct = PairEvidence.of(unit_rows(everything, a), unit_rows(everything, b),
-                                   _phashes(_crops(labeled, a)), _phashes(_crops(labeled, b)))
+        distinct = PairEvidence.of(faces, unit_rows(everything, b), _phashes(_crops(labeled, a)),
+                                   _phashes(_crops(labeled, b)))
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names))
         return {**result.as_dict(), "detector": detector.key,
                 "copies_not_refound": sum(not p[2] for p in made)}

@@ -155,6 +155,17 @@ class OnnxEmbedder:
         return l2_normalise(out.reshape(len(x), -1))
 
 
+def with_mirrors(crops: np.ndarray) -> np.ndarray:
+    """The crops followed by their mirror images: one batch for the flip-averaged embedding."""
+    return np.concatenate([crops, crops[:, :, ::-1]])
+
+
+def mirror_mean(both: np.ndarray) -> np.ndarray:
+    """Unit mean of each crop's and its mirror's rows, from the rows of `with_mirrors` crops."""
+    n = len(both) // 2
+    return l2_normalise(both[:n] + both[n:])
+
+
 class Flipped:
     """Average of the crop's and its mirror image's embeddings (a cheap, standard gain)."""
 
@@ -163,8 +174,7 @@ class Flipped:
         self.dim = inner.dim
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        both = self.inner.embed(np.concatenate([crops, crops[:, :, ::-1]]))
-        return l2_normalise(both[: len(crops)] + both[len(crops) :])
+        return mirror_mean(self.inner.embed(with_mirrors(crops)))
 
 
 def embed_crops(spec: ModelSpec, crops: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from workbench.embed.models import mirror_mean, with_mirrors
 from workbench.embed.trained import CheckpointEmbedder
 from workbench.embed.unit import l2_normalise
 from workbench.evaluate.metrics import OpenSetScores, open_set_scores
@@ -46,12 +47,10 @@ class TrainedRun:
     def embed_with_norms(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit embeddings of crops (the mean of the crop's and its mirror's unit features when
         flipping) and the feature norm before normalisation (averaged the same way)."""
-        views = np.concatenate([crops, crops[:, :, ::-1]]) if self.flip else crops
-        raw = self.embedder.features(views)
+        raw = self.embedder.features(with_mirrors(crops) if self.flip else crops)
         norms, unit = np.linalg.norm(raw, axis=1), l2_normalise(raw)
         if self.flip:
-            n = len(crops)
-            return l2_normalise(unit[:n] + unit[n:]), (norms[:n] + norms[n:]) / 2
+            return mirror_mean(unit), norms.reshape(2, -1).mean(axis=0)
         return unit, norms
 
     def embed_encoded(self, encoded: Sequence[bytes]) -> np.ndarray:
