@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import unit
-from workbench.curate.clusters import cluster_labels, cluster_means
+from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
 from workbench.curate.dedupe import duplicate_pairs, group_labels, representatives
 from workbench.curate.overlap import FaceScores, decide
 from workbench.curate.pairs import DedupeThresholds, popcount64
@@ -93,7 +93,7 @@ def test_groups_and_representatives():
 
 def test_clusters_separate_people_and_do_not_chain():
     _, points, labels = blobs(5, 6, 32, 0.3, seed=2)
-    found = cluster_labels(points, threshold=0.8, k=5)
+    found = cluster_labels(*self_neighbours(points, k=5), threshold=0.8)
     for person in range(5):
         assert len(set(found[labels == person])) == 1
     assert len(set(found)) == 5
@@ -119,11 +119,32 @@ def test_identity_score_by_hand():
     assert score[0] == pytest.approx(0.8 * centre_cos + 0.2 * nearest_cos, rel=1e-6)
 
 
+def test_identities_are_found_by_exhaustive_search_where_an_inverted_file_misses(monkeypatch):
+    """A face at cosine ~0.7 to its identity's centre, among thousands of centres in random
+    directions: the inverted file `nearest` picks for large problems misses some true identities;
+    the identity search (shared by `wb overlap` and its calibration) finds every one."""
+    import workbench.curate.search as search
+    from workbench.curate.scoring import identity_candidates
+
+    monkeypatch.setattr(search, "EXACT_LIMIT", 0)  # what a million faces would choose
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(4000, 64)))
+    truth = rng.integers(0, len(centres), 3000)
+    faces = unit(centres[truth] + 1.0 / np.sqrt(64) * rng.normal(size=(len(truth), 64)))
+    gallery = Gallery.build(centres, np.ones(len(centres), bool), faces, truth)
+    _, ivf = nearest(faces, centres, 5)
+    assert (ivf == truth[:, None]).any(axis=1).mean() < 0.99  # the control: the IVF misses
+    _, found = identity_candidates(faces, gallery, 5)
+    assert (found == truth[:, None]).any(axis=1).all()
+    score, label, _ = best_identity(faces, gallery)
+    assert (label == truth).mean() > 0.99
+
+
 def test_neighbour_consensus_averages_near_identical_faces():
     gallery = small_gallery()
     faces = unit(np.array([[1.0, 0.05], [1.0, 0.06], [0.0, 1.0]]))
     score, label, _ = best_identity(faces, gallery, k=2)
-    averaged = neighbour_consensus(faces, gallery, score, label, link=0.999)
+    averaged = neighbour_consensus(faces, gallery, score, label, 0.999, *self_neighbours(faces))
     assert averaged[0] == pytest.approx((score[0] + score[1]) / 2, rel=1e-5)
     assert averaged[2] == pytest.approx(score[2], rel=1e-6)
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
-from workbench.curate.scoring import TOP_K, Gallery, pair_scores, threshold_at_rate
+from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
 from workbench.curate.search import nearest
 from workbench.embed.compute import unit_centres
 
@@ -80,11 +80,9 @@ class OpenSetScores:
 
 
 def _candidate_scores(queries: np.ndarray, gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
-    """Identity scores against each query's top-`TOP_K` + 1 centres, as `wb overlap` scores faces
-    (the extra one stands in when the query's own identity is left out)."""
-    ids = np.flatnonzero(gallery.valid)
-    _, idx = nearest(queries, gallery.centres[ids], min(TOP_K + 1, len(ids)))
-    candidates = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
+    """Identity scores against each query's top-`TOP_K` + 1 centres, found by the search `wb
+    overlap` runs (the extra one stands in when the query's own identity is left out)."""
+    _, candidates = identity_candidates(queries, gallery, TOP_K + 1)
     return pair_scores(queries, gallery, candidates), candidates
 
 

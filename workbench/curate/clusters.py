@@ -9,18 +9,27 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.search import nearest
 
+CLUSTER_K = 10  # neighbours per face in the graph the clusters are cut from
 
-def cluster_labels(vectors: np.ndarray, threshold: float, k: int = 10, cluster: Any = None) -> np.ndarray:
-    """A cluster label per vector (0..n_clusters-1); singletons get their own label."""
-    n = len(vectors)
+
+def self_neighbours(vectors: np.ndarray, k: int = CLUSTER_K, cluster: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's k nearest others and itself (similarities, indices; `search.nearest`): one
+    search serves both the clusters and the neighbour consensus of `wb overlap`."""
+    return nearest(vectors, vectors, min(k + 1, len(vectors)), cluster=cluster)
+
+
+def cluster_labels(sims: np.ndarray, idx: np.ndarray, threshold: float) -> np.ndarray:
+    """A cluster label per vector (0..n_clusters-1) from its nearest neighbours (`self_neighbours`);
+    singletons get their own label."""
+    n = len(idx)
     if n == 0:
         return np.empty(0, np.int64)
-    sims, idx = nearest(vectors, vectors, min(k + 1, n), cluster=cluster)
     rows = np.repeat(np.arange(n), idx.shape[1])
     cols, s = idx.ravel(), sims.ravel()
     keep = (cols >= 0) & (cols != rows) & (s >= threshold)
@@ -30,8 +39,10 @@ def cluster_labels(vectors: np.ndarray, threshold: float, k: int = 10, cluster: 
 
 
 def cluster_means(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Unit mean vector of each cluster label."""
+    """Unit mean vector of each cluster label (the sums as one sparse product: 2.3 s for a
+    million faces in 700k clusters, where `np.add.at` took 7.8 s)."""
     n_clusters = int(labels.max()) + 1 if len(labels) else 0
-    sums = np.zeros((n_clusters, vectors.shape[1]), np.float64)
-    np.add.at(sums, labels, vectors)
+    members = csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))),
+                         shape=(n_clusters, len(labels)))
+    sums = np.asarray(members @ vectors.astype(np.float32, copy=False), np.float64)
     return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)

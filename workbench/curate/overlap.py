@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from workbench.curate.calibrate import OverlapTargets, overlap_calibration
-from workbench.curate.clusters import cluster_labels, cluster_means
+from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
 from workbench.curate.scoring import Gallery, best_identity, link_threshold, neighbour_consensus
 from workbench.curate.search import nearest
 from workbench.embed.compute import (
@@ -146,11 +146,20 @@ def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
     """Face scores, and each cluster's score and identity (-inf for singletons); `cluster`: the
     searches run as Ray tasks against the broadcast centres and faces."""
     score, label, cosine = best_identity(vectors, gallery, cluster=cluster)
-    score = neighbour_consensus(vectors, gallery, score, label, link, cluster=cluster)
-    clusters = cluster_labels(vectors, link, cluster=cluster)
+    if len(vectors) < 2:
+        return FaceScores(face_ids, score, label, cosine, np.arange(len(vectors))), \
+            np.full(len(vectors), -np.inf, np.float32), np.full(len(vectors), -1)
+    sims, idx = self_neighbours(vectors, cluster=cluster)
+    score = neighbour_consensus(vectors, gallery, score, label, link, sims, idx)
+    clusters = cluster_labels(sims, idx, link)
+    del sims, idx
     sizes = np.bincount(clusters)
-    c_score, c_label, _ = best_identity(cluster_means(vectors, clusters), gallery)
-    c_score = np.where(sizes >= 2, c_score, -np.inf)
+    groups = np.flatnonzero(sizes >= 2)  # only clusters of two or more faces are scored whole
+    c_score = np.full(len(sizes), -np.inf, np.float32)
+    c_label = np.full(len(sizes), -1, np.int64)
+    if len(groups):
+        means = cluster_means(vectors, clusters)[groups]
+        c_score[groups], c_label[groups], _ = best_identity(means, gallery, cluster=cluster)
     return FaceScores(face_ids, score, label, cosine, clusters), c_score, c_label
 
 

@@ -69,7 +69,7 @@ class EmbeddingStore:
             if size % self.row_bytes:  # a torn write from a crash: drop the partial row
                 handle.truncate(size - size % self.row_bytes)
                 size -= size % self.row_bytes
-            handle.write(vectors.tobytes())
+            handle.write(memoryview(vectors))  # the array's own bytes, not a copy
             handle.flush()
             os.fsync(handle.fileno())
         first = size // self.row_bytes

@@ -20,6 +20,7 @@ so a re-import is a no-op.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from workbench.embed.store import EmbeddingStore, vectors_path
 from workbench.errors import WorkbenchError
 from workbench.labeled import registry
 from workbench.manifest.query import one, transaction
-from workbench.manifest.runs import open_run
+from workbench.manifest.runs import Run, open_run
 from workbench.manifest.workspace import Workspace
 from workbench.results import Result
 from workbench.weights import sha256_of
@@ -99,8 +100,8 @@ def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tupl
     # one pass: a NaN or infinite component makes the squared norm NaN or infinite
     rows, low, high, bad = con.execute(
         "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER (isnan(n2) OR isinf(n2) "
-        "OR n2 = 0) FROM (SELECT vector, list_sum(list_transform(vector, lambda x: x * x)) AS n2 "
-        "FROM read_parquet($file))", params).fetchone()
+        "OR n2 = 0) FROM (SELECT vector, list_dot_product(vector, vector) AS n2 FROM read_parquet($file))",
+        params).fetchone()
     if rows == 0:
         raise WorkbenchError(f"{file}: no rows")
     if low != high:
@@ -132,43 +133,49 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
         columns = set(pq.read_schema(path).names)
     except (OSError, pa.ArrowException) as exc:
         raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    key = f"import-{name}-{sha256_of(path)[:12]}"
-    spec = ModelSpec("import", str(path), fixed_key=key)
-    params = {"file": str(path), "name": name, "model_key": key}
-    with open_run(workspace, "embed import", params) as (con, run):
-        bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
-                         "AND starts_with(model_key, ?)", [f"import-{name}-"])
-        if bound is not None and bound[0] != key:
-            raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
-                                 "choose another --model-name")
-        try:  # a name is one file, so its dimension is the file's: checked row by row
-            rows, dim = _check(con, str(path), columns)
-        except duckdb.Error as exc:
-            raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
-        stored = 0
-        with transaction(con):
-            store = EmbeddingStore(workspace, con, spec, dim)
-            rows_con = con.cursor()  # the reader streams while `con` writes
-            # items that already have a vector under the model (a re-import) are left out by the
-            # query itself: one anti-join, not a look-up per chunk
-            reader = rows_con.sql(
-                f"SELECT k.item_id, k.vector FROM ({_key_sql(columns)}) k ANTI JOIN (SELECT item_id "
-                f"FROM embeddings WHERE model_key = $model_key) e ON e.item_id = k.item_id",
-                params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
-            for batch in reader:
-                ids = batch.column("item_id")
-                flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
-                vectors = np.asarray(flat, np.float32).reshape(len(ids), dim)
-                store.append(ids, vectors / np.sqrt(np.einsum("nd,nd->n", vectors, vectors))[:, None])
-                stored += len(ids)
-            rows_con.close()
-        counts = con.execute("SELECT count(*) FILTER (NOT starts_with(item_id, ?)), "
-                             "count(*) FILTER (starts_with(item_id, ?)) FROM embeddings WHERE model_key = ?",
-                             [registry.ITEM_PREFIX, registry.ITEM_PREFIX, key]).fetchone()
-        result = ImportResult(f"imported:{name}", key, dim, rows, int(counts[0]), int(counts[1]), stored,
-                              run.run_id)
-        run.counts = result.as_dict()
-        return result
+    with ThreadPoolExecutor(1) as hasher:  # the file's hash (its key) is read while it is checked
+        digest = hasher.submit(sha256_of, path)
+        with open_run(workspace, "embed import", {"file": str(path), "name": name}) as (con, run):
+            try:  # a name is one file, so its dimension is the file's: checked row by row
+                rows, dim = _check(con, str(path), columns)
+            except duckdb.Error as exc:
+                raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
+            key = f"import-{name}-{digest.result()[:12]}"
+            return _store(workspace, con, run, path, columns, name, key, rows, dim)
+
+
+def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path: Path, columns: set[str],
+           name: str, key: str, rows: int, dim: int) -> ImportResult:
+    """Stream a checked file's vectors, unit length, into the store of model `key`."""
+    bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
+                     "AND starts_with(model_key, ?)", [f"import-{name}-"])
+    if bound is not None and bound[0] != key:
+        raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
+                             "choose another --model-name")
+    stored = 0
+    with transaction(con):
+        store = EmbeddingStore(workspace, con, ModelSpec("import", str(path), fixed_key=key), dim)
+        rows_con = con.cursor()  # the reader streams while `con` writes
+        # items that already have a vector under the model (a re-import) are left out by the
+        # query itself: one anti-join, not a look-up per chunk
+        reader = rows_con.sql(
+            f"SELECT k.item_id, k.vector FROM ({_key_sql(columns)}) k ANTI JOIN (SELECT item_id "
+            f"FROM embeddings WHERE model_key = $model_key) e ON e.item_id = k.item_id",
+            params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
+        for batch in reader:
+            ids = batch.column("item_id")
+            flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+            vectors = np.asarray(flat, np.float32).reshape(len(ids), dim)
+            store.append(ids, vectors / np.sqrt(np.einsum("nd,nd->n", vectors, vectors))[:, None])
+            stored += len(ids)
+        rows_con.close()
+    counts = con.execute("SELECT count(*) FILTER (NOT starts_with(item_id, ?)), "
+                         "count(*) FILTER (starts_with(item_id, ?)) FROM embeddings WHERE model_key = ?",
+                         [registry.ITEM_PREFIX, registry.ITEM_PREFIX, key]).fetchone()
+    result = ImportResult(f"imported:{name}", key, dim, rows, int(counts[0]), int(counts[1]), stored,
+                          run.run_id)
+    run.counts = result.as_dict()
+    return result
 
 
 @dataclass
