@@ -136,7 +136,7 @@ def test_identities_are_found_by_exhaustive_search_where_an_inverted_file_misses
     assert (ivf == truth[:, None]).any(axis=1).mean() < 0.99  # the control: the IVF misses
     _, found = identity_candidates(faces, gallery, 5)
     assert (found == truth[:, None]).any(axis=1).all()
-    score, label, _ = best_identity(faces, gallery)
+    _, label, _ = best_identity(faces, gallery)
     assert (label == truth).mean() > 0.99
 
 

@@ -63,6 +63,7 @@ def _write(path, columns: dict) -> None:
     ("nan", "vectors are NaN, infinite or all zero"),
     ("zero", "vectors are NaN, infinite or all zero"),
     ("duplicate", "keys appear more than once"),
+    ("cross-key", "keys appear more than once"),  # one sample named by sample_idx, again by locator
     ("unmatched", "of 40 rows match a face or a registered labeled sample"),
     ("nokey", "rows need a key"),
 ])
@@ -81,6 +82,9 @@ def test_a_bad_file_is_refused_whole(exported, tmp_path, change, message):
         bad["vector"][3] = [0.0] * 128
     elif change == "duplicate":
         bad = {k: v + v[:1] for k, v in bad.items()}
+    elif change == "cross-key":
+        row = next(i for i, name in enumerate(bad["set_name"]) if name is not None)
+        bad = {k: [*v, None if k == "sample_idx" else v[row]] for k, v in bad.items()}
     elif change == "unmatched":
         bad["face_id"][0] = "no-such-face"
     else:

@@ -96,29 +96,26 @@ def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tupl
         raise WorkbenchError(f"{file}: no 'vector' column (columns: {', '.join(sorted(columns))})")
     if "face_id" not in columns and not ({"set_name"} <= columns and columns & {"sample_idx", "locator"}):
         raise WorkbenchError(f"{file}: rows need a key: face_id, or set_name with sample_idx or locator")
-    params = {"file": file}
-    # one pass: a NaN or infinite component makes the squared norm NaN or infinite
-    rows, low, high, bad = con.execute(
-        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER (isnan(n2) OR isinf(n2) "
-        "OR n2 = 0) FROM (SELECT vector, list_dot_product(vector, vector) AS n2 FROM read_parquet($file))",
-        params).fetchone()
+    # one pass over the file: a NaN or infinite component makes the squared norm NaN or infinite;
+    # two rows naming one face or sample (by the same key, or by sample_idx and locator) share an item
+    rows, low, high, bad, matched, distinct, unmatched_example = con.execute(
+        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER (n2 IS NULL OR isnan(n2) "
+        "OR isinf(n2) OR n2 = 0), count(item_id), count(DISTINCT item_id), any_value(pos) FILTER "
+        f"(item_id IS NULL) FROM (SELECT k.*, list_dot_product(k.vector, k.vector) AS n2 FROM "
+        f"({_key_sql(columns)}) k)", {"file": file}).fetchone()
     if rows == 0:
         raise WorkbenchError(f"{file}: no rows")
     if low != high:
         raise WorkbenchError(f"{file}: vectors of {low} to {high} dimensions; every row needs the same")
     if bad:
-        raise WorkbenchError(f"{file}: {bad} vectors are NaN, infinite or all zero; nothing imported")
-    keys = [c for c in ("face_id", "set_name", "sample_idx", "locator") if c in columns]
-    dup = con.execute(f"SELECT count(*) FROM (SELECT {', '.join(keys)} FROM read_parquet($file) "
-                      f"GROUP BY ALL HAVING count(*) > 1)", params).fetchone()[0]
-    if dup:
-        raise WorkbenchError(f"{file}: {dup} keys appear more than once; nothing imported")
-    matched, unmatched_example = con.execute(
-        f"SELECT count(item_id), any_value(pos) FILTER (item_id IS NULL) FROM ({_key_sql(columns)})",
-        params).fetchone()
+        raise WorkbenchError(f"{file}: {bad} vectors are NaN, infinite or all zero (or missing); "
+                             "nothing imported")
     if matched < rows:
         raise WorkbenchError(f"{file}: {matched:,} of {rows:,} rows match a face or a registered labeled "
                              f"sample (row {unmatched_example} matches none); nothing imported")
+    if distinct < matched:
+        raise WorkbenchError(f"{file}: keys appear more than once ({matched - distinct:,} rows name a face "
+                             "or sample another row names); nothing imported")
     return rows, int(low)
 
 
