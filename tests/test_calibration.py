@@ -186,3 +186,32 @@ def test_identical_photos_filed_twice_are_not_distinct_photos():
     cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
     assert cal.strict < 0.81  # just above the highest of the 297 distinct photos, not above 1
     assert cal.recall == 1.0 and cal.distinct_like_copies == 3
+
+
+def _probes(centres: np.ndarray, noise: float, n: int, rng: np.random.Generator):
+    truth = rng.integers(0, len(centres), n)
+    d = centres.shape[1]
+    return unit(centres[truth] + noise / np.sqrt(d) * rng.normal(size=(n, d))), truth
+
+
+@pytest.mark.parametrize("layout", ["clustered", "random"])
+def test_the_identity_search_is_chosen_by_what_it_loses(monkeypatch, layout):
+    """Centres grouped in 40 looks (4,000 centres, 102 inverted lists): probing 2 lists loses
+    identities, 4 lose none, so 4 is chosen. Centres in random directions, faces at cosine
+    ~0.7: 4 lists lose identities too, so the search stays exhaustive."""
+    import workbench.curate.calibration as calibration
+
+    monkeypatch.setattr(calibration, "IDENTITY_NPROBES", (2, 4))
+    rng = np.random.default_rng(0)
+    if layout == "clustered":
+        looks = unit(rng.normal(size=(40, 64)))
+        centres, noise = unit(looks[rng.integers(0, 40, 4000)] + 0.1 * rng.normal(size=(4000, 64))), 0.5
+    else:
+        centres, noise = unit(rng.normal(size=(4000, 64))), 1.0
+    faces, truth = _probes(centres, noise, 2000, rng)
+    gallery = Gallery.build(centres, np.ones(len(centres), bool), faces, truth)
+    nprobe, lost = calibration.identity_search(faces, truth, gallery)
+    if layout == "clustered":
+        assert nprobe == 4 and lost <= calibration.SEARCH_LOSS
+    else:
+        assert (nprobe, lost) == (0, 0.0)

@@ -12,6 +12,9 @@ other identity of the real gallery, so the rate holds at the gallery's size,
 at 85k identities flags every face). Matches to single labeled faces are
 judged the same way (`copy_fpir`); such a match is called a copy of that
 photo only above the cosine that 1% of other photos of the same person reach.
+The known probes also choose the identity search `wb overlap` runs on many
+faces: an inverted file with the fewest probed lists that loses at most
+`SEARCH_LOSS` of the identities exhaustive search finds, or exhaustive search.
 
 Dedupe. Synthetic web copies of labeled faces, re-found by the detector
 (`faces/copies.py`; recall is reported per transformation), against
@@ -37,6 +40,8 @@ MAX_UNKNOWN = 20000  # unknown-person probes: labeled faces with their identity 
 IDENTICAL = 1 - 1e-6  # cosine of two identical crops (the embedding is deterministic)
 SAME_PHOTO_RATE = 0.01  # share of distinct photos of one person that may be called copies
 COPY_CANDIDATES = 32  # nearest labeled faces searched per probe; its own identity's are skipped
+IDENTITY_NPROBES = (16, 64, 256)  # inverted lists an approximate identity search may probe, tried in turn
+SEARCH_LOSS = 0.001  # share of true identities that approximate search may lose against exhaustive
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -77,12 +82,30 @@ class OpenSetScores:
     known: np.ndarray  # per probe: best identity score, its identity present
     known_right: np.ndarray  # per probe: the best identity is its own
     unknown_identities: int  # distinct people among the unknown probes
+    identity_nprobe: int = 0  # inverted lists the identity search needs (0: exhaustive)
+    identity_search_lost: float = 0.0  # share of known probes' identities that search loses
+
+
+def identity_search(queries: np.ndarray, labels: np.ndarray, gallery: Gallery) -> tuple[int, float]:
+    """The fewest inverted lists (of `IDENTITY_NPROBES`) an approximate identity search must
+    probe to lose at most `SEARCH_LOSS` of the known probes whose own identity exhaustive search
+    proposes, and the share it loses; (0, 0.0) when none does: search exhaustively."""
+    ids = np.flatnonzero(gallery.valid)
+    _, exact = identity_candidates(queries, gallery, TOP_K)
+    found = (exact == labels[:, None]).any(axis=1)
+    for nprobe in IDENTITY_NPROBES:
+        _, idx = nearest(queries, gallery.centres[ids], TOP_K, exact=False, nprobe=nprobe)
+        approx = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
+        lost = float((found & ~(approx == labels[:, None]).any(axis=1)).sum() / max(1, found.sum()))
+        if lost <= SEARCH_LOSS:
+            return nprobe, lost
+    return 0, 0.0
 
 
 def _candidate_scores(queries: np.ndarray, gallery: Gallery) -> tuple[np.ndarray, np.ndarray]:
     """Identity scores against each query's top-`TOP_K` + 1 centres, found by the search `wb
     overlap` runs (the extra one stands in when the query's own identity is left out)."""
-    _, candidates = identity_candidates(queries, gallery, TOP_K + 1)
+    _, candidates = identity_candidates(queries, gallery, TOP_K + 1)  # exhaustive
     return pair_scores(queries, gallery, candidates), candidates
 
 
@@ -109,8 +132,9 @@ def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown
     scores, candidates = _candidate_scores(vectors[known], rebuilt)
     best = np.argmax(scores, axis=1)
     rows = np.arange(len(best))
+    nprobe, lost = identity_search(vectors[known], labels[known], rebuilt)
     return OpenSetScores(unknown_best, scores[rows, best], candidates[rows, best] == labels[known],
-                         len(np.unique(labels[unknown])))
+                         len(np.unique(labels[unknown])), nprobe, lost)
 
 
 def single_face_scores(queries: np.ndarray, own: np.ndarray, own_index: np.ndarray, base: np.ndarray,
@@ -149,6 +173,8 @@ class OverlapCalibration:
     known_excluded: float  # known probes flagged overlap or ambiguous
     right_identity: float  # of the flagged known probes, share given their own identity
     copy_measured_fpir: float | None
+    identity_nprobe: int = 0  # the identity search `wb overlap` runs (0: exhaustive; stored before: 0)
+    identity_search_lost: float = 0.0  # known probes' identities it loses against exhaustive search
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -181,7 +207,8 @@ def calibrate_overlap(scores: OpenSetScores, n_ids: int, fpir: float, ambiguous_
         known_recall=float(flagged.mean()), known_recall_95ci=wilson(int(flagged.sum()), n_known),
         known_excluded=float((scores.known >= ambiguous_from).mean()),
         right_identity=float(scores.known_right[flagged].mean()) if flagged.any() else float("nan"),
-        copy_measured_fpir=copy_measured,
+        copy_measured_fpir=copy_measured, identity_nprobe=scores.identity_nprobe,
+        identity_search_lost=scores.identity_search_lost,
     )
 
 

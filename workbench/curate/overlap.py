@@ -141,11 +141,12 @@ def decide(scores: FaceScores, cluster_score: np.ndarray, cluster_label: np.ndar
     return decision, label
 
 
-def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
-                link: float, cluster: Any = None) -> tuple[FaceScores, np.ndarray, np.ndarray]:
+def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery, link: float,
+                cluster: Any = None, nprobe: int = 0) -> tuple[FaceScores, np.ndarray, np.ndarray]:
     """Face scores, and each cluster's score and identity (-inf for singletons); `cluster`: the
-    searches run as Ray tasks against the broadcast centres and faces."""
-    score, label, cosine = best_identity(vectors, gallery, cluster=cluster)
+    searches run as Ray tasks against the broadcast centres and faces; `nprobe`: the identity
+    search the calibration chose (`scoring.identity_candidates`)."""
+    score, label, cosine = best_identity(vectors, gallery, cluster=cluster, nprobe=nprobe)
     if len(vectors) < 2:
         return FaceScores(face_ids, score, label, cosine, np.arange(len(vectors))), \
             np.full(len(vectors), -np.inf, np.float32), np.full(len(vectors), -1)
@@ -159,7 +160,7 @@ def score_faces(vectors: np.ndarray, face_ids: list[str], gallery: Gallery,
     c_label = np.full(len(sizes), -1, np.int64)
     if len(groups):
         means = cluster_means(vectors, clusters)[groups]
-        c_score[groups], c_label[groups], _ = best_identity(means, gallery, cluster=cluster)
+        c_score[groups], c_label[groups], _ = best_identity(means, gallery, cluster=cluster, nprobe=nprobe)
     return FaceScores(face_ids, score, label, cosine, clusters), c_score, c_label
 
 
@@ -197,7 +198,8 @@ def run_overlap(
         face_ids = [r[0] for r in con.execute("SELECT face_id FROM faces ORDER BY face_id").fetchall()]
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
         cluster = ctx.mapper if ctx.mapper.distributed else None
-        scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link, cluster)
+        scores, c_score, c_label = score_faces(vectors, face_ids, gallery, link, cluster,
+                                               calibration.identity_nprobe)
         decision, label = decide(scores, c_score, c_label, threshold, ambiguous_from)
         copies = None
         if settings.targets.copies and calibration.copy_threshold is not None:

@@ -26,8 +26,6 @@ TOP_K = 5
 CENTRE_WEIGHT = 0.8
 NEIGHBOURS = 5
 FLOATS_PER_BATCH = 1 << 25  # ~128 MiB of intermediate similarities
-EXACT_IDENTITIES = 250_000  # identity centres searched by brute force (MS1MV2 85k, Glint360K 360k)
-IDENTITY_NPROBE = 128  # inverted lists probed beyond that
 
 
 @dataclass(frozen=True)
@@ -71,26 +69,28 @@ def pair_scores(queries: np.ndarray, gallery: Gallery, candidates: np.ndarray) -
 
 
 def identity_candidates(queries: np.ndarray, gallery: Gallery, k: int = TOP_K, cluster: Any = None,
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        nprobe: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each query's k nearest identity centres: (centre cosines, identities; -1 where missing).
 
-    The one search that proposes identities, for `wb overlap` and for its calibration alike, so
-    the known-person recall the calibration measures includes this search's own misses. Exact
-    up to `EXACT_IDENTITIES`: an inverted file misses true identities at moderate cosines (on
-    85,742 centres in random directions, 21% of faces at cosine ~0.7 to theirs were not among
-    the 5 found at nprobe 16); brute force over 85k centres costs ~0.1 ms per face on 2 cores.
+    `nprobe` 0: exhaustive. Otherwise an inverted file probing `nprobe` lists where the problem
+    is large enough for `search.nearest` to choose one: what the overlap calibration found
+    loses no more than `SEARCH_LOSS` of true identities (`calibration.identity_nprobe`). An
+    inverted file cannot be assumed: on 85,742 centres in random directions, nprobe 16 missed
+    the true identity of 21% of faces at cosine ~0.7 to it, where exhaustive search (~0.1 ms a
+    face on 2 cores at 128-d) misses none; on clustered centres it loses none at a tenth of
+    the time.
     """
     ids = np.flatnonzero(gallery.valid)
-    cos, idx = nearest(queries, gallery.centres[ids], k, exact=len(ids) <= EXACT_IDENTITIES,
-                       nprobe=IDENTITY_NPROBE, cluster=cluster)
+    cos, idx = nearest(queries, gallery.centres[ids], k, exact=True if nprobe == 0 else None,
+                       nprobe=max(1, nprobe), cluster=cluster)
     return cos, np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
 
 
 def best_identity(queries: np.ndarray, gallery: Gallery, k: int = TOP_K, cluster: Any = None,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  nprobe: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(best identity score, identity, centre cosine) per query over its top-k centres
-    (`cluster`: search with Ray tasks, see `search.nearest`)."""
-    cos, candidates = identity_candidates(queries, gallery, k, cluster)
+    (`cluster`: search with Ray tasks, see `search.nearest`; `nprobe`: see `identity_candidates`)."""
+    cos, candidates = identity_candidates(queries, gallery, k, cluster, nprobe)
     scores = pair_scores(queries, gallery, candidates)
     best = np.argmax(scores, axis=1)
     rows = np.arange(len(queries))
