@@ -32,7 +32,7 @@ import numpy as np
 
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
-from workbench.curate.search import nearest
+from workbench.curate.search import ivf_lists, nearest
 from workbench.embed.compute import unit_centres
 
 MAX_PROBES = 5000  # known-person probes: one face each of this many identities
@@ -89,11 +89,15 @@ class OpenSetScores:
 def identity_search(queries: np.ndarray, labels: np.ndarray, gallery: Gallery) -> tuple[int, float]:
     """The fewest inverted lists (of `IDENTITY_NPROBES`) an approximate identity search must
     probe to lose at most `SEARCH_LOSS` of the known probes whose own identity exhaustive search
-    proposes, and the share it loses; (0, 0.0) when none does: search exhaustively."""
+    proposes, and the share it loses; (0, 0.0) when none does, or when the gallery is so small
+    that its inverted file would have no more lists than that: search exhaustively."""
     ids = np.flatnonzero(gallery.valid)
+    fewer = [nprobe for nprobe in IDENTITY_NPROBES if nprobe < ivf_lists(len(ids))]
+    if not fewer:
+        return 0, 0.0
     _, exact = identity_candidates(queries, gallery, TOP_K)
     found = (exact == labels[:, None]).any(axis=1)
-    for nprobe in IDENTITY_NPROBES:
+    for nprobe in fewer:
         _, idx = nearest(queries, gallery.centres[ids], TOP_K, exact=False, nprobe=nprobe)
         approx = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
         lost = float((found & ~(approx == labels[:, None]).any(axis=1)).sum() / max(1, found.sum()))

@@ -94,10 +94,15 @@ def _add(index: faiss.Index, base: np.ndarray) -> None:
         index.add(np.ascontiguousarray(unit_rows(base, slice(start, start + QUERY_BATCH))))
 
 
+def ivf_lists(n: int) -> int:
+    """Inverted lists of an index over `n` vectors: ~4 sqrt(n), and 39 training points each."""
+    return int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))
+
+
 def _ivf_sq8(base: np.ndarray, nprobe: int) -> faiss.Index:
-    """IVF with ~4 sqrt(n) lists, trained on a sample, 8-bit codes."""
+    """IVF with `ivf_lists` lists, trained on a sample, 8-bit codes."""
     d = base.shape[1]
-    nlist = int(max(1, min(65536, 4 * np.sqrt(len(base)), len(base) // 39)))
+    nlist = ivf_lists(len(base))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_INNER_PRODUCT)
