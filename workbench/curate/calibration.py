@@ -32,7 +32,7 @@ import numpy as np
 
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
-from workbench.curate.search import ivf_lists, nearest
+from workbench.curate.search import ivf_lists, nearest, probe_sweep
 from workbench.embed.compute import unit_centres
 
 MAX_PROBES = 5000  # known-person probes: one face each of this many identities
@@ -86,19 +86,19 @@ class OpenSetScores:
     identity_search_lost: float = 0.0  # share of known probes' identities that search loses
 
 
-def identity_search(queries: np.ndarray, labels: np.ndarray, gallery: Gallery) -> tuple[int, float]:
+def identity_search(queries: np.ndarray, labels: np.ndarray, gallery: Gallery,
+                    exact: np.ndarray) -> tuple[int, float]:
     """The fewest inverted lists (of `IDENTITY_NPROBES`) an approximate identity search must
     probe to lose at most `SEARCH_LOSS` of the known probes whose own identity exhaustive search
-    proposes, and the share it loses; (0, 0.0) when none does, or when the gallery is so small
-    that its inverted file would have no more lists than that: search exhaustively."""
+    proposes (`exact`: its candidate identities, best first), and the share it loses; (0, 0.0)
+    when none does, or when the gallery is so small that its inverted file would have no more
+    lists than that: search exhaustively."""
     ids = np.flatnonzero(gallery.valid)
     fewer = [nprobe for nprobe in IDENTITY_NPROBES if nprobe < ivf_lists(len(ids))]
     if not fewer:
         return 0, 0.0
-    _, exact = identity_candidates(queries, gallery, TOP_K)
-    found = (exact == labels[:, None]).any(axis=1)
-    for nprobe in fewer:
-        _, idx = nearest(queries, gallery.centres[ids], TOP_K, exact=False, nprobe=nprobe)
+    found = (exact[:, :TOP_K] == labels[:, None]).any(axis=1)
+    for nprobe, idx in probe_sweep(queries, gallery.centres[ids], TOP_K, fewer):
         approx = np.where(idx >= 0, ids[np.maximum(idx, 0)], -1)
         lost = float((found & ~(approx == labels[:, None]).any(axis=1)).sum() / max(1, found.sum()))
         if lost <= SEARCH_LOSS:
@@ -136,7 +136,7 @@ def open_set_scores(vectors: np.ndarray, labels: np.ndarray, n_ids: int, unknown
     scores, candidates = _candidate_scores(vectors[known], rebuilt)
     best = np.argmax(scores, axis=1)
     rows = np.arange(len(best))
-    nprobe, lost = identity_search(vectors[known], labels[known], rebuilt)
+    nprobe, lost = identity_search(vectors[known], labels[known], rebuilt, candidates)
     return OpenSetScores(unknown_best, scores[rows, best], candidates[rows, best] == labels[known],
                          len(np.unique(labels[unknown])), nprobe, lost)
 

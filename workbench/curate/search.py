@@ -9,7 +9,7 @@ similarities are then recomputed from the float vectors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -66,6 +66,21 @@ def _search(index: faiss.Index, base: np.ndarray, batch: np.ndarray, k: int,
         return index.search(batch, k)
     _, cand = index.search(batch, min(len(base), RERANK_FACTOR * k))
     return _rerank(batch, base, cand, k)
+
+
+def probe_sweep(queries: np.ndarray, base: np.ndarray, k: int, nprobes: list[int]
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """(nprobe, top-k indices) of the approximate search at each of `nprobes` in turn, from one
+    inverted file trained and filled once (what `nearest` would find with `exact=False`)."""
+    index = _ivf_sq8(base, nprobes[0])
+    k_eff = min(k, len(base))
+    for nprobe in nprobes:
+        index.nprobe = nprobe
+        idx = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), QUERY_BATCH):
+            batch = unit_rows(queries, slice(start, start + QUERY_BATCH))
+            idx[start : start + len(batch), :k_eff] = _search(index, base, batch, k_eff, exact=False)[1]
+        yield nprobe, idx
 
 
 _WORKER_INDEX: dict[tuple, faiss.Index] = {}
