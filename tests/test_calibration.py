@@ -26,6 +26,7 @@ from workbench.embed.compute import unit_centres
 from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo
 from workbench.faces.detect import aligned_centre_face
 from workbench.faces.detectors import DetectorSpec, get_detector
+from workbench.ingest.hashing import hamming, phash64
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -143,6 +144,23 @@ def test_loose_and_hash_bits_are_chosen_together_when_distinct_photos_are_close(
     assert copies.merged(at_quantile).mean() < cal.recall - 0.4
 
 
+def test_loose_stays_above_what_other_people_reach():
+    """Copies whose hashes match but whose embeddings moved (cosine 0.3-0.99) would pull `loose`
+    down to 0.3 on hashes alone; a hash can match across people (two faces of one group photo),
+    so `loose` stops where 0.5% of faces reach their most similar other person."""
+    rng = np.random.default_rng(6)
+    copies = PairEvidence(rng.uniform(0.3, 0.99, 1000), np.zeros(1000, int))
+    distinct = PairEvidence(rng.uniform(0.5, 0.9, 1000), rng.integers(16, 33, 1000))
+    free = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
+    other_person = rng.uniform(0.2, 0.6, 2000)
+    held = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005, other_person=other_person)
+    assert free.loose < 0.32 and free.loose_floor == -1
+    reach = (other_person >= held.loose_floor).mean()
+    assert reach <= 0.005 < (other_person >= held.loose_floor - 0.01).mean()
+    assert held.loose == pytest.approx(held.loose_floor, abs=0.02) and held.loose >= held.loose_floor
+    assert held.recall < free.recall
+
+
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_web_copies_are_seeded_edits_of_the_photo(transform):
     photo = as_photo(np.random.default_rng(1).integers(0, 255, size=(112, 112, 3), dtype=np.uint8))
@@ -165,14 +183,19 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
     yunet = get_detector(DetectorSpec.parse("yunet"))
     rgb = cv2.cvtColor(cv2.imread(str(face)), cv2.COLOR_BGR2RGB)
     crop = aligned_centre_face(rgb, yunet.detect)
-    original, copy, refound = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
-    assert refound and original.shape == copy.shape == (112, 112, 3)
+    pair = copy_pair(crop, "rescale", np.random.default_rng(0), yunet.detect)
+    assert pair.refound and pair.original.shape == pair.copy.shape == (112, 112, 3)
     # re-found and re-aligned: close to the crop it came from, not equal to it
-    assert 0 < np.abs(original.astype(int) - crop).mean() < 30
+    assert 0 < np.abs(pair.original.astype(int) - crop).mean() < 30
+    # the whole photos, rescaled and re-encoded, hash alike; another face's photo does not
+    other = cv2.cvtColor(cv2.imread(str(sorted((SHARED / "data" / "celeba200").glob("*/*.jpg"))[-1])),
+                         cv2.COLOR_BGR2RGB)
+    someone_else = phash64(as_photo(aligned_centre_face(other, yunet.detect)))
+    assert hamming(*pair.photo_hashes) <= 10 < hamming(pair.photo_hashes[0], someone_else)
     # no face to find: the crop itself, and an edited copy with simulated re-alignment error
     blank = np.full((112, 112, 3), 90, np.uint8)
-    original, copy, refound = copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect)
-    assert not refound and original is blank and copy.shape == (112, 112, 3)
+    pair = copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect)
+    assert not pair.refound and pair.original is blank and pair.copy.shape == (112, 112, 3)
 
 
 def test_identical_photos_filed_twice_are_not_distinct_photos():

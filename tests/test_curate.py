@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import unit
 from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
-from workbench.curate.dedupe import duplicate_pairs, group_labels, representatives
+from workbench.curate.dedupe import FaceHashes, duplicate_pairs, group_labels, representatives
 from workbench.curate.overlap import FaceScores, decide
 from workbench.curate.pairs import DedupeThresholds, popcount64
 from workbench.curate.scoring import (
@@ -76,11 +76,32 @@ def test_duplicates_need_near_identity_or_close_hash():
     hashes = np.array([0, 2**40, 2**41, 2**42, 0, 0xFFFF0000FFFF, 2**40 + 1], np.uint64)
     # 4 = near-identical embedding of 0; 5 = same person as 0 but far hash; 6 = copy of 1, close hash
     t = DedupeThresholds(strict=0.999, loose=0.9, phash_bits=4, k=6)
-    i, j, _ = duplicate_pairs(vectors, hashes, t)
+    i, j, _ = duplicate_pairs(vectors, FaceHashes(hashes, ~hashes, np.arange(7)), t)
     pairs = set(zip(i.tolist(), j.tolist(), strict=True))
     cos_05 = float(vectors[0] @ vectors[5])
     assert cos_05 < 0.999
     assert (0, 4) in pairs and (1, 6) in pairs and (0, 5) not in pairs
+
+
+def test_a_whole_image_hash_finds_a_copy_whose_crop_moved_but_not_across_one_image():
+    """Face 1 is a web copy of face 0's photo, re-aligned off by a few pixels: its crop hash is
+    far, its image's hash near. Faces 2 and 3 are two people in one photo: one image hash, which
+    says nothing about them. Face 4 is 0's person in another photo: near in neither hash."""
+    rng = np.random.default_rng(2)
+    person = unit(rng.normal(size=(1, 64)))[0]
+    vectors = unit(np.vstack([person, person + 0.35 * unit(rng.normal(size=(1, 64)))[0],
+                              *unit(rng.normal(size=(1, 64))), *unit(rng.normal(size=(1, 64))),
+                              person + 0.4 * unit(rng.normal(size=(1, 64)))[0]]))
+    vectors[3] = unit((vectors[2] + 0.5 * unit(rng.normal(size=(1, 64)))[0])[None])[0]
+    crop = np.array([0, 2**64 - 1, 0xFF, 0xFF00FF00, 0xF0F0F0F0F0], np.uint64)
+    image = np.array([0x0F, 0x0F | 2**63, 2**30, 2**30, 2**50 - 1], np.uint64)
+    hashes = FaceHashes(crop, image, np.array([0, 1, 2, 2, 3]))
+    t = DedupeThresholds(strict=0.999, loose=0.8, phash_bits=4, k=4)
+    cos = vectors @ vectors.T
+    assert cos[0, 1] >= t.loose and cos[2, 3] >= t.loose and cos[0, 4] >= t.loose
+    assert hashes.bits(np.array([0, 2, 0]), np.array([1, 3, 4])).tolist() == [1, 24, 20]
+    i, j, _ = duplicate_pairs(vectors, hashes, t)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(0, 1)}
 
 
 def test_groups_and_representatives():

@@ -41,7 +41,8 @@ from workbench.embed.unit import unit_rows
 from workbench.errors import WorkbenchError
 from workbench.faces.copies import TRANSFORMS, copy_pair
 from workbench.faces.detectors import get_detector
-from workbench.formats.images import decode_crops
+from workbench.formats.images import decode_crop, decode_crops
+from workbench.ingest.decode import Rejected, decode_image
 from workbench.ingest.hashing import phash64
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
@@ -52,7 +53,7 @@ from workbench.results import Result
 
 T = TypeVar("T")
 DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
-METHOD = 5  # bump when the way a calibration is measured changes: stored ones are then redone
+METHOD = 6  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,21 @@ def _phashes(crops: np.ndarray) -> np.ndarray:
     return np.array([phash64(c) for c in crops], np.uint64)
 
 
+def _labeled_hashes(labeled: LabeledSet, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of labeled faces' crops and of the photos they were found in, as `wb ingest` hashes
+    web faces and their images (the crop's own hash where the photo is gone); read one at a
+    time (20k crops at once would hold 750 MB)."""
+    hashes = np.empty((len(positions), 2), np.uint64)
+    for row, position in enumerate(positions.tolist()):
+        crop = phash64(decode_crop(labeled.crop_bytes(position)))
+        try:
+            photo = phash64(decode_image(labeled.photo_bytes(position)).rgb)
+        except (OSError, ValueError, Rejected):
+            photo = crop
+        hashes[row] = crop, photo
+    return hashes[:, 0], hashes[:, 1]
+
+
 def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
                        fresh: bool = False) -> DedupeCalibration:
     """Copies made as the web makes them (`faces/copies.py`), re-found by the workspace's own
@@ -165,22 +181,24 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         names = [TRANSFORMS[i % len(TRANSFORMS)] for i in range(len(originals))]
         made = [copy_pair(crop, t, rng, detect) for crop, t in zip(_crops(labeled, originals), names,
                                                                    strict=True)]
-        before, after = np.stack([p[0] for p in made]), np.stack([p[1] for p in made])
+        before, after = np.stack([p.original for p in made]), np.stack([p.copy for p in made])
+        photos = np.array([p.photo_hashes for p in made], np.uint64)
         copies = PairEvidence.of(embed_crops(ctx.spec, before), embed_crops(ctx.spec, after),
-                                 _phashes(before), _phashes(after))
+                                 (_phashes(before), _phashes(after)), (photos[:, 0], photos[:, 1]))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         faces = unit_rows(everything, a)
-        _, _, b = single_face_scores(faces, labeled.labels[a], a, everything, labeled.labels)
+        other_person, _, b = single_face_scores(faces, labeled.labels[a], a, everything, labeled.labels)
         paired = b >= 0
         a, b, faces = a[paired], b[paired], faces[paired]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        distinct = PairEvidence.of(faces, unit_rows(everything, b), _phashes(_crops(labeled, a)),
-                                   _phashes(_crops(labeled, b)))
-        result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names))
+        (crop_a, photo_a), (crop_b, photo_b) = _labeled_hashes(labeled, a), _labeled_hashes(labeled, b)
+        distinct = PairEvidence.of(faces, unit_rows(everything, b), (crop_a, crop_b), (photo_a, photo_b))
+        result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
+                                  other_person)
         return {**result.as_dict(), "detector": detector.key,
-                "copies_not_refound": sum(not p[2] for p in made)}
+                "copies_not_refound": sum(not p.refound for p in made)}
 
     return _from_stored(DedupeCalibration, _stored(ctx, "dedupe", labeled,
                                                    {**asdict(targets), "detector": detector.key},

@@ -22,6 +22,9 @@ distinct photos of the same identity, each face paired with its most similar
 other photo of that person (dedupe compares a face with its nearest
 neighbours, so random pairs would understate merges); thresholds for a target
 copy recall and false-merge rate, and what the rule then achieves on those pairs.
+Where the hashes alone would decide (faces of copies of one group photo share
+the image's hash), `loose` stays above the cosine that `merge_rate` of faces
+reach against their most similar face of another person.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
+from workbench.curate.pairs import DedupeThresholds, hash_bits, is_duplicate
 from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
 from workbench.curate.search import ivf_lists, nearest, probe_sweep
 from workbench.embed.compute import unit_centres
@@ -218,16 +221,16 @@ def calibrate_overlap(scores: OpenSetScores, n_ids: int, fpir: float, ambiguous_
 
 @dataclass(frozen=True)
 class PairEvidence:
-    """Cosine and crop-hash distance of pairs."""
+    """Cosine and hash distance (`pairs.hash_bits`: crops' or photos', the nearer) of pairs."""
 
     cosine: np.ndarray
     hash_bits: np.ndarray
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, hash_a: np.ndarray, hash_b: np.ndarray) -> PairEvidence:
-        cosine = np.einsum("nd,nd->n", a, b)
-        bits = popcount64(hash_a.astype(np.uint64) ^ hash_b.astype(np.uint64))
-        return cls(cosine, bits)
+    def of(cls, a: np.ndarray, b: np.ndarray, crops: tuple[np.ndarray, np.ndarray],
+           photos: tuple[np.ndarray, np.ndarray]) -> PairEvidence:
+        """Pairs of embeddings `a[n]`, `b[n]` with their crops' and their photos' hashes."""
+        return cls(np.einsum("nd,nd->n", a, b), hash_bits(*crops, *photos))
 
     def merged(self, t: DedupeThresholds) -> np.ndarray:
         """The pairs `wb dedupe` would call duplicates under `t`."""
@@ -249,6 +252,7 @@ class DedupeCalibration:
     merge_rate_95ci: tuple[float, float]
     recall_by_transform: dict[str, float] = field(default_factory=dict)  # copies found, per edit
     distinct_like_copies: int = 0  # distinct pairs as close as the typical copy (S's own duplicates)
+    loose_floor: float = -1.0  # no `loose` below: merge_rate of faces reach it against another person
 
     def thresholds(self, k: int = DedupeThresholds.k) -> DedupeThresholds:
         return DedupeThresholds(self.strict, self.loose, self.phash_bits, k)
@@ -276,7 +280,8 @@ class DedupeCalibration:
 
 
 def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float,
-                     merge_rate: float, transforms: np.ndarray | None = None) -> DedupeCalibration:
+                     merge_rate: float, transforms: np.ndarray | None = None,
+                     other_person: np.ndarray | None = None) -> DedupeCalibration:
     """Half the merge budget to the cosine rule, the rest to the cosine-and-hash rule.
 
     `strict`: the cosine that at most merge_rate/2 of distinct photos reach.
@@ -284,8 +289,12 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     the most bits that keep all merges of distinct pairs within `merge_rate`), the one that
     finds the most copies (ties: the higher `loose`). A `loose` taken from the copies alone
     can sit where many distinct photos of one person are close too (sets with near-identical
-    shots), leaving no hash bits to spend and few copies found.
+    shots), leaving no hash bits to spend and few copies found. `other_person`: each sampled
+    face's best cosine to another identity; `loose` stays above the cosine `merge_rate` of
+    them reach, since a hash can match across people (copies of one group photo).
     """
+    floor = -1.0 if other_person is None or not len(other_person) else \
+        threshold_at_rate(other_person, merge_rate)
     like_copies = int(((distinct.cosine >= np.median(copies.cosine))
                        & (distinct.hash_bits <= np.median(copies.hash_bits))).sum())
     # Identical crops are one photo filed twice (the labeled set's own duplicates), not two photos:
@@ -296,7 +305,7 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     strict = threshold_at_rate(distinct.cosine, merge_rate / 2)
     candidates = np.quantile(copies.cosine, np.linspace(1 - recall, 0.99, 50), method="lower")
     best = (-1, strict, -1)
-    for loose in np.unique(np.minimum(candidates, strict))[::-1]:
+    for loose in np.unique(np.clip(candidates, min(floor, strict), strict))[::-1]:
         close = distinct.cosine >= loose
         bits = -1  # no hash rule at all, when even identical hashes would merge too many
         for b in range(0, 33):
@@ -315,5 +324,5 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
         merge_rate=float(merged.mean()), merge_rate_95ci=wilson(int(merged.sum()), len(merged)),
         recall_by_transform={} if transforms is None else
         {str(t): round(float(found[transforms == t].mean()), 4) for t in dict.fromkeys(transforms.tolist())},
-        distinct_like_copies=like_copies,
+        distinct_like_copies=like_copies, loose_floor=float(floor),
     )

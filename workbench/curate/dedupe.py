@@ -1,11 +1,12 @@
-"""Near-duplicate groups among unlabeled faces, from the embedding and the crop's perceptual hash.
+"""Near-duplicate groups among unlabeled faces, from the embedding and perceptual hashes.
 
 Candidates are each face's nearest neighbours by embedding (FAISS, so it
 scales); a pair is a duplicate when the embeddings are nearly identical
-(cosine >= `strict`), or close (>= `loose`) and the aligned crops' perceptual
-hashes differ in at most `phash_bits` bits. Distinct photos of one person
-are close in embedding but not in the crop hash, so they are not merged.
-Groups are connected components; the best-quality face represents each.
+(cosine >= `strict`), or close (>= `loose`) and the perceptual hashes (the
+aligned crops' or the whole images', the nearer: `pairs.hash_bits`) differ in
+at most `phash_bits` bits. Distinct photos of one person are close in
+embedding but in neither hash, so they are not merged. Groups are connected
+components; the best-quality face represents each.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
-from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
+from workbench.curate.pairs import DedupeThresholds, hash_bits, is_duplicate
 from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
@@ -49,12 +50,25 @@ def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, 
     return pairs[:, 0], pairs[:, 1], cos
 
 
+@dataclass(frozen=True)
+class FaceHashes:
+    """Each face's crop hash, its image's hash, and its image (faces of one image share a number)."""
+
+    crop: np.ndarray
+    image: np.ndarray
+    image_row: np.ndarray
+
+    def bits(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return hash_bits(self.crop[i], self.crop[j], self.image[i], self.image[j],
+                         self.image_row[i] != self.image_row[j])
+
+
 def duplicate_pairs(
-    vectors: np.ndarray, phashes: np.ndarray, t: DedupeThresholds
+    vectors: np.ndarray, hashes: FaceHashes, t: DedupeThresholds
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, similarity) of duplicate pairs, i < j."""
     i, j, cos = close_pairs(vectors, t.k, t.loose)
-    dup = is_duplicate(cos, popcount64(phashes[i] ^ phashes[j]), t)
+    dup = is_duplicate(cos, hashes.bits(i, j), t)
     return i[dup], j[dup], cos[dup]
 
 
@@ -133,11 +147,16 @@ def run_dedupe(
         else:
             thresholds, mode = DedupeThresholds(), "defaults (no labeled set to calibrate on)"
         _fill_crop_phash(workspace, con)
-        rows = con.execute("SELECT face_id, crop_phash, quality FROM faces ORDER BY face_id").fetchnumpy()
+        rows = con.execute(
+            "SELECT f.face_id, f.crop_phash, f.quality, coalesce(i.phash, f.crop_phash) AS image_phash, "
+            "dense_rank() OVER (ORDER BY f.image_id) AS image_row "
+            "FROM faces f LEFT JOIN images i USING (image_id) ORDER BY f.face_id").fetchnumpy()
         face_ids = list(rows["face_id"])
         store = ctx.store()
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
-        i, j, _ = duplicate_pairs(vectors, rows["crop_phash"].astype(np.uint64), thresholds)
+        hashes = FaceHashes(rows["crop_phash"].astype(np.uint64), rows["image_phash"].astype(np.uint64),
+                            rows["image_row"])
+        i, j, _ = duplicate_pairs(vectors, hashes, thresholds)
         groups = group_labels(len(face_ids), i, j)
         rep = representatives(groups, rows["quality"].astype(np.float64), np.arange(len(face_ids)))
         rep_of_group = np.empty(groups.max() + 1 if len(groups) else 0, np.int64)

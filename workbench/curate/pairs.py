@@ -1,8 +1,12 @@
 """When two faces are duplicates: the thresholds and the pair rule `wb dedupe` and calibration share.
 
 A pair is a duplicate when the embeddings are nearly identical (cosine >=
-`strict`), or close (>= `loose`) and the aligned crops' perceptual hashes
-differ in at most `phash_bits` bits.
+`strict`), or close (>= `loose`) and their perceptual hashes differ in at most
+`phash_bits` bits: the nearer of the aligned crops' hashes and, for faces of two
+different images, the whole images' hashes. The crop hash survives crops and
+reframings of a photo; the image hash survives what moves the landmarks (a small
+face rescaled and re-encoded comes back aligned a pixel or two off, and its crop
+hash and embedding with it, while the whole photo hashes the same).
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ class DedupeThresholds:
 def popcount64(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.uint64)
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def hash_bits(crop_a: np.ndarray, crop_b: np.ndarray, image_a: np.ndarray, image_b: np.ndarray,
+              images_differ: np.ndarray | bool = True) -> np.ndarray:
+    """Bits between two faces' hashes: the nearer of their crops' and, where `images_differ`,
+    their images'. Faces of one image share its hash, which then says nothing about them."""
+    crop = popcount64(crop_a.astype(np.uint64) ^ crop_b.astype(np.uint64))
+    image = popcount64(image_a.astype(np.uint64) ^ image_b.astype(np.uint64))
+    return np.where(images_differ, np.minimum(crop, image), crop)
 
 
 def is_duplicate(cosine: np.ndarray, hash_bits: np.ndarray, t: DedupeThresholds) -> np.ndarray:

@@ -19,12 +19,14 @@ transformation and a miss has a name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from workbench.faces.align import CROP_SIZE
 from workbench.faces.detect import Detection, aligned_centre_face
+from workbench.ingest.hashing import phash64
 
 PAD = 16  # border added around a 112 px crop to make it a photo
 TRANSFORMS = ("reencode", "rescale", "crop", "tone", "rotate", "mirror", "overlay", "mixed")
@@ -79,17 +81,20 @@ EDITS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 
 
 def edit_photo(rgb: np.ndarray, transform: str, rng: np.random.Generator) -> np.ndarray:
-    """One web copy of a photo: the named transformation (`mixed`: two or three of them), then
-    re-encoded as JPEG (quality 40-80 for `reencode`, 75-95 otherwise)."""
+    """One web copy of a photo: the named transformation, then re-encoded as JPEG (quality 40-80
+    for `reencode` and `mixed`, 75-95 otherwise). `mixed` is the commonest copy of all, a photo
+    reframed, rescaled and brightened and saved at low quality at once, plus one other edit in
+    two of three copies."""
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transformation {transform!r}: one of {', '.join(TRANSFORMS)}")
     names = [transform] if transform in EDITS else []
     if transform == "mixed":
-        names = list(rng.choice(list(EDITS), size=int(rng.integers(2, 4)), replace=False))
+        others = ("rotate", "mirror", "overlay", None, None, None)
+        names = ["crop", "rescale", "tone", *[n for n in [others[int(rng.integers(len(others)))]] if n]]
     out = rgb
     for name in names:
         out = EDITS[name](out, rng)
-    quality = int(rng.integers(40, 81)) if transform == "reencode" else int(rng.integers(75, 96))
+    quality = int(rng.integers(40, 81)) if transform in ("reencode", "mixed") else int(rng.integers(75, 96))
     return _jpeg(out, quality)
 
 
@@ -108,14 +113,27 @@ def _rejitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                           borderMode=cv2.BORDER_REFLECT)
 
 
+@dataclass(frozen=True)
+class CopyPair:
+    """A face and its web copy: both aligned crops, and the hashes of the whole photos they were
+    aligned from (what `wb dedupe` compares besides the crops)."""
+
+    original: np.ndarray
+    copy: np.ndarray
+    photo_hashes: tuple[int, int]
+    refound: bool  # both re-detected by the detector (else simulated re-alignment)
+
+
 def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
-              detect: Callable[[np.ndarray], list[Detection]]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(original, copy, refound): both re-detected and aligned from their photos (refound), or,
-    where the detector misses either (faces it cannot see: drawings, generated test faces), the
-    crop and its edited copy brought back to the crop's frame with simulated re-alignment error."""
+              detect: Callable[[np.ndarray], list[Detection]]) -> CopyPair:
+    """Both re-detected and aligned from their photos (refound), or, where the detector misses
+    either (faces it cannot see: drawings, generated test faces), the crop and its edited copy
+    brought back to the crop's frame with simulated re-alignment error."""
     photo = as_photo(crop)
+    edited = edit_photo(photo, transform, rng)
     original = aligned_centre_face(photo, detect)
-    copy = aligned_centre_face(edit_photo(photo, transform, rng), detect)
+    copy = aligned_centre_face(edited, detect)
     if original is not None and copy is not None:
-        return original, copy, True
-    return crop, _rejitter(edit_photo(crop, transform, rng), rng), False
+        return CopyPair(original, copy, (phash64(photo), phash64(edited)), True)
+    edited = edit_photo(crop, transform, rng)
+    return CopyPair(crop, _rejitter(edited, rng), (phash64(crop), phash64(edited)), False)

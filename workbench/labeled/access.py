@@ -45,6 +45,14 @@ class LabeledSet:
         crop_rel = self.samples.column("crop_rel")[position].as_py()
         if crop_rel is not None:
             return (self.workspace.root / crop_rel).read_bytes()
+        return self._read(position)
+
+    def photo_bytes(self, position: int) -> bytes:
+        """Encoded photo the sample's face was found in (its crop, for a set registered aligned):
+        what a web copy of it would share whole. Raises OSError or ValueError if it is gone."""
+        return self.crop_bytes(position) if self.aligned else self._read(position)
+
+    def _read(self, position: int) -> bytes:
         if self._source is None:
             self._source = open_registered(self.path, self.format, self.options,
                                            cache_dir=self.workspace.root / "cache" / "hf")
