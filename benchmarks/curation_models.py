@@ -9,7 +9,9 @@ Scenarios (both read ../shared/data, or the folders given):
   their photos), the rest of their photos are planted among unknown people's, 10%
   of web images get near-duplicate copies.
 - `celeba`: S = celeba200 (identity folders), U = celeba10k/images with
-  labels.csv; web faces of S's identities are downscaled copies of S's photos.
+  labels.csv; web faces of S's identities are downscaled copies of S's photos;
+  10% of web images get a near-duplicate copy as in lfw (small faces: 89x109
+  photos rescaled to 0.6-0.9).
 Prints the calibration, then: the share of known people's faces excluded
 (copy, overlap or ambiguous), the share of unknown people's faces excluded,
 and, for lfw, near-duplicate recall and distinct same-person photos merged.
@@ -29,7 +31,7 @@ import duckdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lfw_scenario import DEFAULT_LFW, build
+from lfw_scenario import DEFAULT_LFW, build, near_duplicate
 
 from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import run_overlap
@@ -46,11 +48,22 @@ def scenario(name: str, work: Path) -> tuple[Path, Path, dict[str, dict]]:
     if name == "lfw":
         built = build(DEFAULT_LFW, work / "scenario")
         return built.labeled, built.web, built.truth
-    labeled, web = SHARED / "data" / "celeba200", SHARED / "data" / "celeba10k" / "images"
+    labeled, images = SHARED / "data" / "celeba200", SHARED / "data" / "celeba10k" / "images"
+    web, truth_file = work / "scenario" / "web", work / "scenario" / "truth.json"
+    if truth_file.exists():
+        return labeled, web, json.loads(truth_file.read_text())
     known = {p.name for p in labeled.iterdir() if p.is_dir()}
     with open(SHARED / "data" / "celeba10k" / "labels.csv") as handle:
         truth = {row["file"]: {"identity": row["identity"], "known": row["identity"] in known,
                                "dup_of": None} for row in csv.DictReader(handle)}
+    web.mkdir(parents=True, exist_ok=True)
+    for name in truth:
+        (web / name).symlink_to(images / name)
+    rng = np.random.default_rng(0)
+    for name in rng.choice(sorted(truth), size=len(truth) // 10, replace=False):
+        near_duplicate(images / name, web / f"dup0_{name}", rng)
+        truth[f"dup0_{name}"] = {**truth[name], "dup_of": name}
+    truth_file.write_text(json.dumps(truth, indent=1))
     return labeled, web, truth
 
 

@@ -198,17 +198,23 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
     assert not pair.refound and pair.original is blank and pair.copy.shape == (112, 112, 3)
 
 
-def test_identical_photos_filed_twice_are_not_distinct_photos():
-    """A labeled set holding one photo twice: that pair (cosine 1, same hash) is not a merge of two
-    photos, so exact copies stay within the budget and are found."""
+def test_photos_filed_twice_or_in_bursts_are_not_distinct_photos():
+    """A labeled set holding one photo twice (cosine 1, same hash), or near-identical frames of a
+    burst (nearer than the median copy in both cosine and hash): those pairs are copies, not two
+    photos, so they are not merges that use up the budget, and the copies are found. Pairs near
+    in one measure only are still distinct photos."""
     rng = np.random.default_rng(4)
     copies = PairEvidence(np.r_[np.ones(10), rng.uniform(0.85, 0.99, 190)], np.r_[np.zeros(10, int),
                                                                                  rng.integers(0, 6, 190)])
-    distinct = PairEvidence(np.r_[np.ones(3), rng.uniform(0.3, 0.8, 297)],
-                            np.r_[np.zeros(3, int), rng.integers(10, 33, 297)])
+    distinct = PairEvidence(np.r_[np.ones(3), [0.99, 0.985], rng.uniform(0.3, 0.8, 295)],
+                            np.r_[np.zeros(3, int), [1, 2], rng.integers(10, 33, 295)])
     cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
-    assert cal.strict < 0.81  # just above the highest of the 297 distinct photos, not above 1
-    assert cal.recall == 1.0 and cal.distinct_like_copies == 3
+    assert cal.strict < 0.81  # just above the highest of the 295 distinct photos, not above 0.99
+    assert cal.recall == 1.0 and cal.distinct_like_copies == 5 and cal.distinct_pairs == 295
+    near_in_cosine_only = PairEvidence(np.r_[[0.99, 0.985], rng.uniform(0.3, 0.8, 298)],
+                                       np.r_[[30, 28], rng.integers(10, 33, 298)])
+    cal = calibrate_dedupe(copies, near_in_cosine_only, recall=0.99, merge_rate=0.005)
+    assert cal.distinct_like_copies == 0 and cal.strict > 0.985
 
 
 def _probes(centres: np.ndarray, noise: float, n: int, rng: np.random.Generator):

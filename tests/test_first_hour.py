@@ -25,7 +25,7 @@ def test_a_dedupe_rule_below_its_recall_target_says_so():
     assert "0.67 of synthetic web copies (fewest: mirror 0.40, crop 0.60)" in missed.warnings()[0]
     assert len(missed.warnings()) == 1
     own_copies = DedupeCalibration(**{**missed.__dict__, "distinct_like_copies": 30})
-    assert "30 of 1000 pairs of different photos" in own_copies.warnings()[1]
+    assert "30 more pairs of one labeled person's photos" in own_copies.warnings()[1]
     met = DedupeCalibration(**{**missed.__dict__, "recall": 0.99, "recall_95ci": (0.98, 0.995)})
     assert met.warnings() == []
 

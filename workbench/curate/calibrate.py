@@ -53,7 +53,7 @@ from workbench.results import Result
 
 T = TypeVar("T")
 DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
-METHOD = 6  # bump when the way a calibration is measured changes: stored ones are then redone
+METHOD = 7  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ distinct photos of the same identity, each face paired with its most similar
 other photo of that person (dedupe compares a face with its nearest
 neighbours, so random pairs would understate merges); thresholds for a target
 copy recall and false-merge rate, and what the rule then achieves on those pairs.
-Where the hashes alone would decide (faces of copies of one group photo share
-the image's hash), `loose` stays above the cosine that `merge_rate` of faces
-reach against their most similar face of another person.
+A pair nearer than the median copy in both cosine and hash is the labeled set's
+own copy (one photo filed twice, a burst of frames), not two photos. Where the
+hashes alone would decide (faces of copies of one group photo share the
+image's hash), `loose` stays above the cosine that `merge_rate` of faces reach
+against their most similar face of another person.
 """
 
 from __future__ import annotations
@@ -251,7 +253,7 @@ class DedupeCalibration:
     merge_rate: float
     merge_rate_95ci: tuple[float, float]
     recall_by_transform: dict[str, float] = field(default_factory=dict)  # copies found, per edit
-    distinct_like_copies: int = 0  # distinct pairs as close as the typical copy (S's own duplicates)
+    distinct_like_copies: int = 0  # labeled pairs as close as the typical copy: S's own copies, left out
     loose_floor: float = -1.0  # no `loose` below: merge_rate of faces reach it against another person
 
     def thresholds(self, k: int = DedupeThresholds.k) -> DedupeThresholds:
@@ -264,10 +266,9 @@ class DedupeCalibration:
             return []
         lines = []
         if self.distinct_like_copies > self.target_merge_rate * self.distinct_pairs:
-            lines.append(f"{self.distinct_like_copies} of {self.distinct_pairs} pairs of different photos "
-                         "of one labeled person are as close as a typical web copy: the labeled set holds "
-                         "copies of its own photos (wb audit labeled lists them), and counting them as "
-                         "distinct holds the duplicate rule back")
+            lines.append(f"{self.distinct_like_copies} more pairs of one labeled person's photos are as "
+                         "close as a typical web copy: the labeled set holds copies of its own photos "
+                         "(wb audit labeled lists them); they were not counted as distinct photos")
         worst = sorted(self.recall_by_transform.items(), key=lambda kv: kv[1])[:2]
         named = f" (fewest: {', '.join(f'{t} {r:.2f}' for t, r in worst)})" if worst else ""
         return [f"the calibrated rule finds {self.recall:.2f} of synthetic web copies{named} (95% CI up "
@@ -295,11 +296,13 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     """
     floor = -1.0 if other_person is None or not len(other_person) else \
         threshold_at_rate(other_person, merge_rate)
-    like_copies = int(((distinct.cosine >= np.median(copies.cosine))
-                       & (distinct.hash_bits <= np.median(copies.hash_bits))).sum())
-    # Identical crops are one photo filed twice (the labeled set's own duplicates), not two photos:
-    # counted as merges they would leave no budget at all, not even for exact copies.
-    photos = ~((distinct.cosine >= IDENTICAL) & (distinct.hash_bits == 0))
+    # A pair of labeled photos nearer than the median web copy in both embedding and hash is a
+    # copy itself (one photo filed twice, or a burst of near-identical frames), not two photos:
+    # counted as merges such pairs leave no budget at all, not even for plain copies.
+    like_copy = (distinct.cosine >= np.median(copies.cosine)) & \
+        (distinct.hash_bits <= np.median(copies.hash_bits))
+    like_copies = int(like_copy.sum())
+    photos = ~like_copy
     photos = photos if photos.any() else np.ones_like(photos)
     distinct = PairEvidence(distinct.cosine[photos], distinct.hash_bits[photos])
     strict = threshold_at_rate(distinct.cosine, merge_rate / 2)
