@@ -96,6 +96,8 @@ def test_a_bad_file_is_refused_whole(exported, tmp_path, change, message):
     assert proc.returncode == 1 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert manifest_rows(ws2, "SELECT count(*) FROM embeddings") == before
+    # nothing written: the refused file's vectors are not left in the workspace either
+    assert [p.name for p in (ws2 / "embeddings").iterdir() if p.name.startswith(f"import-{name}-")] == []
 
 
 def test_a_name_is_bound_to_one_file(exported, tmp_path):

@@ -9,24 +9,27 @@ under it is refused). The file is Parquet, one row per face: a `vector` column
 or `set_name` with `sample_idx` or `locator` (as in `wb_labeled_samples`).
 `--export` writes the same shape, so vectors travel between workspaces.
 
-The whole file is checked before anything is written, by DuckDB reading the file
-itself (it streams; no Python holds the file): one dimension, no NaN or zero
-vectors, no duplicate keys, every key matching a face or a registered sample.
-Any failure is one line and writes nothing. Rows are then appended in chunks in
-one transaction; items that already have a vector under the model are skipped,
-so a re-import is a no-op.
+The file is read once, streamed by DuckDB (no Python holds it whole), and
+checked as it goes: one dimension, no NaN or zero vectors, no duplicate keys
+(the embeddings' primary key), every key matching a face or a registered
+sample. Chunks are appended in one transaction while the file is still good;
+any failure is one line, and the rows roll back and the vector file is cut back,
+so nothing is written. Items that already have a vector under the model are
+skipped, so a re-import is a no-op.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.embed.models import ModelSpec
@@ -90,33 +93,65 @@ def _key_sql(columns: set[str]) -> str:
                FROM (SELECT row_number() OVER () AS pos, * FROM read_parquet($file)) v {' '.join(joins)}"""
 
 
-def _check(con: duckdb.DuckDBPyConnection, file: str, columns: set[str]) -> tuple[int, int]:
-    """One-line refusals for a file that cannot be imported whole; (rows, dim)."""
+def _check_columns(file: Path, columns: set[str]) -> None:
     if "vector" not in columns:
         raise WorkbenchError(f"{file}: no 'vector' column (columns: {', '.join(sorted(columns))})")
     if "face_id" not in columns and not ({"set_name"} <= columns and columns & {"sample_idx", "locator"}):
         raise WorkbenchError(f"{file}: rows need a key: face_id, or set_name with sample_idx or locator")
-    # one pass over the file: a NaN or infinite component makes the squared norm NaN or infinite;
-    # two rows naming one face or sample (by the same key, or by sample_idx and locator) share an item
-    rows, low, high, bad, matched, distinct, unmatched_example = con.execute(
-        "SELECT count(*), min(len(vector)), max(len(vector)), count(*) FILTER (n2 IS NULL OR isnan(n2) "
-        "OR isinf(n2) OR n2 = 0), count(item_id), count(DISTINCT item_id), any_value(pos) FILTER "
-        f"(item_id IS NULL) FROM (SELECT k.*, list_dot_product(k.vector, k.vector) AS n2 FROM "
-        f"({_key_sql(columns)}) k)", {"file": file}).fetchone()
-    if rows == 0:
-        raise WorkbenchError(f"{file}: no rows")
-    if low != high:
-        raise WorkbenchError(f"{file}: vectors of {low} to {high} dimensions; every row needs the same")
-    if bad:
-        raise WorkbenchError(f"{file}: {bad} vectors are NaN, infinite or all zero (or missing); "
-                             "nothing imported")
-    if matched < rows:
-        raise WorkbenchError(f"{file}: {matched:,} of {rows:,} rows match a face or a registered labeled "
-                             f"sample (row {unmatched_example} matches none); nothing imported")
-    if distinct < matched:
-        raise WorkbenchError(f"{file}: keys appear more than once ({matched - distinct:,} rows name a face "
-                             "or sample another row names); nothing imported")
-    return rows, int(low)
+
+
+@dataclass
+class _Tally:
+    """What one pass over a file found: the refusals are decided from it once the pass is done."""
+
+    rows: int = 0
+    low: int | None = None  # fewest and most components of a vector
+    high: int | None = None
+    bad: int = 0  # NaN, infinite, zero or missing vectors
+    unmatched: int = 0
+    unmatched_example: int | None = None
+
+    def add(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        """Count `batch`; its vectors as an (n, dim) float32 matrix of unit rows while the file is
+        still good (None once it is not: the rest is only counted)."""
+        column = batch.column("vector")
+        lengths = pc.list_value_length(column)
+        low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()  # None: every vector missing
+        if low is not None:
+            self.low = low if self.low is None else min(self.low, low)
+            self.high = high if self.high is None else max(self.high, high)
+        missing = batch.column("item_id").is_null()
+        unmatched = pc.sum(missing).as_py() or 0
+        if unmatched and self.unmatched_example is None:
+            self.unmatched_example = int(batch.column("pos")[pc.index(missing, True).as_py()].as_py())
+        self.unmatched += unmatched
+        self.rows += len(batch)
+        self.bad += column.null_count
+        if self.low != self.high or not self.low:
+            return None
+        present = column.drop_null() if column.null_count else column
+        flat = present.flatten().to_numpy(zero_copy_only=False)
+        vectors = np.asarray(flat, np.float32).reshape(-1, self.low)
+        norms = np.sqrt(np.einsum("nd,nd->n", vectors, vectors))
+        self.bad += int((~np.isfinite(norms) | (norms == 0)).sum())
+        return None if self.bad or self.unmatched else vectors / norms[:, None]
+
+    def refusal(self, file: Path) -> str | None:
+        if self.rows == 0:
+            return f"{file}: no rows"
+        if self.low != self.high:
+            return f"{file}: vectors of {self.low} to {self.high} dimensions; every row needs the same"
+        if self.bad:
+            return f"{file}: {self.bad} vectors are NaN, infinite or all zero (or missing); nothing imported"
+        if self.unmatched:
+            return (f"{file}: {self.rows - self.unmatched:,} of {self.rows:,} rows match a face or a "
+                    f"registered labeled sample (row {self.unmatched_example} matches none); "
+                    "nothing imported")
+        return None
+
+
+class _Duplicates(Exception):
+    """Two rows of the file name one face or sample (by one key, or by sample_idx and locator)."""
 
 
 def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
@@ -130,47 +165,74 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
         columns = set(pq.read_schema(path).names)
     except (OSError, pa.ArrowException) as exc:
         raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    with ThreadPoolExecutor(1) as hasher:  # the file's hash (its key) is read while it is checked
-        digest = hasher.submit(sha256_of, path)
-        with open_run(workspace, "embed import", {"file": str(path), "name": name}) as (con, run):
-            try:  # a name is one file, so its dimension is the file's: checked row by row
-                rows, dim = _check(con, str(path), columns)
-            except duckdb.Error as exc:
-                raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
-            key = f"import-{name}-{digest.result()[:12]}"
-            return _store(workspace, con, run, path, columns, name, key, rows, dim)
+    _check_columns(path, columns)
+    key = f"import-{name}-{sha256_of(path)[:12]}"  # a name is one file: its hash is the model's key
+    with open_run(workspace, "embed import", {"file": str(path), "name": name}) as (con, run):
+        bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
+                         "AND starts_with(model_key, ?)", [f"import-{name}-"])
+        if bound is not None and bound[0] != key:
+            raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
+                                 "choose another --model-name")
+        try:
+            return _store(workspace, con, run, path, columns, name, key)
+        except _Duplicates:
+            rows, distinct = con.execute(
+                f"SELECT count(item_id), count(DISTINCT item_id) FROM ({_key_sql(columns)})",
+                {"file": str(path)}).fetchone()
+            raise WorkbenchError(f"{path}: keys appear more than once ({rows - distinct:,} rows name a face "
+                                 "or sample another row names); nothing imported") from None
+        except duckdb.Error as exc:
+            raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
 def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path: Path, columns: set[str],
-           name: str, key: str, rows: int, dim: int) -> ImportResult:
-    """Stream a checked file's vectors, unit length, into the store of model `key`."""
-    bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
-                     "AND starts_with(model_key, ?)", [f"import-{name}-"])
-    if bound is not None and bound[0] != key:
-        raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
-                             "choose another --model-name")
-    stored = 0
-    with transaction(con):
-        store = EmbeddingStore(workspace, con, ModelSpec("import", str(path), fixed_key=key), dim)
-        rows_con = con.cursor()  # the reader streams while `con` writes
-        # items that already have a vector under the model (a re-import) are left out by the
-        # query itself: one anti-join, not a look-up per chunk
-        reader = rows_con.sql(
-            f"SELECT k.item_id, k.vector FROM ({_key_sql(columns)}) k ANTI JOIN (SELECT item_id "
-            f"FROM embeddings WHERE model_key = $model_key) e ON e.item_id = k.item_id",
-            params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
-        for batch in reader:
-            ids = batch.column("item_id")
-            flat = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
-            vectors = np.asarray(flat, np.float32).reshape(len(ids), dim)
-            store.append(ids, vectors / np.sqrt(np.einsum("nd,nd->n", vectors, vectors))[:, None])
-            stored += len(ids)
-        rows_con.close()
+           name: str, key: str) -> ImportResult:
+    """One pass over the file: each chunk is counted for the refusals and, while the file is still
+    good, appended (unit length) to the store of model `key`, in one transaction. A refusal rolls
+    the rows back and cuts the vector file back to where it was, so nothing is written."""
+    target = vectors_path(workspace, key)
+    kept = target.stat().st_size if target.exists() else None
+    tally, store, stored = _Tally(), None, 0
+    try:
+        with transaction(con):
+            rows_con = con.cursor()  # the reader streams while `con` writes
+            # items that already have a vector under the model (a re-import) are counted, not stored
+            reader = rows_con.sql(
+                f"SELECT k.pos, k.item_id, k.vector, e.item_id IS NOT NULL AS stored FROM "
+                f"({_key_sql(columns)}) k LEFT JOIN (SELECT item_id FROM embeddings WHERE model_key = "
+                "$model_key) e ON e.item_id = k.item_id",
+                params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
+            for batch in reader:
+                vectors = tally.add(batch)
+                new = ~np.asarray(batch.column("stored").to_numpy(zero_copy_only=False), bool)
+                if vectors is None or not new.any():
+                    continue
+                if store is None:
+                    store = EmbeddingStore(workspace, con, ModelSpec("import", str(path), fixed_key=key),
+                                           vectors.shape[1])
+                try:
+                    store.append(batch.column("item_id").filter(pa.array(new)), vectors if new.all()
+                                 else vectors[new])
+                except duckdb.ConstraintException:
+                    raise _Duplicates from None
+                stored += int(new.sum())
+            rows_con.close()
+            refusal = tally.refusal(path)
+            if refusal:
+                raise WorkbenchError(refusal)
+    except BaseException:
+        if kept is None:
+            target.unlink(missing_ok=True)
+            with suppress(OSError):  # the model's folder, made for this file
+                target.parent.rmdir()
+        else:
+            os.truncate(target, kept)
+        raise
     counts = con.execute("SELECT count(*) FILTER (NOT starts_with(item_id, ?)), "
                          "count(*) FILTER (starts_with(item_id, ?)) FROM embeddings WHERE model_key = ?",
                          [registry.ITEM_PREFIX, registry.ITEM_PREFIX, key]).fetchone()
-    result = ImportResult(f"imported:{name}", key, dim, rows, int(counts[0]), int(counts[1]), stored,
-                          run.run_id)
+    result = ImportResult(f"imported:{name}", key, tally.low or 0, tally.rows, int(counts[0]), int(counts[1]),
+                          stored, run.run_id)
     run.counts = result.as_dict()
     return result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import duckdb
@@ -30,11 +30,16 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 @contextmanager
 def registered(con: duckdb.DuckDBPyConnection, **relations: Any) -> Iterator[None]:
     """Arrow tables (or dicts of NumPy arrays) visible to SQL under their keyword names for the
-    block, and unregistered however it ends."""
+    block, and unregistered however it ends. A statement that failed in the block (a constraint)
+    leaves the transaction aborted: its ROLLBACK drops them, and that error is the one raised."""
     for name, relation in relations.items():
         con.register(name, relation)
     try:
         yield
-    finally:
+    except BaseException:
         for name in relations:
-            con.unregister(name)
+            with suppress(duckdb.TransactionException):
+                con.unregister(name)
+        raise
+    for name in relations:
+        con.unregister(name)
