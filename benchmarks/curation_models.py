@@ -13,8 +13,9 @@ Scenarios (both read ../shared/data, or the folders given):
   10% of web images get a near-duplicate copy as in lfw (small faces: 89x109
   photos rescaled to 0.6-0.9).
 Prints the calibration, then: the share of known people's faces excluded
-(copy, overlap or ambiguous), the share of unknown people's faces excluded,
-and, for lfw, near-duplicate recall and distinct same-person photos merged.
+(copy, overlap or ambiguous), the share of unknown people's faces excluded
+(both over the original photos), the same for the planted copies of known
+people's photos, near-duplicate recall and distinct same-person photos merged.
 Evaluation uses each image's primary face; images without a face are listed.
 """
 
@@ -96,12 +97,15 @@ def main() -> None:
         WHERE i.source = 'web'""").fetchall()
     found = [(n, dec, g) for n, dec, g in rows if dec is not None and n in truth]
     known = np.array([truth[n]["known"] for n, _, _ in found])
+    planted_copy = np.array([truth[n]["dup_of"] is not None for n, _, _ in found])
     decision = np.array([dec for _, dec, _ in found])
     excluded = decision != "clean"
-    print(f"\nweb images: {len(rows)}, with a face: {len(found)} ({known.sum()} of known people)")
-    for label, mask in (("known", known), ("unknown", ~known)):
+    print(f"\nweb images: {len(rows)}, with a face: {len(found)} ({known.sum()} of known people, "
+          f"{planted_copy.sum()} planted copies)")
+    for label, mask in (("known", known & ~planted_copy), ("unknown", ~known & ~planted_copy),
+                        ("copies of known", known & planted_copy)):
         counts = {d: int((decision[mask] == d).sum()) for d in ("copy", "overlap", "ambiguous", "clean")}
-        print(f"{label:>8} people's faces excluded: {excluded[mask].mean():.4f} of {mask.sum()}  {counts}")
+        print(f"{label:>15} people's faces excluded: {excluded[mask].mean():.4f} of {mask.sum()}  {counts}")
 
     by_name = {n: g for n, _, g in found}
     copies = [(n, t["dup_of"]) for n, t in truth.items()

@@ -157,6 +157,10 @@ def test_a_one_photo_label_of_a_labeled_person_is_found_and_a_stranger_is_not():
     singles = [(f.label[i], f.other_label[i]) for i in f.of("same_person")
                if f.evidence[i].get("single_photo")]
     assert singles == [(2, owner)]
+    # the label pair is the one-photo rule's finding alone: the rule for labels of several photos
+    # does not judge a label from one photo's handful of member pairs
+    about_2 = [i for i in f.of("same_person") if 2 in (f.label[i], f.other_label[i])]
+    assert [f.evidence[i].get("single_photo") for i in about_2] == [True]
     rule = audit.single
     assert rule.single_photos == 2 and rule.fpir == 0.01  # as wb overlap's default
     assert rule.expected_false == pytest.approx(rule.measured_fpir * 2, abs=0.01)

@@ -287,6 +287,11 @@ def audit_labeled(
     same_recall: Annotated[float, typer.Option(min=0.5, max=0.9999,
         help="Share of one-person-two-labels pairs to find, measured on random halves of NAME's "
              "own identities; sets the same-person threshold.")] = 0.98,
+    single_fpir: Annotated[float, typer.Option(min=1e-4, max=0.5,
+        help="Labels with one photo: the share of them, when they are people of their own, that "
+             "may still be reported as another label's person (as wb overlap --fpir); the report "
+             "gives the recall this buys and the false findings to expect. Rates far below "
+             "1 / (faces in the set) cannot be measured on it.")] = 0.01,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
     model_norm: ModelNormOpt = None,
@@ -307,5 +312,6 @@ def audit_labeled(
     with progress_bar("audit: embeddings", enabled=not as_json) as update:
         result = run_audit_labeled(Workspace.at(workspace), name, model=model_spec(model, flip, model_norm),
                                    against=against, precision=precision, same_recall=same_recall,
-                                   seed=seed, workers=workers, ray=ray, progress=update)
+                                   single_fpir=single_fpir, seed=seed, workers=workers, ray=ray,
+                                   progress=update)
     report(f"audit of labeled set {name}", result, as_json)

@@ -189,7 +189,7 @@ class SinglePhotoRule:
     (`curate.calibration`), measured on this set at `fpir`."""
 
     threshold: float
-    fpir: float  # the overlap calibration's default
+    fpir: float  # asked for (`--single-fpir`; the overlap calibration's default)
     measured_fpir: float
     known_recall: float  # single photos of a labeled person that reach the threshold (simulated)
     known_recall_95ci: tuple[float, float]
@@ -201,7 +201,7 @@ class SinglePhotoRule:
 
 
 def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, single_photos: int,
-                      clean: np.ndarray, seed: int) -> SinglePhotoRule | None:
+                      clean: np.ndarray, seed: int, fpir: float = SINGLE_FPIR) -> SinglePhotoRule | None:
     """Calibrated as `wb overlap` is: faces scored with their own identity left out play other
     people; one face of each of a sample of identities, scored with the rest of its identity,
     plays a lone photo of a labeled person. Only `clean` faces (not suspected of a wrong label,
@@ -212,7 +212,6 @@ def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, singl
     probes = choose_probes(labels, MAX_PROBES, seed)
     if not probes.any() or not clean.any() or single_photos == 0:
         return None
-    fpir = SINGLE_FPIR
     unknown = np.zeros(len(labels), bool)
     unknown[np.flatnonzero(clean)[choose_unknown(int(clean.sum()), MAX_UNKNOWN, seed)]] = True
     scores = open_set_scores(vectors, labels, n_ids, unknown, probes)

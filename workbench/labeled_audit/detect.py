@@ -24,6 +24,7 @@ from workbench.embed.compute import sample_per_identity
 from workbench.embed.unit import unit_rows
 from workbench.labeled_audit.calibrate import (
     GALLERY_PER_IDENTITY,
+    SINGLE_FPIR,
     SameRule,
     SinglePhotoRule,
     WrongLabelRule,
@@ -180,7 +181,7 @@ def best_other(vectors: np.ndarray, person: np.ndarray, centres: np.ndarray, val
 
 
 def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precision: float = 0.9,
-                 same_recall: float = 0.98, seed: int = 0,
+                 same_recall: float = 0.98, single_fpir: float = SINGLE_FPIR, seed: int = 0,
                  progress: ProgressFn | None = None) -> LabelAudit:
     """Wrong labels, one person under two labels and mixed labels of one set."""
     members = Members.of(labels, n_ids)
@@ -195,14 +196,15 @@ def audit_labels(vectors: np.ndarray, labels: np.ndarray, n_ids: int, *, precisi
         vectors, labels, first.centres, valid, CALIBRATION_PAIRS, seed), precision).threshold)
     kept = Members.of(labels, n_ids, among=trusted)
     findings = Findings()
-    pairs = same_person_pairs(vectors, kept, first.centres, valid, within_labels(vectors, kept, threshold),
-                              same)
+    # labels with one photo are the one-photo rule's: a handful of member pairs cannot tell
+    pairs = same_person_pairs(vectors, kept, first.centres, valid & (members.counts >= 2),
+                              within_labels(vectors, kept, threshold), same)
     for a, b, centre_cos, m in pairs:
         findings.add("same_person", a, m.low, other_label=b, matched=m.matched, pairs=m.pairs,
                      ratio=round(m.ratio, 4), centre_cosine=round(centre_cos, 4))
     joined = np.isin(labels, [label for a, b, *_ in pairs for label in (a, b)])
     single_rule = single_photo_rule(vectors, labels, n_ids, int((members.counts == 1).sum()),
-                                    trusted & ~joined & (members.counts[labels] > 1), seed)
+                                    trusted & ~joined & (members.counts[labels] > 1), seed, single_fpir)
     singles = [] if single_rule is None else \
         single_photo_pairs(vectors, labels, first.centres, valid, single_rule, seed)
     for a, b, score in singles:

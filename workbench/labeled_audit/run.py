@@ -25,6 +25,7 @@ from workbench.ingest.hashing import phash64
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.register import register_labeled
+from workbench.labeled_audit.calibrate import SINGLE_FPIR
 from workbench.labeled_audit.detect import LabelAudit, audit_labels, duplicate_pairs, leaked_identities
 from workbench.labeled_audit.findings import replace_findings
 from workbench.labeled_audit.report import score_histograms, suspects_grid
@@ -89,20 +90,21 @@ def resolve_against(workspace: Workspace, labeled_set: str, against: list[str]) 
 def run_audit_labeled(
     workspace: Workspace, labeled_set: str, *, model: str | ModelSpec = "dlib", flip: bool = False,
     against: list[str] | None = None, precision: float = 0.9, same_recall: float = 0.98,
-    seed: int = 0, workers: int | None = None, progress: ProgressFn | None = None,
+    single_fpir: float = SINGLE_FPIR, seed: int = 0, workers: int | None = None,
+    progress: ProgressFn | None = None,
     ray: str | None = None,
 ) -> LabeledAuditResult:
     """`wb audit labeled NAME`: wrong labels, one person under two labels, mixed labels, leakage
     into evaluation sets (`against`: `.bin` files, folders, registered sets) and duplicates.
 
-    Thresholds are measured on the set (`precision`, `same_recall`); findings replace the
+    Thresholds are measured on the set (`precision`, `same_recall`, `single_fpir`); findings replace the
     set's findings for the model in one transaction.
     Returns: `LabeledAuditResult`; raises `WorkbenchError` for a set with fewer than two identities."""
-    if not 0 < precision < 1 or not 0 < same_recall < 1:
-        raise WorkbenchError("--precision and --same-recall must be between 0 and 1")
+    if not 0 < precision < 1 or not 0 < same_recall < 1 or not 0 < single_fpir < 1:
+        raise WorkbenchError("--precision, --same-recall and --single-fpir must be between 0 and 1")
     sources = resolve_against(workspace, labeled_set, against or [])
     params = {"labeled": labeled_set, "against": sources, "precision": precision,
-              "same_recall": same_recall, "seed": seed}
+              "same_recall": same_recall, "single_fpir": single_fpir, "seed": seed}
     started = time.perf_counter()
     with embedding_run(workspace, "audit labeled", params, model=model, flip=flip, workers=workers,
                        progress=progress, ray=ray) as (ctx, run):
@@ -116,7 +118,7 @@ def run_audit_labeled(
             vectors = whole_set_vectors(ctx, labeled)
             embed_seconds = time.perf_counter() - embed_started
             audit = audit_labels(vectors, labels, n_ids, precision=precision, same_recall=same_recall,
-                                 seed=seed)
+                                 single_fpir=single_fpir, seed=seed)
             thresholds, notes = _dedupe_thresholds(ctx, labeled, run.run_id)
             for source in sources:
                 faces = bin_faces(ctx, Path(source)) if Path(source).is_file() else set_faces(ctx, source)
