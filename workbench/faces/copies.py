@@ -83,8 +83,8 @@ EDITS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 def edit_photo(rgb: np.ndarray, transform: str, rng: np.random.Generator) -> np.ndarray:
     """One web copy of a photo: the named transformation, then re-encoded as JPEG (quality 40-80
     for `reencode` and `mixed`, 75-95 otherwise). `mixed` is the commonest copy of all, a photo
-    reframed, rescaled and brightened and saved at low quality at once, plus one other edit in
-    two of three copies."""
+    reframed, rescaled and brightened and saved at low quality at once, plus a rotation, a mirror
+    or a caption in half of them."""
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transformation {transform!r}: one of {', '.join(TRANSFORMS)}")
     names = [transform] if transform in EDITS else []

@@ -200,14 +200,26 @@ class SinglePhotoRule:
         return asdict(self)
 
 
+def several_photo_faces(labels: np.ndarray, seed: int) -> np.ndarray:
+    """What one-photo labels are compared with, in the calibration and in the search alike: the
+    sampled faces of labels with two or more photos. Scoring other people's faces against the
+    one-photo labels too would let the very pairs the rule looks for (a labeled person's faces
+    against that person's lone photo under another label: 2% of LFW's labels) pass for other
+    people, and lift the threshold past most lone photos of labeled people."""
+    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)
+    counts = np.bincount(labels)
+    return kept[counts[labels[kept]] >= 2]
+
+
 def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, single_photos: int,
                       clean: np.ndarray, seed: int, fpir: float = SINGLE_FPIR) -> SinglePhotoRule | None:
-    """Calibrated as `wb overlap` is: faces scored with their own identity left out play other
-    people; one face of each of a sample of identities, scored with the rest of its identity,
-    plays a lone photo of a labeled person. Only `clean` faces (not suspected of a wrong label,
+    """Calibrated as `wb overlap` is, against labels of several photos (`several_photo_faces`):
+    faces scored with their own identity left out play other people; one face of each of a
+    sample of identities, scored with the rest of its identity, plays a lone photo of a labeled
+    person. Only `clean` faces (not suspected of a wrong label,
     their label not found to be one person with another) play other people: the findings
     themselves would otherwise raise the threshold. None when there is nothing to calibrate on."""
-    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)
+    kept = several_photo_faces(labels, seed)
     vectors, labels, clean = unit_rows(vectors, kept), labels[kept], clean[kept]
     probes = choose_probes(labels, MAX_PROBES, seed)
     if not probes.any() or not clean.any() or single_photos == 0:

@@ -20,15 +20,14 @@ from workbench.curate.dedupe import close_pairs, group_labels
 from workbench.curate.pairs import DedupeThresholds, is_duplicate, popcount64
 from workbench.curate.scoring import Gallery
 from workbench.curate.search import nearest
-from workbench.embed.compute import sample_per_identity
 from workbench.embed.unit import unit_rows
 from workbench.labeled_audit.calibrate import (
-    GALLERY_PER_IDENTITY,
     SINGLE_FPIR,
     SameRule,
     SinglePhotoRule,
     WrongLabelRule,
     same_rule,
+    several_photo_faces,
     single_photo_rule,
     split_half_centres,
     wrong_label_rule,
@@ -137,15 +136,16 @@ def same_person_pairs(vectors: np.ndarray, members: Members, centres: np.ndarray
 def single_photo_pairs(vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray, valid: np.ndarray,
                        rule: SinglePhotoRule, seed: int) -> list[tuple[int, int, float]]:
     """(single label, other label, identity score) for each label with one face whose face
-    reaches the rule's threshold against another identity (scored as `wb overlap` scores)."""
+    reaches the rule's threshold against another identity of several photos (scored as
+    `wb overlap` scores)."""
     counts = np.bincount(labels, minlength=len(centres))
     alone = np.flatnonzero(counts[labels] == 1)
     if len(alone) == 0:
         return []
     # the identities' sampled faces, as `wb overlap` keeps them: all of them at MS1MV2's size would be
     # padded to the largest identity (85k identities x ~1,000 slots x d floats)
-    kept = sample_per_identity(labels, GALLERY_PER_IDENTITY, seed)  # the faces the rule was measured with
-    gallery = Gallery.build(centres, valid, unit_rows(vectors, kept), labels[kept])
+    kept = several_photo_faces(labels, seed)  # the faces the rule was measured with
+    gallery = Gallery.build(centres, valid & (counts >= 2), unit_rows(vectors, kept), labels[kept])
     score, other = best_other_identity(unit_rows(vectors, alone), labels[alone], gallery)
     hit = (score >= rule.threshold) & (other >= 0)
     return [(int(labels[i]), int(o), float(s)) for i, o, s in zip(alone[hit], other[hit], score[hit],
