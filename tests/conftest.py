@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,8 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 LFW = Path(os.environ.get("WB_LFW150", ROOT.parent / "shared" / "data" / "lfw150"))
 SHARED = ROOT.parent / "shared"
 MODELS = Path(os.environ.get("WB_MODELS", SHARED / "models"))
-# FiftyOne's database for this test session only (inherited by the `wb` processes tests start)
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="wb-test-fiftyone-"))
+# FiftyOne's database for this test session only (inherited by the `wb` processes tests start),
+# removed when the session ends
+FIFTYONE_DIR = None if "FIFTYONE_DATABASE_DIR" in os.environ else tempfile.mkdtemp(prefix="wb-test-fiftyone-")
+if FIFTYONE_DIR:
+    os.environ["FIFTYONE_DATABASE_DIR"] = FIFTYONE_DIR
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if FIFTYONE_DIR:
+        shutil.rmtree(FIFTYONE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
