@@ -9,7 +9,7 @@ from tests.helpers import unit
 from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
 from workbench.curate.dedupe import FaceHashes, duplicate_pairs, group_labels, representatives
 from workbench.curate.overlap import FaceScores, decide
-from workbench.curate.pairs import DedupeThresholds, popcount64
+from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, popcount64
 from workbench.curate.scoring import (
     Gallery,
     best_identity,
@@ -63,6 +63,9 @@ def test_more_neighbours_than_base():
     assert idx[:, 1:].tolist() == [[-1, -1], [-1, -1]] and np.isinf(sims[:, 1:]).all()
 
 
+FAR = np.uint64(0xAAAAAAAAAAAAAAAA)  # xor'd into a hash: 32 bits from it, as a stranger's
+
+
 def test_popcount():
     assert popcount64(np.array([0, 1, 0xFF, 2**64 - 1], np.uint64)).tolist() == [0, 1, 8, 64]
 
@@ -76,7 +79,8 @@ def test_duplicates_need_near_identity_or_close_hash():
     hashes = np.array([0, 2**40, 2**41, 2**42, 0, 0xFFFF0000FFFF, 2**40 + 1], np.uint64)
     # 4 = near-identical embedding of 0; 5 = same person as 0 but far hash; 6 = copy of 1, close hash
     t = DedupeThresholds(strict=0.999, loose=0.9, phash_bits=4, k=6)
-    i, j, _ = duplicate_pairs(vectors, FaceHashes(hashes, ~hashes, np.arange(7)), t)
+    i, j, _ = duplicate_pairs(vectors, FaceHashes(Hashes(hashes, hashes ^ FAR, ~hashes, ~hashes ^ FAR),
+                                                  np.arange(7)), t)
     pairs = set(zip(i.tolist(), j.tolist(), strict=True))
     cos_05 = float(vectors[0] @ vectors[5])
     assert cos_05 < 0.999
@@ -95,13 +99,25 @@ def test_a_whole_image_hash_finds_a_copy_whose_crop_moved_but_not_across_one_ima
     vectors[3] = unit((vectors[2] + 0.5 * unit(rng.normal(size=(1, 64)))[0])[None])[0]
     crop = np.array([0, 2**64 - 1, 0xFF, 0xFF00FF00, 0xF0F0F0F0F0], np.uint64)
     image = np.array([0x0F, 0x0F | 2**63, 2**30, 2**30, 2**50 - 1], np.uint64)
-    hashes = FaceHashes(crop, image, np.array([0, 1, 2, 2, 3]))
+    hashes = FaceHashes(Hashes(crop, crop ^ FAR, image, image ^ FAR), np.array([0, 1, 2, 2, 3]))
     t = DedupeThresholds(strict=0.999, loose=0.8, phash_bits=4, k=4)
     cos = vectors @ vectors.T
     assert cos[0, 1] >= t.loose and cos[2, 3] >= t.loose and cos[0, 4] >= t.loose
     assert hashes.bits(np.array([0, 2, 0]), np.array([1, 3, 4])).tolist() == [1, 24, 20]
     i, j, _ = duplicate_pairs(vectors, hashes, t)
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(0, 1)}
+
+
+def test_a_mirrored_copy_is_near_by_its_mirrored_hash():
+    """Face 1 is face 0's photo flipped left to right: its hashes are far from 0's, but 0's
+    mirrored hashes are near its own, whichever face of the pair is mirrored."""
+    crop = np.array([0x00FF00FF00FF00FF, 0x0F0F0F0F0F0F0F0F], np.uint64)
+    mirror = np.array([crop[1] ^ np.uint64(3), crop[0] ^ np.uint64(1)], np.uint64)
+    image = np.array([2**63, 2**62], np.uint64)
+    hashes = Hashes(crop, mirror, image, image ^ FAR)
+    assert popcount64(crop[:1] ^ crop[1:]).tolist() == [32]
+    assert hash_bits(hashes[np.array([0])], hashes[np.array([1])]).tolist() == [1]
+    assert hash_bits(hashes[np.array([1])], hashes[np.array([0])]).tolist() == [2]
 
 
 def test_groups_and_representatives():

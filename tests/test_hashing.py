@@ -6,7 +6,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from tests.conftest import noise_image
-from workbench.ingest.hashing import hamming, phash64, sha256_hex
+from workbench.ingest.hashing import hamming, phash64, phash64_pair, sha256_hex
 
 
 def test_sha256_known_vector():
@@ -35,3 +35,12 @@ def test_phash_survives_resize_and_jpeg_but_separates_different_images():
 def test_hamming():
     assert hamming(0b1011, 0b0001) == 2
     assert hamming(2**64 - 1, 0) == 64
+
+
+def test_the_mirrored_hash_is_the_hash_of_the_mirrored_image():
+    for seed in range(20):
+        rgb = np.asarray(noise_image(seed, (150 + seed, 120)))
+        plain, mirrored = phash64_pair(rgb)
+        assert plain == phash64(rgb)
+        assert mirrored == phash64(np.ascontiguousarray(rgb[:, ::-1]))
+    assert hamming(*phash64_pair(rgb)) >= 8  # an asymmetric image is far from its mirror

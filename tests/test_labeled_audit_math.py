@@ -189,15 +189,18 @@ def test_exact_and_near_duplicates_by_the_dedupe_rule():
     s = planted_set()
     vectors = s["vectors"].copy()
     vectors[20] = unit(vectors[21:22] + 0.02 * np.random.default_rng(1).standard_normal((1, DIM)))[0]
+    vectors[30] = unit(vectors[31:32] + 0.02 * np.random.default_rng(2).standard_normal((1, DIM)))[0]
     hashes = np.arange(len(vectors), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    mirrored = hashes * np.uint64(0xD1B54A32D192ED03)
     hashes[20] = hashes[21] ^ np.uint64(1)  # a near copy: close embedding, one hash bit apart
+    hashes[30] = mirrored[31] ^ np.uint64(3)  # a mirrored copy: near 31's mirrored hash only
 
     def phash(positions: np.ndarray) -> np.ndarray:
-        return hashes[positions]
+        return np.stack([hashes[positions], mirrored[positions]], axis=1)
 
     t = DedupeThresholds(strict=0.9999, loose=0.95, phash_bits=4, k=4)
     pairs = duplicate_pairs(vectors, t, phash, lambda a, b: {a, b} == {49, 50})
-    assert [(i, j, exact) for i, j, _, exact in pairs] == [(20, 21, False), (49, 50, True)]
+    assert [(i, j, exact) for i, j, _, exact in pairs] == [(20, 21, False), (30, 31, False), (49, 50, True)]
 
 
 def test_clean_plan_drops_merges_and_honours_reviews():
@@ -251,5 +254,6 @@ def test_an_audit_of_vectors_held_in_half_precision_finds_the_same():
     assert np.allclose(half.own, full.own, atol=2e-3, equal_nan=True)
     t = DedupeThresholds(strict=0.9999, loose=0.95, phash_bits=4, k=4)
     hashes = np.arange(len(s["vectors"]), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    pairs = duplicate_pairs(s["vectors"].astype(np.float16), t, lambda p: hashes[p], lambda a, b: True)
+    pairs = duplicate_pairs(s["vectors"].astype(np.float16), t,
+                            lambda p: np.stack([hashes[p], ~hashes[p]], 1), lambda a, b: True)
     assert [(i, j, exact) for i, j, _, exact in pairs] == [(49, 50, True)]  # identical rows: cosine 1

@@ -28,6 +28,7 @@ from workbench.curate.calibration import (
     open_set_scores,
     single_face_scores,
 )
+from workbench.curate.pairs import Hashes
 from workbench.embed.compute import (
     EmbedContext,
     ProgressFn,
@@ -43,7 +44,7 @@ from workbench.faces.copies import TRANSFORMS, copy_pair
 from workbench.faces.detectors import get_detector
 from workbench.formats.images import decode_crop, decode_crops
 from workbench.ingest.decode import Rejected, decode_image
-from workbench.ingest.hashing import phash64
+from workbench.ingest.hashing import phash64_pair
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.detector import of_workspace as workspace_detector
@@ -53,7 +54,7 @@ from workbench.results import Result
 
 T = TypeVar("T")
 DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
-METHOD = 7  # bump when the way a calibration is measured changes: stored ones are then redone
+METHOD = 8  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -145,23 +146,24 @@ def _crops(labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
     return decode_crops([labeled.crop_bytes(int(p)) for p in positions])
 
 
-def _phashes(crops: np.ndarray) -> np.ndarray:
-    return np.array([phash64(c) for c in crops], np.uint64)
+def _crop_hashes(crops: np.ndarray, photos: np.ndarray) -> Hashes:
+    """`crops`' hashes and mirrored hashes, beside their photos' (n x 2: hash, mirrored hash)."""
+    own = np.array([phash64_pair(c) for c in crops], np.uint64).reshape(-1, 2)
+    return Hashes(own[:, 0], own[:, 1], photos[:, 0], photos[:, 1])
 
 
-def _labeled_hashes(labeled: LabeledSet, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _labeled_hashes(labeled: LabeledSet, positions: np.ndarray) -> Hashes:
     """Hashes of labeled faces' crops and of the photos they were found in, as `wb ingest` hashes
-    web faces and their images (the crop's own hash where the photo is gone); read one at a
-    time (20k crops at once would hold 750 MB)."""
-    hashes = np.empty((len(positions), 2), np.uint64)
+    web faces and their images (the crop's own where the photo is gone); read one at a time
+    (20k crops at once would hold 750 MB)."""
+    crops, photos = np.empty((len(positions), 2), np.uint64), np.empty((len(positions), 2), np.uint64)
     for row, position in enumerate(positions.tolist()):
-        crop = phash64(decode_crop(labeled.crop_bytes(position)))
+        crops[row] = phash64_pair(decode_crop(labeled.crop_bytes(position)))
         try:
-            photo = phash64(decode_image(labeled.photo_bytes(position)).rgb)
+            photos[row] = phash64_pair(decode_image(labeled.photo_bytes(position)).rgb)
         except (OSError, ValueError, Rejected):
-            photo = crop
-        hashes[row] = crop, photo
-    return hashes[:, 0], hashes[:, 1]
+            photos[row] = crops[row]
+    return Hashes(crops[:, 0], crops[:, 1], photos[:, 0], photos[:, 1])
 
 
 def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
@@ -182,9 +184,9 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         made = [copy_pair(crop, t, rng, detect) for crop, t in zip(_crops(labeled, originals), names,
                                                                    strict=True)]
         before, after = np.stack([p.original for p in made]), np.stack([p.copy for p in made])
-        photos = np.array([p.photo_hashes for p in made], np.uint64)
+        photos = np.array([p.photo_hashes for p in made], np.uint64).reshape(-1, 2, 2)
         copies = PairEvidence.of(embed_crops(ctx.spec, before), embed_crops(ctx.spec, after),
-                                 (_phashes(before), _phashes(after)), (photos[:, 0], photos[:, 1]))
+                                 _crop_hashes(before, photos[:, 0]), _crop_hashes(after, photos[:, 1]))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         faces = unit_rows(everything, a)
@@ -193,8 +195,8 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         a, b, faces = a[paired], b[paired], faces[paired]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        (crop_a, photo_a), (crop_b, photo_b) = _labeled_hashes(labeled, a), _labeled_hashes(labeled, b)
-        distinct = PairEvidence.of(faces, unit_rows(everything, b), (crop_a, crop_b), (photo_a, photo_b))
+        distinct = PairEvidence.of(faces, unit_rows(everything, b), _labeled_hashes(labeled, a),
+                                   _labeled_hashes(labeled, b))
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
                                   other_person)
         return {**result.as_dict(), "detector": detector.key,

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from workbench.curate.pairs import DedupeThresholds, hash_bits, is_duplicate
+from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
 from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
 from workbench.curate.search import ivf_lists, nearest, probe_sweep
 from workbench.embed.compute import unit_centres
@@ -229,10 +229,9 @@ class PairEvidence:
     hash_bits: np.ndarray
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, crops: tuple[np.ndarray, np.ndarray],
-           photos: tuple[np.ndarray, np.ndarray]) -> PairEvidence:
-        """Pairs of embeddings `a[n]`, `b[n]` with their crops' and their photos' hashes."""
-        return cls(np.einsum("nd,nd->n", a, b), hash_bits(*crops, *photos))
+    def of(cls, a: np.ndarray, b: np.ndarray, hashes_a: Hashes, hashes_b: Hashes) -> PairEvidence:
+        """Pairs of embeddings `a[n]`, `b[n]` with their hashes (faces of two photos)."""
+        return cls(np.einsum("nd,nd->n", a, b), hash_bits(hashes_a, hashes_b))
 
     def merged(self, t: DedupeThresholds) -> np.ndarray:
         """The pairs `wb dedupe` would call duplicates under `t`."""

@@ -22,11 +22,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
-from workbench.curate.pairs import DedupeThresholds, hash_bits, is_duplicate
+from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
 from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
 from workbench.embed.unit import unit_rows
+from workbench.ingest.hashing import phash64_pair
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
@@ -52,15 +53,13 @@ def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, 
 
 @dataclass(frozen=True)
 class FaceHashes:
-    """Each face's crop hash, its image's hash, and its image (faces of one image share a number)."""
+    """Each face's hashes (`pairs.Hashes`), and its image (faces of one image share a number)."""
 
-    crop: np.ndarray
-    image: np.ndarray
+    hashes: Hashes
     image_row: np.ndarray
 
     def bits(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return hash_bits(self.crop[i], self.crop[j], self.image[i], self.image[j],
-                         self.image_row[i] != self.image_row[j])
+        return hash_bits(self.hashes[i], self.hashes[j], self.image_row[i] != self.image_row[j])
 
 
 def duplicate_pairs(
@@ -88,13 +87,12 @@ def representatives(groups: np.ndarray, quality: np.ndarray, order_key: np.ndarr
     return rep
 
 
-def crop_phash_from_file(path: str) -> int:
-    from workbench.ingest.hashing import phash64
-
+def crop_phashes_from_file(path: str) -> tuple[int, int]:
+    """A stored crop's hash and mirrored hash."""
     gray = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise ValueError(f"unreadable crop {path}")
-    return phash64(gray)
+    return phash64_pair(gray)
 
 
 @dataclass
@@ -147,14 +145,18 @@ def run_dedupe(
         else:
             thresholds, mode = DedupeThresholds(), "defaults (no labeled set to calibrate on)"
         _fill_crop_phash(workspace, con)
+        # an image hashed before mirrored hashes existed compares as it is
         rows = con.execute(
-            "SELECT f.face_id, f.crop_phash, f.quality, coalesce(i.phash, f.crop_phash) AS image_phash, "
+            "SELECT f.face_id, f.quality, f.crop_phash, f.crop_phash_mirror, "
+            "coalesce(i.phash, f.crop_phash) AS image, "
+            "coalesce(i.phash_mirror, i.phash, f.crop_phash_mirror) AS image_mirror, "
             "dense_rank() OVER (ORDER BY f.image_id) AS image_row "
             "FROM faces f LEFT JOIN images i USING (image_id) ORDER BY f.face_id").fetchnumpy()
         face_ids = list(rows["face_id"])
         store = ctx.store()
         vectors = store.vectors(face_ids) if face_ids else np.empty((0, store.dim), np.float32)
-        hashes = FaceHashes(rows["crop_phash"].astype(np.uint64), rows["image_phash"].astype(np.uint64),
+        hashes = FaceHashes(Hashes(*(rows[c].astype(np.uint64) for c in
+                                     ("crop_phash", "crop_phash_mirror", "image", "image_mirror"))),
                             rows["image_row"])
         i, j, _ = duplicate_pairs(vectors, hashes, thresholds)
         groups = group_labels(len(face_ids), i, j)
@@ -182,12 +184,16 @@ def run_dedupe(
 
 
 def _fill_crop_phash(workspace: Workspace, con: duckdb.DuckDBPyConnection) -> None:
-    """Workspaces ingested before crop hashes existed get them from the crop files."""
-    missing = con.execute("SELECT face_id, crop_rel FROM faces WHERE crop_phash IS NULL").fetchall()
+    """Workspaces ingested before crop hashes (or mirrored ones) existed get them from the crop files."""
+    missing = con.execute("SELECT face_id, crop_rel FROM faces "
+                          "WHERE crop_phash IS NULL OR crop_phash_mirror IS NULL").fetchall()
     if not missing:
         return
-    hashes = [crop_phash_from_file(str(workspace.root / rel)) for _, rel in missing]
+    hashes = np.array([crop_phashes_from_file(str(workspace.root / rel)) for _, rel in missing],
+                      np.uint64).reshape(-1, 2)
     with registered(con, filled=pa.table({"face_id": [f for f, _ in missing],
-                                     "crop_phash": pa.array(hashes, pa.uint64())})):
-        con.execute("UPDATE faces SET crop_phash = filled.crop_phash FROM filled "
+                                          "crop_phash": pa.array(hashes[:, 0], pa.uint64()),
+                                          "crop_phash_mirror": pa.array(hashes[:, 1], pa.uint64())})):
+        con.execute("UPDATE faces SET crop_phash = coalesce(faces.crop_phash, filled.crop_phash), "
+                    "crop_phash_mirror = filled.crop_phash_mirror FROM filled "
                     "WHERE faces.face_id = filled.face_id")

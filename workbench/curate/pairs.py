@@ -2,11 +2,12 @@
 
 A pair is a duplicate when the embeddings are nearly identical (cosine >=
 `strict`), or close (>= `loose`) and their perceptual hashes differ in at most
-`phash_bits` bits: the nearer of the aligned crops' hashes and, for faces of two
-different images, the whole images' hashes. The crop hash survives crops and
-reframings of a photo; the image hash survives what moves the landmarks (a small
-face rescaled and re-encoded comes back aligned a pixel or two off, and its crop
-hash and embedding with it, while the whole photo hashes the same).
+`phash_bits` bits: the nearest of the aligned crops' hashes and, for faces of
+two different images, the whole images' hashes, each also mirrored. The crop
+hash survives crops and reframings of a photo; the image hash survives what
+moves the landmarks (a small face rescaled and re-encoded comes back aligned a
+pixel or two off, and its crop hash and embedding with it, while the whole
+photo hashes the same); the mirrored hashes, a copy flipped left to right.
 """
 
 from __future__ import annotations
@@ -35,13 +36,31 @@ def popcount64(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-def hash_bits(crop_a: np.ndarray, crop_b: np.ndarray, image_a: np.ndarray, image_b: np.ndarray,
-              images_differ: np.ndarray | bool = True) -> np.ndarray:
-    """Bits between two faces' hashes: the nearer of their crops' and, where `images_differ`,
-    their images'. Faces of one image share its hash, which then says nothing about them."""
-    crop = popcount64(crop_a.astype(np.uint64) ^ crop_b.astype(np.uint64))
-    image = popcount64(image_a.astype(np.uint64) ^ image_b.astype(np.uint64))
+@dataclass(frozen=True)
+class Hashes:
+    """Per face, 64-bit pHashes: its aligned crop's and its whole image's, each also of the image
+    mirrored left to right (`ingest.hashing.phash64_pair`), so that a mirrored copy is near."""
+
+    crop: np.ndarray
+    crop_mirror: np.ndarray
+    image: np.ndarray
+    image_mirror: np.ndarray
+
+    def __getitem__(self, rows: np.ndarray) -> Hashes:
+        return Hashes(self.crop[rows], self.crop_mirror[rows], self.image[rows], self.image_mirror[rows])
+
+
+def hash_bits(a: Hashes, b: Hashes, images_differ: np.ndarray | bool = True) -> np.ndarray:
+    """Bits between pairs of faces' hashes: the nearest of their crops' (as they are, or one
+    mirrored) and, where `images_differ`, their images'. Faces of one image share its hash,
+    which then says nothing about them."""
+    crop = np.minimum(_bits(a.crop, b.crop), _bits(a.crop, b.crop_mirror))
+    image = np.minimum(_bits(a.image, b.image), _bits(a.image, b.image_mirror))
     return np.where(images_differ, np.minimum(crop, image), crop)
+
+
+def _bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return popcount64(x.astype(np.uint64) ^ y.astype(np.uint64))
 
 
 def is_duplicate(cosine: np.ndarray, hash_bits: np.ndarray, t: DedupeThresholds) -> np.ndarray:

@@ -31,11 +31,27 @@ def phash64(rgb: np.ndarray) -> int:
     32x32 (area averaging here, which is ~5x faster than Lanczos), 2-D DCT-II,
     keep the 8x8 lowest frequencies, set the bits above their median.
     """
+    return _bits(_low_frequencies(rgb))
+
+
+def phash64_pair(rgb: np.ndarray) -> tuple[int, int]:
+    """The hash and the hash of the image mirrored left to right (`phash64(rgb[:, ::-1])`, bit for
+    bit), from one DCT: a mirror flips the sign of the odd horizontal frequencies."""
+    low = _low_frequencies(rgb)
+    return _bits(low), _bits(low * _MIRROR)
+
+
+_MIRROR = (-1.0) ** np.arange(PHASH_LOW)[None, :]
+
+
+def _low_frequencies(rgb: np.ndarray) -> np.ndarray:
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     small = cv2.resize(gray, (PHASH_SIZE, PHASH_SIZE), interpolation=cv2.INTER_AREA)
-    low = _DCT @ small.astype(np.float64) @ _DCT.T
-    bits = (low > np.median(low)).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    return _DCT @ small.astype(np.float64) @ _DCT.T
+
+
+def _bits(low: np.ndarray) -> int:
+    return int(np.packbits((low > np.median(low)).ravel()).view(">u8")[0])
 
 
 def hamming(a: int, b: int) -> int:

@@ -248,6 +248,7 @@ def _commit(
         "height": pa.array([r.height for r in new_images.values()], pa.int32()),
         "format": pa.array([r.format for r in new_images.values()], pa.string()),
         "phash": pa.array([r.phash for r in new_images.values()], pa.uint64()),
+        "phash_mirror": pa.array([r.phash_mirror for r in new_images.values()], pa.uint64()),
         "n_faces": pa.array([len(r.faces) for r in new_images.values()], pa.int32()),
     })
     new_face_rows = pa.table({
@@ -263,6 +264,7 @@ def _commit(
         "brightness": pa.array([f.brightness for _, f in faces], pa.float32()),
         "quality": pa.array([f.quality for _, f in faces], pa.float32()),
         "crop_phash": pa.array([f.crop_phash for _, f in faces], pa.uint64()),
+        "crop_phash_mirror": pa.array([f.crop_phash_mirror for _, f in faces], pa.uint64()),
         "detector": pa.array([detector for r in new_images.values() for _ in r.faces], pa.string()),
     })
     new_file_rows = pa.table({
@@ -277,14 +279,14 @@ def _commit(
             transaction(con):
         con.execute(
             "INSERT INTO images (image_id, status, reason, width, height, format, phash, n_faces, "
-            "run_id) SELECT image_id, status, reason, width, height, format, phash, "
-            "n_faces, ? FROM new_images ON CONFLICT DO NOTHING", [run_id])
+            "run_id, phash_mirror) SELECT image_id, status, reason, width, height, format, phash, "
+            "n_faces, ?, phash_mirror FROM new_images ON CONFLICT DO NOTHING", [run_id])
         con.execute(
             "INSERT INTO faces (face_id, image_id, face_index, crop_rel, det_score, bbox, landmarks, "
-            "face_size, blur, brightness, quality, run_id, crop_phash, detector) "
+            "face_size, blur, brightness, quality, run_id, crop_phash, detector, crop_phash_mirror) "
             "SELECT face_id, image_id, face_index, crop_rel, det_score, "
             "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ?, "
-            "crop_phash, detector FROM new_faces ON CONFLICT DO NOTHING", [run_id])
+            "crop_phash, detector, crop_phash_mirror FROM new_faces ON CONFLICT DO NOTHING", [run_id])
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
         con.execute(
             "INSERT INTO files (path, source, image_id, size, mtime_ns, reason, run_id) "

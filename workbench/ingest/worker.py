@@ -16,7 +16,7 @@ from workbench.faces.quality import face_quality
 from workbench.formats.files import read_regular_file
 from workbench.formats.walk import is_uri, read_uri
 from workbench.ingest.decode import Decoded, Rejected, decode_image
-from workbench.ingest.hashing import phash64, sha256_hex
+from workbench.ingest.hashing import phash64_pair, sha256_hex
 
 JPEG_QUALITY = 95
 TMP_DIR = "tmp"  # partial writes of a killed run; emptied when the next ingest starts
@@ -44,6 +44,7 @@ class FaceResult:
     brightness: float
     quality: float
     crop_phash: int
+    crop_phash_mirror: int
 
 
 @dataclass
@@ -58,6 +59,7 @@ class FileResult:
     height: int | None = None
     format: str | None = None
     phash: int | None = None
+    phash_mirror: int | None = None
     faces: list[FaceResult] = field(default_factory=list)
 
 
@@ -125,7 +127,7 @@ def process_bytes(data: bytes, result: FileResult, options: IngestOptions) -> Fi
     result.height, result.width = decoded.rgb.shape[:2]
     result.format = decoded.format
     gray = cv2.cvtColor(decoded.rgb, cv2.COLOR_RGB2GRAY)
-    result.phash = phash64(gray)
+    result.phash, result.phash_mirror = phash64_pair(gray)
     if options.aligned:
         if result.width != result.height:
             result.reason = f"not an aligned crop ({result.width}x{result.height})"
@@ -154,7 +156,7 @@ def _aligned_face(
     write_atomic(options.root, rel, payload)
     quality = face_quality(gray, None)
     return FaceResult(face_id, 0, rel, None, None, None, quality.face_size, quality.blur,
-                      quality.brightness, quality.score, phash64(gray))
+                      quality.brightness, quality.score, *phash64_pair(gray))
 
 
 def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> list[FaceResult]:
@@ -170,7 +172,7 @@ def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> l
         faces.append(
             FaceResult(face_id, index, rel, det.score, det.bbox.round(2).tolist(),
                        det.landmarks.round(2).ravel().tolist(), quality.face_size,
-                       quality.blur, quality.brightness, quality.score, phash64(gray))
+                       quality.blur, quality.brightness, quality.score, *phash64_pair(gray))
         )
     return faces
 

@@ -21,7 +21,7 @@ from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
 from workbench.faces.detectors import DetectorSpec
 from workbench.formats.images import decode_crop
-from workbench.ingest.hashing import phash64
+from workbench.ingest.hashing import phash64_pair
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.labeled.register import register_labeled
@@ -174,7 +174,8 @@ def _add_duplicates(labeled: LabeledSet, audit: LabelAudit, vectors: np.ndarray,
     """Exact and near-duplicate faces; the first of each pair (by position) is the one kept."""
 
     def phash(positions: np.ndarray) -> np.ndarray:
-        return np.array([phash64(decode_crop(labeled.crop_bytes(int(p)))) for p in positions], np.uint64)
+        return np.array([phash64_pair(decode_crop(labeled.crop_bytes(int(p)))) for p in positions],
+                        np.uint64).reshape(-1, 2)
 
     labels = labeled.labels
     for i, j, cos, exact in duplicate_pairs(vectors, thresholds, phash,

@@ -338,6 +338,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE erasures ADD COLUMN derived JSON",
         ],
     ),
+    (
+        12,
+        "mirrored perceptual hashes: a copy flipped left to right is a near-duplicate",
+        # Faces ingested before get theirs from their crops (`wb dedupe`); images keep NULL.
+        [
+            "ALTER TABLE images ADD COLUMN phash_mirror UBIGINT",
+            "ALTER TABLE faces ADD COLUMN crop_phash_mirror UBIGINT",
+        ],
+    ),
 ]
 
 
