@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import unit
 from workbench.curate.pairs import DedupeThresholds
 from workbench.labeled_audit import evidence
-from workbench.labeled_audit.calibrate import wrong_label_rule
+from workbench.labeled_audit.calibrate import SinglePhotoRule, wrong_label_rule
 from workbench.labeled_audit.clean import plan_clean
 from workbench.labeled_audit.detect import audit_labels, duplicate_pairs, leaked_identities
 from workbench.labeled_audit.evidence import (
@@ -166,6 +166,12 @@ def test_a_one_photo_label_of_a_labeled_person_is_found_and_a_stranger_is_not():
     assert rule.expected_false == pytest.approx(rule.measured_fpir * 2, abs=0.01)
     assert rule.known_recall > 0.9  # lone photos of labeled people, simulated on the set
     assert 100 not in [f.sample[i] for i in f.of("wrong_label")]
+
+
+def test_a_one_photo_rate_too_small_to_measure_says_so():
+    rule = SinglePhotoRule(0.8, 0.001, 0.0, 0.02, (0.0, 0.1), 1713, 0.0, unknown_probes=1500)
+    assert "below 2 / the 1,500 faces that played other people" in rule.notes()[0]
+    assert SinglePhotoRule(0.5, 0.01, 0.009, 0.95, (0.9, 0.98), 1713, 15.2, unknown_probes=1500).notes() == []
 
 
 def test_leaked_evaluation_people_are_found_by_identity_and_by_copy():

@@ -195,6 +195,15 @@ class SinglePhotoRule:
     known_recall_95ci: tuple[float, float]
     single_photos: int
     expected_false: float  # single-photo findings that are two people, estimated
+    unknown_probes: int = 0  # faces that played other people
+
+    def notes(self) -> list[str]:
+        """A line when `fpir` is below what the faces that played other people can measure."""
+        if self.fpir * self.unknown_probes >= 2:
+            return []
+        return [f"one-photo labels: --single-fpir {self.fpir:g} is below 2 / the {self.unknown_probes:,} "
+                "faces that played other people, so the threshold is about their highest score "
+                f"(simulated recall {self.known_recall:.2f}); raise it"]
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -229,4 +238,4 @@ def single_photo_rule(vectors: np.ndarray, labels: np.ndarray, n_ids: int, singl
     scores = open_set_scores(vectors, labels, n_ids, unknown, probes)
     cal = calibrate_overlap(scores, n_ids, fpir, fpir, fpir, None)
     return SinglePhotoRule(cal.threshold, fpir, cal.measured_fpir, cal.known_recall, cal.known_recall_95ci,
-                           single_photos, round(cal.measured_fpir * single_photos, 2))
+                           single_photos, round(cal.measured_fpir * single_photos, 2), cal.unknown_probes)

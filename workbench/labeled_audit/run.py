@@ -120,6 +120,7 @@ def run_audit_labeled(
             audit = audit_labels(vectors, labels, n_ids, precision=precision, same_recall=same_recall,
                                  single_fpir=single_fpir, seed=seed)
             thresholds, notes = _dedupe_thresholds(ctx, labeled, run.run_id)
+            notes += audit.single.notes() if audit.single else []
             for source in sources:
                 faces = bin_faces(ctx, Path(source)) if Path(source).is_file() else set_faces(ctx, source)
                 _add_leaks(audit, faces, vectors, labels, n_ids, thresholds.strict)
