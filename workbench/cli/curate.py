@@ -133,10 +133,11 @@ def dedupe(
     strict: Annotated[float | None, typer.Option(min=-1.0, max=1.0,
         help="Fixed: cosine at which two faces are duplicates.", show_default="calibrated")] = None,
     loose: Annotated[float | None, typer.Option(min=-1.0, max=1.0,
-        help="Fixed: cosine above which a close crop hash also makes a duplicate.",
+        help="Fixed: cosine above which close hashes also make a duplicate.",
         show_default="calibrated")] = None,
     phash_bits: Annotated[int | None, typer.Option(min=0, max=64,
-        help="Fixed: max differing bits of the crops' hashes.", show_default="calibrated")] = None,
+        help="Fixed: max differing bits between the hashes: the nearest of the crops' and (faces of "
+             "two images) the whole images', each also mirrored.", show_default="calibrated")] = None,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
     model_norm: ModelNormOpt = None,
