@@ -181,12 +181,18 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         originals = np.sort(rng.choice(n, size=min(targets.copies, n), replace=False))
         detect = get_detector(detector).detect
         names = [TRANSFORMS[i % len(TRANSFORMS)] for i in range(len(originals))]
-        made = [copy_pair(crop, t, rng, detect) for crop, t in zip(_crops(labeled, originals), names,
-                                                                   strict=True)]
-        before, after = np.stack([p.original for p in made]), np.stack([p.copy for p in made])
-        photos = np.array([p.photo_hashes for p in made], np.uint64).reshape(-1, 2, 2)
-        copies = PairEvidence.of(embed_crops(ctx.spec, before), embed_crops(ctx.spec, after),
-                                 _crop_hashes(before, photos[:, 0]), _crop_hashes(after, photos[:, 1]))
+        before, after, photos, refound = [], [], [], 0
+        for crop, name in zip(_crops(labeled, originals), names, strict=True):
+            pair = copy_pair(crop, name, rng, detect)  # its photos are hashed, not kept
+            before.append(pair.original)
+            after.append(pair.copy)
+            photos.append([phash64_pair(photo) for photo in pair.photos])
+            refound += pair.refound
+        hashes = np.array(photos, np.uint64).reshape(-1, 2, 2)  # copy, (photo, copy's photo), (plain, mirror)
+        crops_before, crops_after = np.stack(before), np.stack(after)
+        copies = PairEvidence.of(embed_crops(ctx.spec, crops_before), embed_crops(ctx.spec, crops_after),
+                                 _crop_hashes(crops_before, hashes[:, 0]),
+                                 _crop_hashes(crops_after, hashes[:, 1]))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         faces = unit_rows(everything, a)
@@ -200,7 +206,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
                                   other_person)
         return {**result.as_dict(), "detector": detector.key,
-                "copies_not_refound": sum(not p.refound for p in made)}
+                "copies_not_refound": len(names) - refound}
 
     return _from_stored(DedupeCalibration, _stored(ctx, "dedupe", labeled,
                                                    {**asdict(targets), "detector": detector.key},

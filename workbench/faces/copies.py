@@ -26,7 +26,6 @@ import numpy as np
 
 from workbench.faces.align import CROP_SIZE
 from workbench.faces.detect import Detection, aligned_centre_face
-from workbench.ingest.hashing import phash64_pair
 
 PAD = 16  # border added around a 112 px crop to make it a photo
 TRANSFORMS = ("reencode", "rescale", "crop", "tone", "rotate", "mirror", "overlay", "mixed")
@@ -115,12 +114,12 @@ def _rejitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CopyPair:
-    """A face and its web copy: both aligned crops, and the hashes of the whole photos they were
-    aligned from (what `wb dedupe` compares besides the crops)."""
+    """A face and its web copy: both aligned crops, and the whole photos they were aligned from
+    (`wb dedupe` compares the photos' hashes besides the crops')."""
 
     original: np.ndarray
     copy: np.ndarray
-    photo_hashes: tuple[tuple[int, int], tuple[int, int]]  # each photo's hash and mirrored hash
+    photos: tuple[np.ndarray, np.ndarray]
     refound: bool  # both re-detected by the detector (else simulated re-alignment)
 
 
@@ -134,6 +133,6 @@ def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
     original = aligned_centre_face(photo, detect)
     copy = aligned_centre_face(edited, detect)
     if original is not None and copy is not None:
-        return CopyPair(original, copy, (phash64_pair(photo), phash64_pair(edited)), True)
+        return CopyPair(original, copy, (photo, edited), True)
     edited = edit_photo(crop, transform, rng)
-    return CopyPair(crop, _rejitter(edited, rng), (phash64_pair(crop), phash64_pair(edited)), False)
+    return CopyPair(crop, _rejitter(edited, rng), (crop, edited), False)
