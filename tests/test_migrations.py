@@ -12,9 +12,10 @@ import re
 import shutil
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from tests.helpers import wb_json
+from tests.helpers import curated_workspace, manifest_rows, wb_json
 from workbench.manifest.schema import MIGRATIONS, current_version
 from workbench.manifest.views import VIEWS
 from workbench.manifest.workspace import Workspace
@@ -62,3 +63,26 @@ def test_commands_run_on_an_upgraded_manifest(tmp_path, version):
         pass
     status = wb_json("status", "-w", str(ws.root))
     assert (status["images"], status["faces"]) == (rows["images"], rows["faces"])
+
+
+@pytest.mark.slow
+def test_a_workspace_from_before_mirrored_hashes_gets_them_from_its_crops(tmp_path):
+    """Faces and images ingested before schema 12 have no mirrored hashes: `wb dedupe` reads the
+    faces' from their crop files (what ingest stores, up to a JPEG decoder's rounding) and finds
+    the same groups."""
+    ws = curated_workspace(tmp_path, identities=3, per_identity=3, web=6, prefix="p", seed=7,
+                           near_duplicates=2)
+    fresh = manifest_rows(ws, "SELECT face_id, crop_phash_mirror FROM faces ORDER BY face_id")
+    before = wb_json("dedupe", "-w", str(ws))
+    assert all(m is not None for _, m in fresh) and before["duplicate_pairs"] >= 2
+    con = duckdb.connect(str(ws / "manifests" / "wb.duckdb"))
+    con.execute("UPDATE faces SET crop_phash_mirror = NULL")
+    con.execute("UPDATE images SET phash_mirror = NULL")
+    con.close()
+    after = wb_json("dedupe", "-w", str(ws))
+    filled = manifest_rows(ws, "SELECT face_id, crop_phash_mirror FROM faces ORDER BY face_id")
+    assert [f for f, _ in filled] == [f for f, _ in fresh]
+    bits = [(m ^ n).bit_count() for (_, m), (_, n) in zip(filled, fresh, strict=True)]
+    assert max(bits) <= 4 and bits.count(0) >= len(bits) - 2  # the two JPEG copies may round
+    assert [after[k] for k in ("duplicate_pairs", "duplicates")] == \
+        [before[k] for k in ("duplicate_pairs", "duplicates")]
