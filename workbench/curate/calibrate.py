@@ -201,8 +201,10 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         a, b, faces = a[paired], b[paired], faces[paired]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
-        distinct = PairEvidence.of(faces, unit_rows(everything, b), _labeled_hashes(labeled, a),
-                                   _labeled_hashes(labeled, b))
+        involved = np.unique(np.concatenate([a, b]))  # faces of several pairs are read once
+        hashes = _labeled_hashes(labeled, involved)
+        distinct = PairEvidence.of(faces, unit_rows(everything, b), hashes[np.searchsorted(involved, a)],
+                                   hashes[np.searchsorted(involved, b)])
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
                                   other_person)
         return {**result.as_dict(), "detector": detector.key,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,8 +194,7 @@ def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path:
     kept = target.stat().st_size if target.exists() else None
     tally, store, stored = _Tally(), None, 0
     try:
-        with transaction(con):
-            rows_con = con.cursor()  # the reader streams while `con` writes
+        with transaction(con), closing(con.cursor()) as rows_con:  # it streams while `con` writes
             # items that already have a vector under the model (a re-import) are counted, not stored
             reader = rows_con.sql(
                 f"SELECT k.pos, k.item_id, k.vector, e.item_id IS NOT NULL AS stored FROM "
@@ -216,7 +215,6 @@ def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path:
                 except duckdb.ConstraintException:
                     raise _Duplicates from None
                 stored += int(new.sum())
-            rows_con.close()
             refusal = tally.refusal(path)
             if refusal:
                 raise WorkbenchError(refusal)
