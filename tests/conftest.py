@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -16,15 +17,12 @@ LFW = Path(os.environ.get("WB_LFW150", ROOT.parent / "shared" / "data" / "lfw150
 SHARED = ROOT.parent / "shared"
 MODELS = Path(os.environ.get("WB_MODELS", SHARED / "models"))
 # FiftyOne's database for this test session only (inherited by the `wb` processes tests start),
-# removed when the session ends
+# removed at exit: registered before FiftyOne is imported, so this runs after FiftyOne's own exit
+# handler has stopped the database it keeps there (removing it earlier made mongod abort)
 FIFTYONE_DIR = None if "FIFTYONE_DATABASE_DIR" in os.environ else tempfile.mkdtemp(prefix="wb-test-fiftyone-")
 if FIFTYONE_DIR:
     os.environ["FIFTYONE_DATABASE_DIR"] = FIFTYONE_DIR
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if FIFTYONE_DIR:
-        shutil.rmtree(FIFTYONE_DIR, ignore_errors=True)
+    atexit.register(shutil.rmtree, FIFTYONE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
