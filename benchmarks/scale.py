@@ -18,8 +18,9 @@ per step: items, seconds, items/s and the process's peak RSS (or its workers',
 whichever is larger; at least the ~0.1 GiB of this driver, which Linux carries
 over into each process it starts), and the
 curation figures against the planted truth. Each finished step is recorded in
-`--work/state.json`: a rerun resumes after the last finished step (delete the
-file, or the folder, to start over). The figures: README, "At MS1MV2 scale".
+`--work/state-DIM.json`: a rerun resumes after the last finished step (delete the
+file, or the folder, to start over); `--until STEP` stops after the step named.
+The figures: README, "At MS1MV2 scale".
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="share of MS1MV2's size (0.05: quick)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--work", type=Path, default=Path("/tmp/wb_scale"))
+    parser.add_argument("--until", metavar="STEP",
+                        help="stop after the first step whose name starts with STEP (a later run resumes)")
     args = parser.parse_args()
     work = args.work / f"scale-{args.scale:g}"
     work.mkdir(parents=True, exist_ok=True)
@@ -299,6 +302,8 @@ def main() -> None:
         state_path.write_text(json.dumps(state))
         rate = f"{items / seconds:,.0f}" if items and seconds > 0 else ""
         print(f"{name:<40} {items:>10,} {seconds:>9.1f} {rate:>10} {rss:>12.2f}", flush=True)
+        if args.until and name.startswith(args.until):
+            return
     print("curation against the planted truth still in the workspace:", json.dumps(state["curation"]))
 
 

@@ -66,6 +66,7 @@ def _write(path, columns: dict) -> None:
     ("cross-key", "keys appear more than once"),  # one sample named by sample_idx, again by locator
     ("unmatched", "of 40 rows match a face or a registered labeled sample"),
     ("nokey", "rows need a key"),
+    ("text", "'vector' must be a list of numbers (it is string)"),
 ])
 def test_a_bad_file_is_refused_whole(exported, tmp_path, change, message):
     root, _, _ = exported
@@ -87,10 +88,13 @@ def test_a_bad_file_is_refused_whole(exported, tmp_path, change, message):
         bad = {k: [*v, None if k == "sample_idx" else v[row]] for k, v in bad.items()}
     elif change == "unmatched":
         bad["face_id"][0] = "no-such-face"
+    elif change == "text":
+        bad["vector"] = [",".join(map(str, v)) for v in bad["vector"]]
     else:
         bad = {"vector": bad["vector"]}
     path = tmp_path / "bad.parquet"
-    _write(path, {k: pa.array(v, pa.list_(pa.float32())) if k == "vector" else v for k, v in bad.items()})
+    vector_type = pa.string() if change == "text" else pa.list_(pa.float32())
+    _write(path, {k: pa.array(v, vector_type) if k == "vector" else v for k, v in bad.items()})
     name = f"other-{change}"
     proc = wb("embed", "--import", str(path), "--model-name", name, "-w", str(ws2), check=False)
     assert proc.returncode == 1 and message in proc.stderr
@@ -112,3 +116,37 @@ def test_a_name_is_bound_to_one_file(exported, tmp_path):
     proc = wb("embed", "--import", str(tmp_path / "other.parquet"), "--model-name", "mine", "-w", str(ws2),
               check=False)
     assert proc.returncode == 1 and "bound to another file's vectors" in proc.stderr
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["row-groups", "large-groups-in-batches"])
+def test_vectors_are_paired_with_their_keys_across_row_groups(exported, tmp_path, monkeypatch, batched):
+    """The vectors (decoded a row group ahead on threads) and the keys (joined by DuckDB) travel apart
+    and meet by row position: in a shuffled file of many small row groups, read in pieces that
+    straddle them, every item still gets its own row's vector."""
+    from workbench.embed import transfer
+    from workbench.embed.store import read_vectors
+    from workbench.formats import parquet_vectors
+    from workbench.labeled import registry
+    from workbench.manifest.workspace import Workspace
+
+    root, _, _ = exported
+    table = pq.read_table(root / "vectors.parquet")
+    table = table.take(np.random.default_rng(3).permutation(len(table)))
+    path = tmp_path / "shuffled.parquet"
+    pq.write_table(table, path, row_group_size=7)
+    monkeypatch.setattr(transfer, "CHUNK", 3)
+    if batched:  # every row group counts as too large to hold: read in batches of 4
+        monkeypatch.setattr(parquet_vectors, "GROUP_BYTES", 1)
+        monkeypatch.setattr(parquet_vectors, "BATCH_ROWS", 4)
+    ws = Workspace.at(_fresh(root, tmp_path))
+    result = transfer.run_import(ws, path, "shuffled")
+    assert (result.rows, result.stored_now) == (40, 40)
+    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = table.to_pydict()
+    with ws.connect(read_only=True) as con:
+        items = [f if f is not None else registry.get(con, s).item_id(i)
+                 for f, s, i in zip(rows["face_id"], rows["set_name"], rows["sample_idx"], strict=True)]
+        found, stored = read_vectors(ws, con, result.model_key, items)
+    assert found.all()
+    np.testing.assert_allclose(stored, vectors, atol=1e-6)

@@ -59,7 +59,10 @@ class EmbeddingStore:
                 "ON e.item_id = w.item_id AND e.model_key = ?", [self.key]).fetchall()}
         return [i for i in item_ids if i not in have]
 
-    def append(self, item_ids: list[str] | pa.Array, vectors: np.ndarray) -> None:
+    def append(self, item_ids: list[str] | pa.Array, vectors: np.ndarray, *, durable: bool = True) -> None:
+        """Write `vectors` at the file's end and insert their rows. `durable=False` leaves the fsync
+        to `sync()`, which the caller must call before its transaction commits (an import commits
+        millions of rows at once: one fsync, not one per chunk)."""
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
         if vectors.shape != (len(item_ids), self.dim):
             raise ValueError(f"expected {(len(item_ids), self.dim)} vectors, got {vectors.shape}")
@@ -71,7 +74,8 @@ class EmbeddingStore:
                 size -= size % self.row_bytes
             handle.write(memoryview(vectors))  # the array's own bytes, not a copy
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         first = size // self.row_bytes
         with registered(self.con, new_rows=pa.table({
             "item_id": item_ids if isinstance(item_ids, pa.Array) else pa.array(item_ids, pa.string()),
@@ -79,6 +83,12 @@ class EmbeddingStore:
         })):
             self.con.execute("INSERT INTO embeddings (model_key, item_id, row) "
                              "SELECT ?, item_id, row FROM new_rows", [self.key])
+
+    def sync(self) -> None:
+        """Make every appended vector durable (after `append(..., durable=False)`)."""
+        if self.path.exists():
+            with open(self.path, "rb") as handle:
+                os.fsync(handle.fileno())
 
     @staticmethod
     def zero(workspace: Workspace, con: duckdb.DuckDBPyConnection, item_ids: list[str]) -> int:

@@ -9,13 +9,16 @@ under it is refused). The file is Parquet, one row per face: a `vector` column
 or `set_name` with `sample_idx` or `locator` (as in `wb_labeled_samples`).
 `--export` writes the same shape, so vectors travel between workspaces.
 
-The file is read once, streamed by DuckDB (no Python holds it whole), and
-checked as it goes: one dimension, no NaN or zero vectors, no duplicate keys
-(the embeddings' primary key), every key matching a face or a registered
-sample. Chunks are appended in one transaction while the file is still good;
-any failure is one line, and the rows roll back and the vector file is cut back,
-so nothing is written. Items that already have a vector under the model are
-skipped, so a re-import is a no-op.
+The file is read once and never held whole: DuckDB joins the key columns
+alone to the manifest's items (a row's item, in file order), while Arrow decodes
+the vector column a row group ahead on other threads (`formats/parquet_vectors.py`);
+the two are paired by row position. Each chunk is checked as it goes: one
+dimension, no NaN or zero vectors, no duplicate keys (the embeddings' primary
+key), every key matching a face or a registered sample. Chunks are appended in
+one transaction while the file is still good; any failure is one line, and the
+rows roll back and the vector file is cut back, so nothing is written. Items
+that already have a vector under the model are skipped, so a re-import is a
+no-op.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pyarrow.parquet as pq
 from workbench.embed.models import ModelSpec
 from workbench.embed.store import EmbeddingStore, vectors_path
 from workbench.errors import WorkbenchError
+from workbench.formats.parquet_vectors import VectorColumn
 from workbench.labeled import registry
 from workbench.manifest.query import one, transaction
 from workbench.manifest.runs import Run, open_run
@@ -74,8 +78,9 @@ class ImportResult(Result):
 
 
 def _key_sql(columns: set[str]) -> str:
-    """Item ids of the file's rows (NULL where a key matches nothing), as a DuckDB relation of
-    plain hash joins (a correlated look-up per row is minutes at MS1MV2's 5.8M rows)."""
+    """Item ids of the file's rows by position (`pos`, from 0; NULL where a key matches nothing),
+    as a DuckDB relation of plain hash joins (a correlated look-up per row is minutes at MS1MV2's
+    5.8M rows). Only key columns are read: the vectors come through `VectorColumn`."""
     joins, labeled = [], []
     if "face_id" in columns:
         joins.append("LEFT JOIN faces f ON f.face_id = v.face_id")
@@ -89,8 +94,8 @@ def _key_sql(columns: set[str]) -> str:
                 labeled.append(f"{alias}.item")
     face = ["f.face_id"] if "face_id" in columns else []
     item = f"coalesce({', '.join(face + labeled)})" if face + labeled else "NULL"
-    return f"""SELECT v.pos, {item} AS item_id, v.vector
-               FROM (SELECT row_number() OVER () AS pos, * FROM read_parquet($file)) v {' '.join(joins)}"""
+    return f"""SELECT v.file_row_number AS pos, {item} AS item_id
+               FROM read_parquet($file, file_row_number = true) v {' '.join(joins)}"""
 
 
 def _check_columns(file: Path, columns: set[str]) -> None:
@@ -110,31 +115,36 @@ class _Tally:
     bad: int = 0  # NaN, infinite, zero or missing vectors
     unmatched: int = 0
     unmatched_example: int | None = None
+    _unit: np.ndarray | None = None  # reused for every chunk's unit vectors (no fresh pages each time)
 
-    def add(self, batch: pa.RecordBatch) -> np.ndarray | None:
-        """Count `batch`; its vectors as an (n, dim) float32 matrix of unit rows while the file is
-        still good (None once it is not: the rest is only counted)."""
-        column = batch.column("vector")
+    def add(self, column: pa.ChunkedArray, keys: pa.Table) -> np.ndarray | None:
+        """Count a chunk (its vectors, and their keys' rows); the vectors as an (n, dim) float32
+        matrix of unit rows while the file is still good (None once it is not: the rest is only
+        counted). The matrix is overwritten by the next call: store it first."""
         lengths = pc.list_value_length(column)
         low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()  # None: every vector missing
         if low is not None:
             self.low = low if self.low is None else min(self.low, low)
             self.high = high if self.high is None else max(self.high, high)
-        missing = batch.column("item_id").is_null()
+        missing = keys.column("item_id").is_null()
         unmatched = pc.sum(missing).as_py() or 0
         if unmatched and self.unmatched_example is None:
-            self.unmatched_example = int(batch.column("pos")[pc.index(missing, True).as_py()].as_py())
+            self.unmatched_example = int(keys.column("pos")[pc.index(missing, True).as_py()].as_py()) + 1
         self.unmatched += unmatched
-        self.rows += len(batch)
+        self.rows += len(column)
         self.bad += column.null_count
         if self.low != self.high or not self.low:
             return None
         present = column.drop_null() if column.null_count else column
-        flat = present.flatten().to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(present).to_numpy(zero_copy_only=False)  # element nulls: NaN
         vectors = np.asarray(flat, np.float32).reshape(-1, self.low)
         norms = np.sqrt(np.einsum("nd,nd->n", vectors, vectors))
         self.bad += int((~np.isfinite(norms) | (norms == 0)).sum())
-        return None if self.bad or self.unmatched else vectors / norms[:, None]
+        if self.bad or self.unmatched:
+            return None
+        if self._unit is None or self._unit.shape[0] < len(vectors) or self._unit.shape[1] != self.low:
+            self._unit = np.empty((len(vectors), self.low), np.float32)
+        return np.divide(vectors, norms[:, None], out=self._unit[: len(vectors)])
 
     def refusal(self, file: Path) -> str | None:
         if self.rows == 0:
@@ -154,6 +164,35 @@ class _Duplicates(Exception):
     """Two rows of the file name one face or sample (by one key, or by sample_idx and locator)."""
 
 
+class _KeyRows:
+    """The key side of the pass: each file row's item (NULL: matches nothing) and whether the
+    model already stores it, in file order, handed out in exactly the pieces the vectors come in."""
+
+    def __init__(self, reader: pa.RecordBatchReader) -> None:
+        self._reader, self._taken = reader, 0
+        self._held = pa.table({"pos": pa.array([], pa.int64())})  # nothing held yet
+
+    def take(self, n: int) -> pa.Table:
+        parts, have = ([self._held] if len(self._held) else []), len(self._held)
+        while have < n:
+            batch = self._reader.read_next_batch()  # StopIteration: fewer key rows than vectors
+            parts.append(pa.Table.from_batches([batch]))
+            have += len(batch)
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        piece, self._held = table.slice(0, n), table.slice(n)
+        pos = piece.column("pos")
+        if pos[0].as_py() != self._taken or pos[n - 1].as_py() != self._taken + n - 1:
+            raise _Duplicates  # a row matched two items (one sample by sample_idx and by locator)
+        self._taken += n
+        return piece
+
+
+def _vector_type_ok(path: Path) -> bool:
+    kind = pq.read_schema(path).field("vector").type
+    return (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+        and (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type))
+
+
 def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
     """`wb embed --import FILE --model-name NAME`."""
     if not NAME.match(name):
@@ -163,30 +202,37 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
         raise WorkbenchError(f"no such file: {path}")
     try:
         columns = set(pq.read_schema(path).names)
+        _check_columns(path, columns)
+        if not _vector_type_ok(path):
+            raise WorkbenchError(f"{path}: 'vector' must be a list of numbers "
+                                 f"(it is {pq.read_schema(path).field('vector').type})")
+        vectors = VectorColumn(path)
     except (OSError, pa.ArrowException) as exc:
         raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-    _check_columns(path, columns)
-    key = f"import-{name}-{sha256_of(path)[:12]}"  # a name is one file: its hash is the model's key
-    with open_run(workspace, "embed import", {"file": str(path), "name": name}) as (con, run):
-        bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
-                         "AND starts_with(model_key, ?)", [f"import-{name}-"])
-        if bound is not None and bound[0] != key:
-            raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
-                                 "choose another --model-name")
-        try:
-            return _store(workspace, con, run, path, columns, name, key)
-        except _Duplicates:
-            rows, distinct = con.execute(
-                f"SELECT count(item_id), count(DISTINCT item_id) FROM ({_key_sql(columns)})",
-                {"file": str(path)}).fetchone()
-            raise WorkbenchError(f"{path}: keys appear more than once ({rows - distinct:,} rows name a face "
-                                 "or sample another row names); nothing imported") from None
-        except duckdb.Error as exc:
-            raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
+    with vectors:  # decoding starts here, beside the hash
+        key = f"import-{name}-{sha256_of(path)[:12]}"  # a name is one file: its hash is the model's key
+        with open_run(workspace, "embed import", {"file": str(path), "name": name}) as (con, run):
+            bound = one(con, "SELECT model_key FROM embedding_models WHERE kind = 'import' "
+                             "AND starts_with(model_key, ?)", [f"import-{name}-"])
+            if bound is not None and bound[0] != key:
+                raise WorkbenchError(f"the name {name!r} is bound to another file's vectors ({bound[0]}); "
+                                     "choose another --model-name")
+            try:
+                return _store(workspace, con, run, path, columns, vectors, name, key)
+            except _Duplicates:
+                rows, distinct = con.execute(
+                    f"SELECT count(item_id), count(DISTINCT item_id) FROM ({_key_sql(columns)})",
+                    {"file": str(path)}).fetchone()
+                raise WorkbenchError(f"{path}: keys appear more than once ({rows - distinct:,} rows name a "
+                                     "face or sample another row names); nothing imported") from None
+            except duckdb.Error as exc:
+                raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
+            except pa.ArrowException as exc:  # a page that does not decode
+                raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
 def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path: Path, columns: set[str],
-           name: str, key: str) -> ImportResult:
+           vectors: VectorColumn, name: str, key: str) -> ImportResult:
     """One pass over the file: each chunk is counted for the refusals and, while the file is still
     good, appended (unit length) to the store of model `key`, in one transaction. A refusal rolls
     the rows back and cuts the vector file back to where it was, so nothing is written."""
@@ -194,30 +240,35 @@ def _store(workspace: Workspace, con: duckdb.DuckDBPyConnection, run: Run, path:
     kept = target.stat().st_size if target.exists() else None
     tally, store, stored = _Tally(), None, 0
     try:
-        with transaction(con), closing(con.cursor()) as rows_con:  # it streams while `con` writes
+        with transaction(con), closing(con.cursor()) as keys_con:  # it streams while `con` writes
             # items that already have a vector under the model (a re-import) are counted, not stored
-            reader = rows_con.sql(
-                f"SELECT k.pos, k.item_id, k.vector, e.item_id IS NOT NULL AS stored FROM "
+            keys = _KeyRows(keys_con.sql(
+                f"SELECT k.pos, k.item_id, e.item_id IS NOT NULL AS stored FROM "
                 f"({_key_sql(columns)}) k LEFT JOIN (SELECT item_id FROM embeddings WHERE model_key = "
-                "$model_key) e ON e.item_id = k.item_id",
-                params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK)
-            for batch in reader:
-                vectors = tally.add(batch)
-                new = ~np.asarray(batch.column("stored").to_numpy(zero_copy_only=False), bool)
-                if vectors is None or not new.any():
-                    continue
-                if store is None:
-                    store = EmbeddingStore(workspace, con, ModelSpec("import", str(path), fixed_key=key),
-                                           vectors.shape[1])
-                try:
-                    store.append(batch.column("item_id").filter(pa.array(new)), vectors if new.all()
-                                 else vectors[new])
-                except duckdb.ConstraintException:
-                    raise _Duplicates from None
-                stored += int(new.sum())
+                "$model_key) e ON e.item_id = k.item_id ORDER BY k.pos",
+                params={"file": str(path), "model_key": key}).to_arrow_reader(CHUNK))
+            for group in vectors:
+                for start in range(0, len(group), CHUNK):
+                    column = group.slice(start, CHUNK)
+                    rows = keys.take(len(column))
+                    unit = tally.add(column, rows)
+                    new = ~np.asarray(rows.column("stored").to_numpy(), bool)
+                    if unit is None or not new.any():
+                        continue
+                    if store is None:
+                        store = EmbeddingStore(workspace, con, ModelSpec("import", str(path), fixed_key=key),
+                                               unit.shape[1])
+                    try:
+                        store.append(rows.column("item_id").filter(pa.array(new)).combine_chunks(),
+                                     unit if new.all() else unit[new], durable=False)
+                    except duckdb.ConstraintException:
+                        raise _Duplicates from None
+                    stored += int(new.sum())
             refusal = tally.refusal(path)
             if refusal:
                 raise WorkbenchError(refusal)
+            if store is not None:
+                store.sync()  # the vectors are on disk before their rows commit
     except BaseException:
         if kept is None:
             target.unlink(missing_ok=True)
