@@ -187,8 +187,7 @@ class _KeyRows:
         return piece
 
 
-def _vector_type_ok(path: Path) -> bool:
-    kind = pq.read_schema(path).field("vector").type
+def _numeric_list(kind: pa.DataType) -> bool:
     return (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
         and (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type))
 
@@ -201,11 +200,12 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
     if not path.is_file():
         raise WorkbenchError(f"no such file: {path}")
     try:
-        columns = set(pq.read_schema(path).names)
+        schema = pq.read_schema(path)
+        columns = set(schema.names)
         _check_columns(path, columns)
-        if not _vector_type_ok(path):
+        if not _numeric_list(schema.field("vector").type):
             raise WorkbenchError(f"{path}: 'vector' must be a list of numbers "
-                                 f"(it is {pq.read_schema(path).field('vector').type})")
+                                 f"(it is {schema.field('vector').type})")
         vectors = VectorColumn(path)
     except (OSError, pa.ArrowException) as exc:
         raise WorkbenchError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
