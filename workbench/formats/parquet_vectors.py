@@ -6,8 +6,9 @@ here), so row groups are decoded `AHEAD` at a time on threads of their own
 while the caller stores the previous ones. Memory stays bounded by the row
 groups in flight (fewer ahead when they are large: a 512-d file's groups of
 500,000 rows are 1 GB each; an import of 2M such rows peaked at 6.2 GiB with
-two decoding beside the one being stored, 4.7 GiB with one); a row group larger than `GROUP_BYTES` uncompressed is read
-in batches instead, so a file written as one huge group is never held whole.
+two decoding beside the one being stored, 4.7 GiB with one); a row group
+larger than `GROUP_BYTES` uncompressed is read in batches instead, so a file
+written as one huge group is never held whole.
 While reading, Arrow allocates from jemalloc: with pyarrow's default (mimalloc)
 buffers decoded on one thread and freed on another were mapped afresh each time,
 and the kernel's page work doubled the read (3.4 GB of 128-d vectors: 9.3 s
