@@ -225,9 +225,7 @@ def run_import(workspace: Workspace, file: Path, name: str) -> ImportResult:
                     {"file": str(path)}).fetchone()
                 raise WorkbenchError(f"{path}: keys appear more than once ({rows - distinct:,} rows name a "
                                      "face or sample another row names); nothing imported") from None
-            except duckdb.Error as exc:
-                raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
-            except pa.ArrowException as exc:  # a page that does not decode
+            except (duckdb.Error, pa.ArrowException) as exc:  # Arrow: a page that does not decode
                 raise WorkbenchError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 

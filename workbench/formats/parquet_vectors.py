@@ -41,7 +41,6 @@ class VectorColumn:
     def __init__(self, path: Path, column: str = "vector") -> None:
         self.path, self.column = path, column
         self.meta = pq.ParquetFile(path).metadata
-        self.rows = self.meta.num_rows
         groups = [self.meta.row_group(i) for i in range(self.meta.num_row_groups)]
         largest = max((g.total_byte_size for g in groups), default=0)
         self._batched = largest > GROUP_BYTES
@@ -49,7 +48,6 @@ class VectorColumn:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[Future[pa.ChunkedArray]] = deque()
         self._next = 0
-        self._pool_before = pa.default_memory_pool()
 
     def __enter__(self) -> VectorColumn:
         self._pool_before = pa.default_memory_pool()
