@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -96,3 +99,39 @@ def test_a_dimension_change_under_one_model_key_is_refused(ws, spec):
         EmbeddingStore(ws, con, spec, DIM)
         with pytest.raises(WorkbenchError, match="4-d vectors, it now gives 8-d"):
             EmbeddingStore(ws, con, spec, 8)
+
+
+GATHER_PEAK = """
+import sys
+import numpy as np
+from workbench.embed import store
+from workbench.formats import mapped
+mapped.RESIDENT_BYTES = int(sys.argv[3])
+def status_mib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) // 1024
+rows = np.random.default_rng(0).permutation(int(sys.argv[2]))
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the peak (VmHWM) starts again from the present
+before = status_mib("VmRSS:")
+out = store.gather_rows(sys.argv[1], 128, rows, np.float16)
+print(status_mib("VmHWM:") - before, int(out[5, 0]) == int(rows[5]) % 1024)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
+def test_gathering_every_vector_does_not_keep_the_file_resident(tmp_path):
+    """MS1MV2 at 512-d is a 14 GB vector file: gathering it as float16 (7 GB) must not also leave
+    the file's 14 GB in the peak resident set that memory limits see."""
+    n, path = 131_072, tmp_path / "vectors.f32"  # 64 MiB of float32; 32 MiB gathered as float16
+    values = np.repeat(np.arange(n, dtype="<f4")[:, None] % 1024, 128, axis=1)
+    values.tofile(path)
+    grown = {}
+    for release in (4 << 20, 1 << 40):  # every 4 MiB read; never
+        result = subprocess.run([sys.executable, "-c", GATHER_PEAK, str(path), str(n), str(release)],
+                                capture_output=True, text=True, check=True)
+        mib, right = result.stdout.split()
+        assert right == "True"
+        grown[release] = int(mib)
+    assert grown[4 << 20] < 32 + 32  # the output, its sort order and a few MiB of pages at a time
+    assert grown[1 << 40] >= 32 + 64  # the measure sees the whole file where nothing is let go

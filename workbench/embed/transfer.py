@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.embed.models import ModelSpec
-from workbench.embed.store import EmbeddingStore, vectors_path
+from workbench.embed.store import EmbeddingStore, gather_rows, vectors_path
 from workbench.errors import WorkbenchError
 from workbench.formats.parquet_vectors import VectorColumn
 from workbench.labeled import registry
@@ -307,7 +307,6 @@ def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str]
             raise WorkbenchError(f"no vectors stored under {spec.key}; run wb embed with that model first")
         wanted = sets or ["unlabeled", *(r.name for r in registry.every(con))]
         regs = [registry.get(con, s) for s in wanted if s != "unlabeled"]
-        matrix = np.memmap(vectors_path(workspace, store.key), dtype="<f4", mode="r").reshape(-1, store.dim)
         schema = pa.schema([("face_id", pa.string()), ("set_name", pa.string()), ("sample_idx", pa.int64()),
                             ("locator", pa.string()), ("vector", pa.list_(pa.float32(), store.dim))])
         queries = []  # (counted as, SQL, parameters)
@@ -327,7 +326,7 @@ def run_export(workspace: Workspace, out: Path, spec: ModelSpec, sets: list[str]
             for kind, sql, params in queries:
                 for batch in con.sql(sql, params=params).to_arrow_reader(CHUNK):
                     rows = batch.column("row").to_numpy()
-                    vectors = np.asarray(matrix[rows], np.float32)
+                    vectors = gather_rows(store.path, store.dim, rows)
                     flat = pa.array(vectors.reshape(-1), pa.float32())
                     table = pa.table({
                         "face_id": batch.column("face_id").cast(pa.string()),

@@ -15,8 +15,6 @@ keys 1..id_start-1; keys id_start..id_end-1 are identity records whose labels ar
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -26,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.formats.mapped import ReleasingMap, segments
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 LENGTH_MASK = (1 << 29) - 1
 IR_HEADER = struct.Struct("<IfQQ")
-RESIDENT_BYTES = 256 << 20  # map pages read between two releases back to the kernel
 
 
 class RecordIOError(WorkbenchError):
@@ -80,9 +78,9 @@ def _pad(length: int) -> int:
 class RecordIOReader:
     """Memory-mapped, random-access reader; thread- and fork-safe for reads.
 
-    Pages of the map that were read are handed back to the kernel every `RESIDENT_BYTES` read
-    (they stay in the page cache; the data behind live memoryviews stays valid): a scan of
-    MS1MV2's 14 GB file would otherwise leave all of it in the process's resident set."""
+    Pages of the map that were read are handed back to the kernel as they are read
+    (`formats/mapped.py`): a scan of MS1MV2's 14 GB file would otherwise leave all of it in the
+    process's resident set."""
 
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str] | None = None):
         self.rec_path = Path(rec_path)
@@ -96,10 +94,9 @@ class RecordIOReader:
         size = self.rec_path.stat().st_size
         if size == 0:
             raise RecordIOError(f"empty RecordIO file: {self.rec_path}")
-        with open(self.rec_path, "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        self._pages = ReleasingMap(self.rec_path)
+        self._map = self._pages.map
         self.size = size
-        self._read_since_release = 0
         if len(self.offsets) and int(self.offsets.max()) >= size:
             raise RecordIOError(
                 f"truncated RecordIO file: {self.rec_path} is {size} bytes but its index points "
@@ -108,18 +105,8 @@ class RecordIOReader:
         if len(self.offsets):
             self._check_magic(int(self.offsets[0]))
 
-    def _count(self, nbytes: int) -> None:
-        """Release the map's resident pages once `RESIDENT_BYTES` have been read since the last time."""
-        self._read_since_release += nbytes
-        if self._read_since_release >= RESIDENT_BYTES and hasattr(mmap, "MADV_DONTNEED"):
-            with contextlib.suppress(ValueError, OSError):  # a closed map has nothing to release
-                self._map.madvise(mmap.MADV_DONTNEED)
-            self._read_since_release = 0
-
     def close(self) -> None:
-        # Views from iter_images still alive keep the map open until they are released.
-        with contextlib.suppress(BufferError):
-            self._map.close()
+        self._pages.close()
 
     def __enter__(self) -> RecordIOReader:
         return self
@@ -148,8 +135,8 @@ class RecordIOReader:
             if start + length > self.size:
                 raise RecordIOError(f"truncated record at offset {offset}")
             parts.append(self._map[start : start + length])
+            self._pages.read(offset, 8 + length)
             offset = start + length + _pad(length)
-            self._count(length)
             if cflag in (0, 3):
                 break
             if cflag not in (1, 2):
@@ -169,7 +156,7 @@ class RecordIOReader:
     ) -> Iterator[tuple[int, float, memoryview]]:
         """(key, class label, image bytes) for `keys` (default: every key), zero-copy.
 
-        Headers of a whole batch are parsed with numpy; only records split on the
+        Headers are parsed with numpy, up to `batch` at once; only records split on the
         magic word or carrying several labels take the per-record path. The
         memoryviews point into the map: copy them to keep them past `close()`.
         """
@@ -182,29 +169,34 @@ class RecordIOReader:
         for start in range(0, len(keys), batch):
             chunk = keys[start : start + batch]
             if lookup.contiguous and len(chunk) and chunk.min() >= 0 and chunk.max() < len(self.keys):
-                offs = self.offsets[chunk]
+                offsets = self.offsets[chunk]
             else:
-                offs = self.offsets[[lookup[int(k)] for k in chunk]]
-            fits = offs + 8 + IR_HEADER.size <= self.size
-            safe = np.where(fits, offs, 0)
-            words = buf[safe[:, None] + np.arange(8 + IR_HEADER.size)].copy()
-            magic = words[:, 0:4].view("<u4")[:, 0]
-            lrec = words[:, 4:8].view("<u4")[:, 0]
-            flag = words[:, 8:12].view("<u4")[:, 0]
-            label = words[:, 12:16].view("<f4")[:, 0]
-            length = (lrec & LENGTH_MASK).astype(np.int64)
-            begin = offs + 8 + IR_HEADER.size
-            end = offs + 8 + length
-            fast = fits & (magic == MAGIC) & ((lrec >> 29) == 0) & (flag == 0) & (end <= self.size)
-            rows = zip(chunk.tolist(), label.tolist(), begin.tolist(), end.tolist(), fast.tolist(),
-                       offs.tolist(), strict=True)
-            for key, value, first, last, ok, offset in rows:
-                if ok:
-                    yield key, value, view[first:last]
-                else:
-                    header, image = unpack(self.read_at(offset)[0])
-                    yield key, header.class_label, memoryview(image)
-            self._count(int(np.maximum(end - offs, 0).sum()))
+                offsets = self.offsets[[lookup[int(k)] for k in chunk]]
+            for segment in segments(offsets):  # keys in any order: the map is released between two
+                yield from self._images(chunk[segment], offsets[segment], buf, view)
+                self._pages.release()
+
+    def _images(self, keys: np.ndarray, offs: np.ndarray, buf: np.ndarray, view: memoryview
+                ) -> Iterator[tuple[int, float, memoryview]]:
+        fits = offs + 8 + IR_HEADER.size <= self.size
+        safe = np.where(fits, offs, 0)
+        words = buf[safe[:, None] + np.arange(8 + IR_HEADER.size)].copy()
+        magic = words[:, 0:4].view("<u4")[:, 0]
+        lrec = words[:, 4:8].view("<u4")[:, 0]
+        flag = words[:, 8:12].view("<u4")[:, 0]
+        label = words[:, 12:16].view("<f4")[:, 0]
+        length = (lrec & LENGTH_MASK).astype(np.int64)
+        begin = offs + 8 + IR_HEADER.size
+        end = offs + 8 + length
+        fast = fits & (magic == MAGIC) & ((lrec >> 29) == 0) & (flag == 0) & (end <= self.size)
+        rows = zip(keys.tolist(), label.tolist(), begin.tolist(), end.tolist(), fast.tolist(),
+                   offs.tolist(), strict=True)
+        for key, value, first, last, ok, offset in rows:
+            if ok:
+                yield key, value, view[first:last]
+            else:
+                header, image = unpack(self.read_at(offset)[0])
+                yield key, header.class_label, memoryview(image)
 
     def scan(self) -> Iterator[tuple[int, bytes]]:
         """Every record in file order, with its offset (no index needed)."""
