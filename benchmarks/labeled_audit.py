@@ -1,7 +1,7 @@
 """`wb audit labeled` against planted label noise in real identity-folder sets.
 
     python benchmarks/labeled_audit.py [--scenario celeba|lfw|lfw-singles|both] [--work /tmp/labeled_audit]
-        [--model onnx:../shared/models/mobilefacenet_128d.onnx] [--detector yunet:PATH] [--seed 0]
+        [--model onnx:../shared/models/mobilefacenet_128d.onnx] [--detector yunet:PATH] [--seed 0] [--flip]
 
 From a clean identity-folder set (default celeba200, and the lfw150 identities
 with four or more photos), a seeded copy S is written with the noise the
@@ -213,11 +213,11 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     register_labeled(ws, "E", out / "E", fmt="folder", aligned=False, detector=args.detector)
     if not (out / "eval.bin").exists():
         write_pairs(ws, "E", out / "eval.bin", n_folds=4, pairs_per_fold=300)
-    first = run_audit_labeled(ws, "S", model=args.model, against=[str(out / "eval.bin")],
+    first = run_audit_labeled(ws, "S", model=args.model, flip=args.flip, against=[str(out / "eval.bin")],
                               single_fpir=args.single_fpir)
-    again = run_audit_labeled(ws, "S", model=args.model, against=[str(out / "eval.bin")],
+    again = run_audit_labeled(ws, "S", model=args.model, flip=args.flip, against=[str(out / "eval.bin")],
                               single_fpir=args.single_fpir)
-    spec = ModelSpec.parse(args.model)
+    spec = ModelSpec.parse(args.model, flip=args.flip)
     with ws.connect(read_only=True) as con:
         labeled = LabeledSet(ws, con, "S")
         store = EmbeddingStore.open_existing(ws, con, spec)
@@ -244,6 +244,7 @@ def main() -> None:
                         help="embedding rate assumed for a GPU model in the MS1MV2 projection")
     parser.add_argument("--work", type=Path, default=Path("/tmp/labeled_audit"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flip", action="store_true", help="embed with mirror images (wb --flip)")
     parser.add_argument("--single-fpir", type=float, default=0.01, help="as wb audit labeled --single-fpir")
     args = parser.parse_args()
     results = {}
