@@ -119,6 +119,7 @@ print(status_mib("VmHWM:") - before, int(out[5, 0]) == int(rows[5]) % 1024)
 """
 
 
+@pytest.mark.slow  # two fresh processes: 4 s
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
 def test_gathering_every_vector_does_not_keep_the_file_resident(tmp_path):
     """MS1MV2 at 512-d is a 14 GB vector file: gathering it as float16 (7 GB) must not also leave
