@@ -46,9 +46,9 @@ def segments(offsets: np.ndarray) -> Iterator[slice]:
 
 
 class ReleasingMap:
-    """`map`: the whole file, read-only. Report reads with `read(offset)` (or release between
-    `segments` yourself); every `RESIDENT_BYTES` they may have made resident, the map's resident
-    pages are released."""
+    """`map`: the whole file, read-only. Report reads one at a time with `read(offset, nbytes)`,
+    or release between the `segments` of a batch yourself; every `RESIDENT_BYTES` they may have
+    made resident, the map's resident pages are released."""
 
     def __init__(self, path: str | os.PathLike[str]):
         with open(path, "rb") as handle:
@@ -57,7 +57,8 @@ class ReleasingMap:
         self._last = -FOLIO_BYTES
 
     def read(self, offset: int, nbytes: int) -> None:
-        """Count a read of `nbytes` at `offset`, as `read_costs` would, and release when due."""
+        """Count a read of `nbytes` at `offset` as `read_costs` would, plus what a read larger than
+        a folio (a huge record) spans beyond it, and release when due."""
         self._since_release += min(abs(offset - self._last), FOLIO_BYTES) + max(nbytes - FOLIO_BYTES, 0)
         self._last = offset
         if self._since_release >= RESIDENT_BYTES:
