@@ -47,6 +47,15 @@ def primary_first(found: list[Detection]) -> list[Detection]:
     return sorted(found, key=lambda d: (-(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]), -d.score))
 
 
+def nms(scores: np.ndarray, boxes: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first (OpenCV's)."""
+    if len(scores) == 0:
+        return np.empty(0, np.int64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, iou)
+    return np.asarray(kept, np.int64).reshape(-1)
+
+
 def nearest_centre(found: list[Detection], height: int, width: int) -> Detection | None:
     """The detection whose box centre is nearest the image centre: the subject of a portrait
     or of a protocol's photo (LFW's are centred on the person named)."""

@@ -12,17 +12,20 @@ PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 DEFAULT_NORM = (127.5, 127.5)  # InsightFace's (x - 127.5) / 127.5
 
 
-def onnx_session(path: str):  # -> onnxruntime.InferenceSession
-    """A session for `path`; a file that is not a loadable ONNX model is a one-line error."""
+def onnx_session(path: str, *, model: bytes | None = None, threads: int | None = None,
+                 cpu: bool = False):  # -> onnxruntime.InferenceSession
+    """A session for `path` (or for `model`, its bytes edited in memory); a file that is not a
+    loadable ONNX model is a one-line error. `threads`: intra-op threads (all cores unless
+    given); `cpu`: never CUDA, for small models run once per image at changing sizes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.log_severity_level = 3
     available = set(ort.get_available_providers())
-    providers = [p for p in PREFERRED_PROVIDERS if p in available]
+    providers = ["CPUExecutionProvider"] if cpu else [p for p in PREFERRED_PROVIDERS if p in available]
     try:
-        return ort.InferenceSession(path, options, providers=providers)
+        return ort.InferenceSession(path if model is None else model, options, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkbenchError(f"cannot load ONNX model {path}: {first}") from None

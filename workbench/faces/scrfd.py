@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.faces.detect import Detection, primary_first
+from workbench.faces.detect import Detection, nms, primary_first
 from workbench.faces.onnx_session import onnx_session
 
 STRIDES = (8, 16, 32)
@@ -66,15 +66,6 @@ def decode(outputs: list[np.ndarray], input_hw: tuple[int, int], threshold: floa
     if not all_scores:
         return np.empty(0, np.float32), np.empty((0, 4), np.float32), np.empty((0, 5, 2), np.float32)
     return np.concatenate(all_scores), np.concatenate(all_boxes), np.concatenate(all_kps)
-
-
-def nms(scores: np.ndarray, boxes: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best first (OpenCV's)."""
-    if len(scores) == 0:
-        return np.empty(0, np.int64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, iou)
-    return np.asarray(kept, np.int64).reshape(-1)
 
 
 class ScrfdDetector:
