@@ -16,6 +16,8 @@ from workbench.errors import WorkbenchError
 from workbench.faces.align import ARCFACE_TEMPLATE, align_face
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.faces.scrfd import ScrfdDetector, decode
+from workbench.faces.yunet import MIN_SIDE, YunetDetector
+from workbench.faces.yunet import decode as yunet_decode
 
 
 def lfw_images(lfw_dir: Path, n: int) -> list[np.ndarray]:
@@ -62,6 +64,64 @@ def test_small_faces_are_found_by_yunet_not_by_plain_dlib():
     dlib = get_detector(DetectorSpec.parse("dlib"))
     assert sum(bool(yunet.detect(im)) for im in images) >= 29
     assert sum(bool(dlib.detect(im)) for im in images) <= 10
+
+
+def opencv_yunet(path: Path, rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's own YuNet (`cv2.FaceDetectorYN`) on the image as the workbench scales it: rows of
+    box x, y, w, h, 10 landmark coordinates and score, in the image's pixels."""
+    height, width = rgb.shape[:2]
+    scale = max(1.0, MIN_SIDE / max(height, width))
+    bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (round(width * scale), round(height * scale)),
+                     interpolation=cv2.INTER_CUBIC) if scale != 1.0 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    net = cv2.FaceDetectorYN.create(str(path), "", (bgr.shape[1], bgr.shape[0]), 0.7, 0.3, 5000)
+    faces = net.detect(bgr)[1]
+    return np.zeros((0, 15)) if faces is None else faces / np.r_[np.full(14, scale), 1.0]
+
+
+@pytest.mark.parametrize("model", ["yunet_s_640_640.onnx", "yunet_n_640_640.onnx"])
+def test_yunet_finds_what_opencvs_yunet_finds(lfw_dir, model):
+    """The workbench runs YuNet through onnxruntime (faster); OpenCV's implementation is the
+    reference: the same faces, boxes, landmarks and scores, on large and on small photos."""
+    path = shared_model(model)
+    detector = YunetDetector(str(path))
+    small = sorted((path.parents[1] / "data" / "celeba10k" / "images").glob("*.jpg"))[:20]
+    images = lfw_images(lfw_dir, 20) + [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in small]
+    compared = 0
+    for rgb in images:
+        ours = sorted(detector.detect(rgb), key=lambda d: -d.score)
+        theirs = opencv_yunet(path, rgb)
+        theirs = theirs[np.argsort(-theirs[:, 14], kind="stable")]
+        assert len(ours) == len(theirs)
+        for face, row in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(face.bbox, [*row[:2], *(row[:2] + row[2:4])], atol=0.01)
+            np.testing.assert_allclose(face.landmarks, row[4:14].reshape(5, 2), atol=0.01)
+            assert face.score == pytest.approx(row[14], abs=1e-4)
+            compared += 1
+    assert compared >= 38
+
+
+def test_yunet_decoding_by_hand():
+    """One cell above the threshold, at stride 16 of a 64x96 (h x w) input: cell (c=2, r=1)."""
+    rows = {8: 8 * 12, 16: 4 * 6, 32: 2 * 3}
+    outputs = {}
+    for stride, n in rows.items():
+        outputs[f"cls_{stride}"] = np.full((1, n, 1), 0.2, np.float32)
+        outputs[f"obj_{stride}"] = np.full((1, n, 1), 1.5, np.float32)  # clipped to 1
+        outputs[f"bbox_{stride}"] = np.zeros((1, n, 4), np.float32)
+        outputs[f"kps_{stride}"] = np.zeros((1, n, 10), np.float32)
+    cell = 1 * 6 + 2  # row-major over 6 columns
+    outputs["cls_16"][0, cell] = 0.81
+    outputs["bbox_16"][0, cell] = [0.5, 0.25, np.log(2.0), np.log(3.0)]
+    outputs["kps_16"][0, cell] = [0, 0, 1, 0, 0.5, 0.5, 0, 1, 1, 1]
+    scores, boxes, kps = yunet_decode(outputs, (64, 96), threshold=0.7)
+    assert scores == pytest.approx([0.9])  # sqrt(0.81 * 1)
+    cx, cy, w, h = (2 + 0.5) * 16, (1 + 0.25) * 16, 2 * 16, 3 * 16
+    np.testing.assert_allclose(boxes[0], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], rtol=1e-6)
+    np.testing.assert_allclose(kps[0], [[32, 16], [48, 16], [40, 24], [32, 32], [48, 32]], rtol=1e-6)
+    with pytest.raises(WorkbenchError, match="not a YuNet model"):
+        yunet_decode({"cls_8": outputs["cls_8"]}, (64, 96), 0.7)
+    with pytest.raises(WorkbenchError, match="do not match a 64x64 input"):
+        yunet_decode(outputs, (64, 64), 0.7)
 
 
 class KnownOutputs(torch.nn.Module):
@@ -121,6 +181,8 @@ def test_bad_model_files_are_one_line_errors(tmp_path):
     detector_file = shared_model("scrfd_500m_kps.onnx")
     with pytest.raises(WorkbenchError, match="needs one Nx3x112x112 input, not 1x3x640x640"):
         OnnxEmbedder(str(detector_file))
+    with pytest.raises(WorkbenchError, match="not a YuNet model"):
+        get_detector(DetectorSpec("yunet", str(detector_file))).detect(np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(WorkbenchError, match="unknown detector"):
         DetectorSpec.parse("retinaface")
     with pytest.raises(WorkbenchError, match="file not found"):
