@@ -20,6 +20,21 @@ def test_recovers_a_known_similarity_exactly():
     np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
 
 
+def test_noisy_points_get_the_least_squares_similarity():
+    """Against an independent solution: the similarity x' = a x - b y + tx, y' = b x + a y + ty is
+    linear in (a, b, tx, ty), so numpy's least squares solves it directly."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        photo = ARCFACE_TEMPLATE * rng.uniform(0.3, 3) + rng.normal(0, 4, (5, 2)) + rng.uniform(-200, 200, 2)
+        x, y = photo[:, 0], photo[:, 1]
+        one, zero = np.ones(5), np.zeros(5)
+        design = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+        target = np.concatenate([ARCFACE_TEMPLATE[:, 0], ARCFACE_TEMPLATE[:, 1]])
+        a, b, tx, ty = np.linalg.lstsq(design, target, rcond=None)[0]
+        np.testing.assert_allclose(similarity_transform(photo, ARCFACE_TEMPLATE),
+                                   [[a, -b, tx], [b, a, ty]], atol=1e-9)
+
+
 def test_no_reflection_for_mirrored_points():
     mirrored = ARCFACE_TEMPLATE * np.array([-1.0, 1.0])
     m = similarity_transform(mirrored, ARCFACE_TEMPLATE)

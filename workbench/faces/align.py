@@ -27,27 +27,25 @@ ARCFACE_TEMPLATE = np.array(
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst.
 
-    Umeyama (1991), without reflection. Returns the 2x3 matrix M with
-    dst ~= M[:, :2] @ src + M[:, 2].
+    In the plane a similarity is multiplication by one complex number c (scale |c|, rotation
+    arg c) plus a shift, so the least-squares fit is linear and never reflects: with points as
+    complex numbers centred on their means, c = sum(conj(z) w) / sum(|z|^2). The same optimum as
+    Umeyama's (1991) SVD solution without reflection, a tenth of its cost (run per face, 5M times).
+    Returns the 2x3 matrix M with dst ~= M[:, :2] @ src + M[:, 2].
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
         raise ValueError(f"need two matching (N>=2, 2) point sets, got {src.shape} and {dst.shape}")
-    mu_src, mu_dst = src.mean(axis=0), dst.mean(axis=0)
-    src_c, dst_c = src - mu_src, dst - mu_dst
-    var_src = (src_c**2).sum() / len(src)
-    if var_src == 0:
+    z, w = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
+    z_mean, w_mean = z.mean(), w.mean()
+    zc = z - z_mean
+    spread = float(np.vdot(zc, zc).real)
+    if spread == 0:
         raise ValueError("source points are all identical")
-    cov = dst_c.T @ src_c / len(src)
-    u, s, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1.0
-    rotation = u @ np.diag(d) @ vt
-    scale = float((s * d).sum() / var_src)
-    translation = mu_dst - scale * rotation @ mu_src
-    return np.hstack([scale * rotation, translation[:, None]])
+    c = np.vdot(zc, w - w_mean) / spread  # vdot conjugates its first argument
+    t = w_mean - c * z_mean
+    return np.array([[c.real, -c.imag, t.real], [c.imag, c.real, t.imag]])
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
