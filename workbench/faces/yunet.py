@@ -44,8 +44,8 @@ def any_size_model(path: str) -> bytes:
     try:
         model = onnx.load(path)
     except Exception as exc:  # onnx raises DecodeError, ValueError, OSError ... for a bad file
-        raise WorkbenchError(f"cannot load YuNet model {path}: {str(exc).strip() or type(exc).__name__}"
-                             ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkbenchError(f"cannot load YuNet model {path}: {first}") from None
     inputs = model.graph.input
     if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
         raise WorkbenchError(f"{path}: not a YuNet model (need one 1x3xHxW input)")
@@ -53,7 +53,8 @@ def any_size_model(path: str) -> bytes:
         dim.ClearField("dim_value")
         dim.dim_param = name
     for output in model.graph.output:  # their row counts follow the input's size
-        output.type.tensor_type.shape.dim[1].dim_param = f"{output.name}_rows"
+        if len(output.type.tensor_type.shape.dim) > 1:
+            output.type.tensor_type.shape.dim[1].dim_param = f"{output.name}_rows"
     del model.graph.value_info[:]
     return model.SerializeToString()
 
