@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.parallel import Mapper, chunked, process_mapper
 
 MAX_RETRIES = 3  # a task whose worker process dies is run again, up to this many times
@@ -119,8 +119,7 @@ def connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
         else:
             ray.init(address=address, **settings)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(f"cannot join the Ray cluster at {address}: {reason}") from None
+        raise WorkbenchError(f"cannot join the Ray cluster at {address}: {first_line(exc)}") from None
     return True
 
 

@@ -15,6 +15,13 @@ class WorkbenchError(Exception):
     """A user-facing failure: bad input, unusable workspace, busy manifest."""
 
 
+def first_line(exc: BaseException) -> str:
+    """What a library's exception says, kept to one line (its first), or its type's name when it
+    says nothing: the reason a one-line WorkbenchError gives."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def disk_full(exc: BaseException, where: str | None = None) -> str | None:
     """A one-line message if `exc` (or what caused it) is a full disk, else None.
 

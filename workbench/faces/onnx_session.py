@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 DEFAULT_NORM = (127.5, 127.5)  # InsightFace's (x - 127.5) / 127.5
@@ -27,8 +27,7 @@ def onnx_session(path: str, *, model: bytes | None = None, threads: int | None =
     try:
         return ort.InferenceSession(path if model is None else model, options, providers=providers)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(f"cannot load ONNX model {path}: {first}") from None
+        raise WorkbenchError(f"cannot load ONNX model {path}: {first_line(exc)}") from None
 
 
 def recogniser_norm(model: Any) -> tuple[float, float]:  # model: onnx.ModelProto

@@ -26,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.faces.detect import Detection, nms, primary_first
 from workbench.faces.onnx_session import onnx_session
 
@@ -44,8 +44,7 @@ def any_size_model(path: str) -> bytes:
     try:
         model = onnx.load(path)
     except Exception as exc:  # onnx raises DecodeError, ValueError, OSError ... for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(f"cannot load YuNet model {path}: {first}") from None
+        raise WorkbenchError(f"cannot load YuNet model {path}: {first_line(exc)}") from None
     inputs = model.graph.input
     if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
         raise WorkbenchError(f"{path}: not a YuNet model (need one 1x3xHxW input)")

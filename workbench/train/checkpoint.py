@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.train.backbones import build_backbone
 from workbench.train.config import TrainConfig
 from workbench.train.onnx_backbone import OnnxBackbone
@@ -118,8 +118,7 @@ def read(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WorkbenchError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
+        raise WorkbenchError(f"{path} is not a readable PyTorch checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict):
         raise WorkbenchError(f"{path} holds a {type(state).__name__}, not a checkpoint")
     return state
