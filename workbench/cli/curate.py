@@ -138,6 +138,10 @@ def dedupe(
     phash_bits: Annotated[int | None, typer.Option(min=0, max=64,
         help="Fixed: max differing bits between the hashes: the nearest of the crops' and (faces of "
              "two images) the whole images', each also mirrored.", show_default="calibrated")] = None,
+    context: Annotated[float | None, typer.Option(min=-1.0, max=1.0,
+        help="Fixed: correlation of the photos around two faces, registered in the faces' frame, "
+             "at which they are duplicates (finds reframed copies of small photos).",
+        show_default="calibrated")] = None,
     model: ModelOpt = "dlib",
     flip: FlipOpt = False,
     model_norm: ModelNormOpt = None,
@@ -150,18 +154,19 @@ def dedupe(
     """Group near-duplicate unlabeled faces; the best-quality face represents each group.
 
     Thresholds are calibrated for the model on synthetic web copies of labeled faces
-    (see `wb calibrate`) unless --strict/--loose/--phash-bits fix them.
+    (see `wb calibrate`) unless --strict/--loose/--phash-bits/--context fix them.
     """
     from workbench.curate.calibrate import DedupeTargets
     from workbench.curate.dedupe import run_dedupe
     from workbench.curate.pairs import DedupeThresholds
 
     fixed = None
-    if (strict, loose, phash_bits) != (None, None, None):
+    if (strict, loose, phash_bits, context) != (None, None, None, None):
         base = DedupeThresholds()
         fixed = DedupeThresholds(base.strict if strict is None else strict,
                                  base.loose if loose is None else loose,
-                                 base.phash_bits if phash_bits is None else phash_bits)
+                                 base.phash_bits if phash_bits is None else phash_bits,
+                                 context=base.context if context is None else context)
     with progress_bar("dedupe: embeddings", enabled=not as_json) as update:
         summary = run_dedupe(Workspace.at(workspace), model=model_spec(model, flip, model_norm),
                              thresholds=fixed, labeled_set=labeled,

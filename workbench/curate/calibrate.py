@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 
 from workbench.curate.calibration import (
@@ -28,7 +30,8 @@ from workbench.curate.calibration import (
     open_set_scores,
     single_face_scores,
 )
-from workbench.curate.pairs import Hashes
+from workbench.curate.pairs import DedupeThresholds, Hashes
+from workbench.curate.search import nearest
 from workbench.embed.compute import (
     EmbedContext,
     ProgressFn,
@@ -40,7 +43,15 @@ from workbench.embed.compute import (
 from workbench.embed.models import ModelSpec, embed_crops
 from workbench.embed.unit import unit_rows
 from workbench.errors import WorkbenchError
+from workbench.faces.context import (
+    THUMBNAIL_BYTES,
+    aligned_context,
+    context_thumbnail,
+    context_vectors,
+    pair_correlations,
+)
 from workbench.faces.copies import TRANSFORMS, copy_pair
+from workbench.faces.detect import Detection
 from workbench.faces.detectors import get_detector
 from workbench.formats.images import decode_crop, decode_crops
 from workbench.ingest.decode import Rejected, decode_image
@@ -54,7 +65,8 @@ from workbench.results import Result
 
 T = TypeVar("T")
 DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
-METHOD = 8  # bump when the way a calibration is measured changes: stored ones are then redone
+CONTEXT_PAIRS = 3_000  # of them, pairs whose photos are re-detected to measure the context rule
+METHOD = 9  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
 @dataclass(frozen=True)
@@ -152,18 +164,41 @@ def _crop_hashes(crops: np.ndarray, photos: np.ndarray) -> Hashes:
     return Hashes(own[:, 0], own[:, 1], photos[:, 0], photos[:, 1])
 
 
-def _labeled_hashes(labeled: LabeledSet, positions: np.ndarray) -> Hashes:
+def _labeled_evidence(labeled: LabeledSet, positions: np.ndarray,
+                      detect: Callable[[np.ndarray], list[Detection]],
+                      with_context: np.ndarray) -> tuple[Hashes, np.ndarray]:
     """Hashes of labeled faces' crops and of the photos they were found in, as `wb ingest` hashes
-    web faces and their images (the crop's own where the photo is gone); read one at a time
-    (20k crops at once would hold 750 MB)."""
+    web faces and their images (the crop's own where the photo is gone), and where `with_context`
+    the context thumbnail of the photo's primary face as the workspace's detector finds it (the
+    crop's own where there is no photo or no face); read one at a time (20k crops at once would
+    hold 750 MB)."""
     crops, photos = np.empty((len(positions), 2), np.uint64), np.empty((len(positions), 2), np.uint64)
+    contexts = np.zeros((len(positions), THUMBNAIL_BYTES), np.uint8)
     for row, position in enumerate(positions.tolist()):
-        crops[row] = phash64_pair(decode_crop(labeled.crop_bytes(position)))
+        crop = decode_crop(labeled.crop_bytes(position))
+        crops[row] = phash64_pair(crop)
         try:
-            photos[row] = phash64_pair(decode_image(labeled.photo_bytes(position)).rgb)
+            photo: np.ndarray | None = decode_image(labeled.photo_bytes(position)).rgb
+            photos[row] = phash64_pair(photo)
         except (OSError, ValueError, Rejected):
-            photos[row] = crops[row]
-    return Hashes(crops[:, 0], crops[:, 1], photos[:, 0], photos[:, 1])
+            photo, photos[row] = None, crops[row]
+        if with_context[row]:
+            found = detect(photo) if photo is not None else []
+            contexts[row] = context_thumbnail(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), found[0].landmarks) \
+                if found else aligned_context(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
+    return Hashes(crops[:, 0], crops[:, 1], photos[:, 0], photos[:, 1]), contexts
+
+
+def _other_person_context(contexts: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each face's best registered context correlation with its `k` nearest contexts of another
+    person (-1 where none is near)."""
+    _, idx = nearest(context_vectors(contexts), context_vectors(contexts), min(k + 1, len(contexts)))
+    rows = np.repeat(np.arange(len(contexts)), idx.shape[1])
+    cols = idx.ravel()
+    other = (cols >= 0) & (labels[np.maximum(cols, 0)] != labels[rows])
+    best = np.full(len(contexts), -1.0, np.float32)
+    np.maximum.at(best, rows[other], pair_correlations(contexts, rows[other], cols[other]))
+    return best
 
 
 def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTargets, run_id: str,
@@ -181,18 +216,22 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         originals = np.sort(rng.choice(n, size=min(targets.copies, n), replace=False))
         detect = get_detector(detector).detect
         names = [TRANSFORMS[i % len(TRANSFORMS)] for i in range(len(originals))]
-        before, after, photos, refound = [], [], [], 0
+        before, after, photos, contexts, refound = [], [], [], [], 0
         for crop, name in zip(_crops(labeled, originals), names, strict=True):
             pair = copy_pair(crop, name, rng, detect)  # its photos are hashed, not kept
             before.append(pair.original)
             after.append(pair.copy)
             photos.append([phash64_pair(photo) for photo in pair.photos])
+            contexts.append(pair.contexts)
             refound += pair.refound
         hashes = np.array(photos, np.uint64).reshape(-1, 2, 2)  # copy, (photo, copy's photo), (plain, mirror)
         crops_before, crops_after = np.stack(before), np.stack(after)
+        thumbnails = np.array(contexts, np.uint8).reshape(-1, THUMBNAIL_BYTES)  # original, copy, ...
+        pairs = np.arange(0, len(thumbnails), 2)
         copies = PairEvidence.of(embed_crops(ctx.spec, crops_before), embed_crops(ctx.spec, crops_after),
                                  _crop_hashes(crops_before, hashes[:, 0]),
-                                 _crop_hashes(crops_after, hashes[:, 1]))
+                                 _crop_hashes(crops_after, hashes[:, 1]),
+                                 pair_correlations(thumbnails, pairs, pairs + 1))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         faces = unit_rows(everything, a)
@@ -201,12 +240,19 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         a, b, faces = a[paired], b[paired], faces[paired]
         if len(a) == 0:
             raise WorkbenchError(f"{labeled.name}: dedupe calibration needs identities with two faces")
+        measured = np.zeros(len(a), bool)  # pairs whose photos are re-detected for their context
+        measured[rng.choice(len(a), size=min(CONTEXT_PAIRS, len(a)), replace=False)] = True
         involved = np.unique(np.concatenate([a, b]))  # faces of several pairs are read once
-        hashes = _labeled_hashes(labeled, involved)
-        distinct = PairEvidence.of(faces, unit_rows(everything, b), hashes[np.searchsorted(involved, a)],
-                                   hashes[np.searchsorted(involved, b)])
+        in_context = np.isin(involved, np.concatenate([a[measured], b[measured]]))
+        hashes, seen = _labeled_evidence(labeled, involved, detect, in_context)
+        at_a, at_b = np.searchsorted(involved, a), np.searchsorted(involved, b)
+        context = np.full(len(a), np.nan, np.float32)
+        context[measured] = pair_correlations(seen, at_a[measured], at_b[measured])
+        distinct = PairEvidence.of(faces, unit_rows(everything, b), hashes[at_a], hashes[at_b], context)
+        other_context = _other_person_context(seen[in_context], labeled.labels[involved[in_context]],
+                                              DedupeThresholds.k)
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
-                                  other_person)
+                                  other_person, other_context)
         return {**result.as_dict(), "detector": detector.key,
                 "copies_not_refound": len(names) - refound}
 

@@ -223,19 +223,26 @@ def calibrate_overlap(scores: OpenSetScores, n_ids: int, fpir: float, ambiguous_
 
 @dataclass(frozen=True)
 class PairEvidence:
-    """Cosine and hash distance (`pairs.hash_bits`: crops' or photos', the nearer) of pairs."""
+    """Cosine and hash distance (`pairs.hash_bits`: crops' or photos', the nearer) of pairs, and
+    where measured their registered context correlation (`faces.context`; NaN: not measured)."""
 
     cosine: np.ndarray
     hash_bits: np.ndarray
+    context: np.ndarray | None = None
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, hashes_a: Hashes, hashes_b: Hashes) -> PairEvidence:
+    def of(cls, a: np.ndarray, b: np.ndarray, hashes_a: Hashes, hashes_b: Hashes,
+           context: np.ndarray | None = None) -> PairEvidence:
         """Pairs of embeddings `a[n]`, `b[n]` with their hashes (faces of two photos)."""
-        return cls(np.einsum("nd,nd->n", a, b), hash_bits(hashes_a, hashes_b))
+        return cls(np.einsum("nd,nd->n", a, b), hash_bits(hashes_a, hashes_b), context)
+
+    def __getitem__(self, rows: np.ndarray) -> PairEvidence:
+        return PairEvidence(self.cosine[rows], self.hash_bits[rows],
+                            None if self.context is None else self.context[rows])
 
     def merged(self, t: DedupeThresholds) -> np.ndarray:
         """The pairs `wb dedupe` would call duplicates under `t`."""
-        return is_duplicate(self.cosine, self.hash_bits, t)
+        return is_duplicate(self.cosine, self.hash_bits, t, self.context)
 
 
 @dataclass(frozen=True)
@@ -254,9 +261,12 @@ class DedupeCalibration:
     recall_by_transform: dict[str, float] = field(default_factory=dict)  # copies found, per edit
     distinct_like_copies: int = 0  # labeled pairs as close as the typical copy: S's own copies, left out
     loose_floor: float = -1.0  # no `loose` below: merge_rate of faces reach it against another person
+    context: float = DedupeThresholds.context  # registered context correlation that makes a duplicate
+    context_pairs: int = 0  # distinct pairs whose context correlation was measured
+    context_recall: float = 0.0  # share of copies the context rule alone finds
 
     def thresholds(self, k: int = DedupeThresholds.k) -> DedupeThresholds:
-        return DedupeThresholds(self.strict, self.loose, self.phash_bits, k)
+        return DedupeThresholds(self.strict, self.loose, self.phash_bits, k, self.context)
 
     def warnings(self) -> list[str]:
         """A line when the measured rule misses what was asked (a model that sees copies as
@@ -281,10 +291,19 @@ class DedupeCalibration:
 
 def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float,
                      merge_rate: float, transforms: np.ndarray | None = None,
-                     other_person: np.ndarray | None = None) -> DedupeCalibration:
-    """Half the merge budget to the cosine rule, the rest to the cosine-and-hash rule.
+                     other_person: np.ndarray | None = None,
+                     other_context: np.ndarray | None = None) -> DedupeCalibration:
+    """Half the merge budget to the cosine rule and as much to the context rule (each alone), all
+    of it to the three together.
 
     `strict`: the cosine that at most merge_rate/2 of distinct photos reach.
+    `context`: the registered context correlation that at most merge_rate/2 of the distinct pairs
+    measured for it reach, nor of `other_context` (faces against their most similar context of
+    another person: a plain background looks alike across people). Its distinct pairs are those
+    whose hashes differ more than 95% of copies' do: a labeled set holds copies of its own photos
+    at other sizes and crops, which the context rule rightly finds and which, counted as distinct
+    photos, would leave it no budget (celeba200: 1.7% of its pairs); the evidence that sets them
+    apart must not be the one being calibrated.
     `loose` and `phash_bits` together: of the pairs (a copy-cosine quantile from `recall`'s up,
     the most bits that keep all merges of distinct pairs within `merge_rate`), the one that
     finds the most copies (ties: the higher `loose`). A `loose` taken from the copies alone
@@ -302,22 +321,28 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
         (distinct.hash_bits <= np.median(copies.hash_bits))
     like_copies = int(like_copy.sum())
     photos = ~like_copy
-    photos = photos if photos.any() else np.ones_like(photos)
-    distinct = PairEvidence(distinct.cosine[photos], distinct.hash_bits[photos])
+    distinct = distinct[photos if photos.any() else np.ones_like(photos)]
+    if distinct.context is not None:
+        hashed_apart = distinct.hash_bits > np.quantile(copies.hash_bits, 0.95)
+        distinct = PairEvidence(distinct.cosine, distinct.hash_bits,
+                                np.where(hashed_apart, distinct.context, np.nan))
+    context, context_pairs = _context_threshold(distinct.context, other_context, merge_rate / 2)
     strict = threshold_at_rate(distinct.cosine, merge_rate / 2)
     candidates = np.quantile(copies.cosine, np.linspace(1 - recall, 0.99, 50), method="lower")
+    by_context = distinct.merged(DedupeThresholds(2.0, 2.0, -1, context=context))
     best = (-1, strict, -1)
     for loose in np.unique(np.clip(candidates, min(floor, strict), strict))[::-1]:
         close = distinct.cosine >= loose
         bits = -1  # no hash rule at all, when even identical hashes would merge too many
         for b in range(0, 33):
-            if ((distinct.cosine >= strict) | (close & (distinct.hash_bits <= b))).mean() > merge_rate:
+            if ((distinct.cosine >= strict) | by_context | (close & (distinct.hash_bits <= b))).mean() \
+                    > merge_rate:
                 break
             bits = b
-        found = int(copies.merged(DedupeThresholds(strict, float(loose), bits)).sum())
+        found = int(copies.merged(DedupeThresholds(strict, float(loose), bits, context=context)).sum())
         if found > best[0]:
             best = (found, float(loose), bits)
-    result = DedupeThresholds(strict, best[1], best[2])
+    result = DedupeThresholds(strict, best[1], best[2], context=context)
     found, merged = copies.merged(result), distinct.merged(result)
     return DedupeCalibration(
         strict=strict, loose=best[1], phash_bits=best[2], target_recall=recall,
@@ -326,5 +351,20 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
         merge_rate=float(merged.mean()), merge_rate_95ci=wilson(int(merged.sum()), len(merged)),
         recall_by_transform={} if transforms is None else
         {str(t): round(float(found[transforms == t].mean()), 4) for t in dict.fromkeys(transforms.tolist())},
-        distinct_like_copies=like_copies, loose_floor=float(floor),
+        distinct_like_copies=like_copies, loose_floor=float(floor), context=context,
+        context_pairs=context_pairs,
+        context_recall=float(copies.merged(DedupeThresholds(2.0, 2.0, -1, context=context)).mean()),
     )
+
+
+def _context_threshold(distinct: np.ndarray | None, other: np.ndarray | None,
+                       rate: float) -> tuple[float, int]:
+    """(threshold, pairs measured): the registered context correlation that at most `rate` of the
+    measured distinct pairs and of the other-person matches reach; the default where none was
+    measured (faces without photos around them)."""
+    measured = [x[np.isfinite(x)] for x in (distinct, other) if x is not None]
+    measured = [x for x in measured if len(x)]
+    if not measured:
+        return DedupeThresholds.context, 0
+    pairs = 0 if distinct is None else int(np.isfinite(distinct).sum())
+    return max(threshold_at_rate(x, rate) for x in measured), pairs

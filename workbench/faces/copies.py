@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from workbench.faces.align import CROP_SIZE
-from workbench.faces.detect import Detection, aligned_centre_face
+from workbench.faces.align import CROP_SIZE, align_face
+from workbench.faces.context import aligned_context, context_thumbnail
+from workbench.faces.detect import Detection, nearest_centre
 
 PAD = 16  # border added around a 112 px crop to make it a photo
 TRANSFORMS = ("reencode", "rescale", "crop", "tone", "rotate", "mirror", "overlay", "mixed")
@@ -114,13 +115,27 @@ def _rejitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CopyPair:
-    """A face and its web copy: both aligned crops, and the whole photos they were aligned from
-    (`wb dedupe` compares the photos' hashes besides the crops')."""
+    """A face and its web copy: both aligned crops, the whole photos they were aligned from
+    (`wb dedupe` compares the photos' hashes besides the crops'), and both context thumbnails."""
 
     original: np.ndarray
     copy: np.ndarray
     photos: tuple[np.ndarray, np.ndarray]
     refound: bool  # both re-detected by the detector (else simulated re-alignment)
+    contexts: tuple[np.ndarray, np.ndarray]
+
+
+def _found(rgb: np.ndarray, detect: Callable[[np.ndarray], list[Detection]]
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The photo's centre face as `wb ingest` keeps it: aligned crop and context thumbnail."""
+    face = nearest_centre(detect(rgb), *rgb.shape[:2])
+    if face is None:
+        return None
+    return align_face(rgb, face.landmarks), context_thumbnail(_gray(rgb), face.landmarks)
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
@@ -130,9 +145,10 @@ def copy_pair(crop: np.ndarray, transform: str, rng: np.random.Generator,
     brought back to the crop's frame with simulated re-alignment error."""
     photo = as_photo(crop)
     edited = edit_photo(photo, transform, rng)
-    original = aligned_centre_face(photo, detect)
-    copy = aligned_centre_face(edited, detect)
+    original, copy = _found(photo, detect), _found(edited, detect)
     if original is not None and copy is not None:
-        return CopyPair(original, copy, (photo, edited), True)
+        return CopyPair(original[0], copy[0], (photo, edited), True, (original[1], copy[1]))
     edited = edit_photo(crop, transform, rng)
-    return CopyPair(crop, _rejitter(edited, rng), (crop, edited), False)
+    moved = _rejitter(edited, rng)
+    return CopyPair(crop, moved, (crop, edited), False,
+                    (aligned_context(_gray(crop)), aligned_context(_gray(moved))))

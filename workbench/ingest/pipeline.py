@@ -265,6 +265,7 @@ def _commit(
         "quality": pa.array([f.quality for _, f in faces], pa.float32()),
         "crop_phash": pa.array([f.crop_phash for _, f in faces], pa.uint64()),
         "crop_phash_mirror": pa.array([f.crop_phash_mirror for _, f in faces], pa.uint64()),
+        "context": pa.array([f.context for _, f in faces], pa.binary()),
         "detector": pa.array([detector for r in new_images.values() for _ in r.faces], pa.string()),
     })
     new_file_rows = pa.table({
@@ -283,10 +284,11 @@ def _commit(
             "n_faces, ?, phash_mirror FROM new_images ON CONFLICT DO NOTHING", [run_id])
         con.execute(
             "INSERT INTO faces (face_id, image_id, face_index, crop_rel, det_score, bbox, landmarks, "
-            "face_size, blur, brightness, quality, run_id, crop_phash, detector, crop_phash_mirror) "
-            "SELECT face_id, image_id, face_index, crop_rel, det_score, "
+            "face_size, blur, brightness, quality, run_id, crop_phash, detector, crop_phash_mirror, "
+            "context) SELECT face_id, image_id, face_index, crop_rel, det_score, "
             "bbox::REAL[4], landmarks::REAL[10], face_size, blur, brightness, quality, ?, "
-            "crop_phash, detector, crop_phash_mirror FROM new_faces ON CONFLICT DO NOTHING", [run_id])
+            "crop_phash, detector, crop_phash_mirror, context FROM new_faces ON CONFLICT DO NOTHING",
+            [run_id])
         con.execute("DELETE FROM files WHERE path IN (SELECT path FROM new_files)")
         con.execute(
             "INSERT INTO files (path, source, image_id, size, mtime_ns, reason, run_id) "

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from workbench.faces.align import CROP_SIZE, align_face
+from workbench.faces.context import aligned_context, context_thumbnail
 from workbench.faces.detectors import DetectorSpec, get_detector
 from workbench.faces.quality import face_quality
 from workbench.formats.files import read_regular_file
@@ -45,6 +46,7 @@ class FaceResult:
     quality: float
     crop_phash: int
     crop_phash_mirror: int
+    context: bytes  # `faces.context.context_thumbnail`: the photo around the face, in its frame
 
 
 @dataclass
@@ -134,7 +136,7 @@ def process_bytes(data: bytes, result: FileResult, options: IngestOptions) -> Fi
             return result
         result.faces = [_aligned_face(result.image_id, data, decoded, gray, options)]
     else:
-        result.faces = _detected_faces(result.image_id, decoded.rgb, options)
+        result.faces = _detected_faces(result.image_id, decoded.rgb, gray, options)
     result.status, result.reason = ("ok", None) if result.faces else ("rejected", "no face")
     return result
 
@@ -156,10 +158,12 @@ def _aligned_face(
     write_atomic(options.root, rel, payload)
     quality = face_quality(gray, None)
     return FaceResult(face_id, 0, rel, None, None, None, quality.face_size, quality.blur,
-                      quality.brightness, quality.score, *phash64_pair(gray))
+                      quality.brightness, quality.score, *phash64_pair(gray),
+                      aligned_context(gray).tobytes())
 
 
-def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> list[FaceResult]:
+def _detected_faces(image_id: str, rgb: np.ndarray, photo_gray: np.ndarray,
+                    options: IngestOptions) -> list[FaceResult]:
     detector = get_detector(options.detector or DetectorSpec.parse("dlib"))
     faces = []
     for index, det in enumerate(detector.detect(rgb)):
@@ -172,7 +176,8 @@ def _detected_faces(image_id: str, rgb: np.ndarray, options: IngestOptions) -> l
         faces.append(
             FaceResult(face_id, index, rel, det.score, det.bbox.round(2).tolist(),
                        det.landmarks.round(2).ravel().tolist(), quality.face_size,
-                       quality.blur, quality.brightness, quality.score, *phash64_pair(gray))
+                       quality.blur, quality.brightness, quality.score, *phash64_pair(gray),
+                       context_thumbnail(photo_gray, det.landmarks).tobytes())
         )
     return faces
 

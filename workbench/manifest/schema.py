@@ -347,6 +347,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE faces ADD COLUMN crop_phash_mirror UBIGINT",
         ],
     ),
+    (
+        13,
+        "each face's context thumbnail: the photo around it, for copies that were reframed",
+        # Faces ingested before have none; `wb dedupe` then finds their copies by embedding and hash.
+        ["ALTER TABLE faces ADD COLUMN context BLOB"],
+    ),
 ]
 
 
