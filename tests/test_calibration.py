@@ -21,7 +21,7 @@ from workbench.curate.calibration import (
     wilson,
 )
 from workbench.curate.pairs import DedupeThresholds
-from workbench.curate.scoring import Gallery, best_identity
+from workbench.curate.scoring import Gallery, best_identity, threshold_at_rate
 from workbench.embed.compute import unit_centres
 from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo
 from workbench.faces.detect import aligned_centre_face
@@ -247,3 +247,27 @@ def test_the_identity_search_is_chosen_by_what_it_loses(monkeypatch, layout):
         assert nprobe == 4 and lost <= calibration.SEARCH_LOSS
     else:
         assert (nprobe, lost) == (0, 0.0)
+
+
+def test_the_context_rule_is_calibrated_on_pairs_the_hashes_call_two_photos():
+    """A labeled set holding 3% of its own photos again at other crops (hashes within 2 bits,
+    context 0.97-0.99) would, counted as distinct photos, push the context threshold above every
+    copy. Calibrated on the pairs whose hashes differ more than 95% of copies' (the others are
+    the hash rule's to judge), it sits where merge_rate/2 of those reach; and other people's
+    contexts bound it too (a plain background looks alike across people)."""
+    rng = np.random.default_rng(8)
+    copies = PairEvidence(rng.uniform(0.3, 0.99, 1000), rng.integers(0, 6, 1000),
+                          np.r_[rng.uniform(0.97, 1.0, 950), rng.uniform(0.5, 0.97, 50)])
+    distinct = PairEvidence(rng.uniform(0.3, 0.8, 2000),
+                            np.r_[rng.integers(0, 3, 60), rng.integers(12, 33, 1940)],
+                            np.r_[rng.uniform(0.97, 0.99, 60), rng.uniform(0.2, 0.95, 1940)])
+    cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
+    apart = distinct.context[60:]
+    assert cal.context == pytest.approx(threshold_at_rate(apart, 0.0025))
+    assert cal.context < 0.96 and cal.context_pairs == 1940
+    assert cal.context_recall == pytest.approx((copies.context >= cal.context).mean())
+    assert cal.context_recall >= 0.95
+    assert cal.merge_rate <= 0.005  # the set's own copies are not counted as context merges
+    bounded = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005,
+                               other_context=np.r_[rng.uniform(0.2, 0.8, 1980), np.full(20, 0.985)])
+    assert bounded.context > 0.985 and bounded.context_recall < cal.context_recall

@@ -7,11 +7,14 @@ import csv
 import json
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import SHARED, shared_model
 from tests.helpers import manifest_rows, wb, wb_json
+from workbench.faces.copies import edit_photo
 
 CELEBA200 = SHARED / "data" / "celeba200"
 CELEBA10K = SHARED / "data" / "celeba10k"
@@ -107,3 +110,41 @@ def test_dlib_missing_small_faces_tells_the_user_what_to_try(tmp_path):
     proc = wb("ingest", str(web), "-w", str(tmp_path / "ws"), "--detector", "dlib", "--json")
     hints = json.loads(proc.stdout)["hints"]
     assert len(hints) == 1 and "--detector yunet" in hints[0] and "--upsample 1" in hints[0]
+
+
+def test_reframed_copies_of_small_photos_are_grouped_by_their_context(tmp_path):
+    """Copies of 89x109 web photos, cut, rescaled, toned and saved at low quality at once, whose
+    embeddings and hashes drift: `wb dedupe` groups each with its photo by the context rule alone
+    (the embedding rules fixed out of reach), merges no two photos, and in a workspace whose faces
+    predate context thumbnails says how many lack them."""
+    if not (CELEBA10K / "labels.csv").is_file():
+        pytest.skip(f"small faces not found at {CELEBA10K}")
+    yunet, mbf = shared_model("yunet_s_640_640.onnx"), shared_model("mobilefacenet_128d.onnx")
+    web = tmp_path / "web"
+    web.mkdir()
+    with open(CELEBA10K / "labels.csv") as handle:
+        names = [row["file"] for row in csv.DictReader(handle)][100:130]
+    rng = np.random.default_rng(1)
+    for n, name in enumerate(names):
+        (web / name).symlink_to(CELEBA10K / "images" / name)
+        if n < 10:
+            rgb = np.asarray(Image.open(CELEBA10K / "images" / name).convert("RGB"))
+            Image.fromarray(edit_photo(rgb, "mixed", rng)).save(web / f"copy_{name}", quality=95)
+    ws = str(tmp_path / "ws")
+    assert wb_json("ingest", str(web), "--detector", f"yunet:{yunet}", "-w", ws)["new_images"] == 40
+    context_only = ("--strict", "1", "--loose", "1", "--phash-bits", "0", "--context", "0.965")
+    summary = wb_json("dedupe", "--model", f"onnx:{mbf}", *context_only, "-w", ws)
+    assert summary["context"] == 0.965 and summary["without_context"] == 0
+    groups = dict(manifest_rows(ws, """
+        SELECT regexp_extract(i.path, '[^/]+$'), d.group_id FROM wb_dups d
+        JOIN wb_faces f USING (face_id) JOIN wb_images i USING (image_id) WHERE f.is_primary"""))
+    found = [groups[f"copy_{name}"] == groups[name] for name in names[:10]]
+    assert sum(found) >= 9
+    assert len({groups[name] for name in names}) == 30  # no two photos merged
+
+    con = duckdb.connect(str(tmp_path / "ws" / "manifests" / "wb.duckdb"))
+    con.execute("UPDATE faces SET context = NULL")
+    con.close()
+    before = wb_json("dedupe", "--model", f"onnx:{mbf}", *context_only, "-w", ws)
+    assert before["without_context"] == summary["faces"] and before["duplicates"] < summary["duplicates"]
+    assert any("before context thumbnails" in w for w in before["warnings"])

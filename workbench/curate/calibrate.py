@@ -46,6 +46,7 @@ from workbench.errors import WorkbenchError
 from workbench.faces.context import (
     THUMBNAIL_BYTES,
     aligned_context,
+    best_correlations,
     context_thumbnail,
     context_vectors,
     pair_correlations,
@@ -191,7 +192,8 @@ def _labeled_evidence(labeled: LabeledSet, positions: np.ndarray,
 
 def _other_person_context(contexts: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Each face's best registered context correlation with its `k` nearest contexts of another
-    person (-1 where none is near)."""
+    person (-1 where none is near); as they are, not mirrored (a mirror seldom makes one
+    person's surroundings another's, and this costs a registration a pair)."""
     _, idx = nearest(context_vectors(contexts), context_vectors(contexts), min(k + 1, len(contexts)))
     rows = np.repeat(np.arange(len(contexts)), idx.shape[1])
     cols = idx.ravel()
@@ -231,7 +233,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         copies = PairEvidence.of(embed_crops(ctx.spec, crops_before), embed_crops(ctx.spec, crops_after),
                                  _crop_hashes(crops_before, hashes[:, 0]),
                                  _crop_hashes(crops_after, hashes[:, 1]),
-                                 pair_correlations(thumbnails, pairs, pairs + 1))
+                                 best_correlations(thumbnails, pairs, pairs + 1))
         everything = whole_set_vectors(ctx, labeled)
         a = _with_others(labeled.labels, DISTINCT_PAIRS, rng)
         faces = unit_rows(everything, a)
@@ -247,7 +249,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         hashes, seen = _labeled_evidence(labeled, involved, detect, in_context)
         at_a, at_b = np.searchsorted(involved, a), np.searchsorted(involved, b)
         context = np.full(len(a), np.nan, np.float32)
-        context[measured] = pair_correlations(seen, at_a[measured], at_b[measured])
+        context[measured] = best_correlations(seen, at_a[measured], at_b[measured])
         distinct = PairEvidence.of(faces, unit_rows(everything, b), hashes[at_a], hashes[at_b], context)
         other_context = _other_person_context(seen[in_context], labeled.labels[involved[in_context]],
                                               DedupeThresholds.k)

@@ -32,6 +32,7 @@ SPAN = 224  # template pixels on a side: the 112 px face crop and half of it aga
 SIZE = 32  # thumbnail side: the face's eyes ~5 px apart, below JPEG's and resampling's noise
 _WORK = 96  # warped at this size first, then area-averaged down to SIZE
 _ITERATIONS = 10  # ECC steps: copies converge in a few; 10 cost a third of 30, same decisions
+_SURE = 0.995  # correlated so well without registration that registering cannot change a decision
 MIN_COVERED = SIZE * SIZE // 4  # pixels both photos must cover for a correlation to count
 THUMBNAIL_BYTES = SIZE * SIZE
 
@@ -88,7 +89,7 @@ def registered_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a2, b2 = (t.reshape(SIZE, SIZE).astype(np.float32) for t in (a, b))
     in_a, in_b = a2 > 0, b2 > 0
     plain = _correlation(a2, b2, in_a & in_b)
-    if plain <= -1.0:
+    if plain <= -1.0 or plain >= _SURE:
         return plain
     a2, b2 = _filled(a2, in_a), _filled(b2, in_b)
     warp = np.eye(2, 3, dtype=np.float32)
@@ -107,13 +108,18 @@ def registered_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def mirrored(thumbnails: np.ndarray) -> np.ndarray:
     """Thumbnails (rows) flipped left to right: a mirrored photo's, since the template is symmetric
     to a fraction of a pixel and the registration absorbs the rest."""
-    return thumbnails.reshape(-1, SIZE, SIZE)[:, :, ::-1].reshape(len(thumbnails), -1)
+    return thumbnails.reshape(-1, SIZE, SIZE)[:, :, ::-1].reshape(len(thumbnails), SIZE * SIZE)
 
 
-def pair_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """`registered_correlation` of rows i[n] and j[n], as they are or one mirrored, the higher
-    (float32; -1 where they share under a quarter of their pixels)."""
-    flipped = mirrored(thumbnails[j])
-    return np.array([max(registered_correlation(thumbnails[p], thumbnails[q]),
-                         registered_correlation(thumbnails[p], flipped[n]))
-                     for n, (p, q) in enumerate(zip(i.tolist(), j.tolist(), strict=True))], np.float32)
+def pair_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray,
+                      mirror: bool = False) -> np.ndarray:
+    """`registered_correlation` of rows i[n] and j[n] (j's mirrored where `mirror`: a flipped
+    copy); float32, -1 where they share under a quarter of their pixels."""
+    others = mirrored(thumbnails[j]) if mirror else thumbnails[j]
+    return np.array([registered_correlation(thumbnails[p], others[n]) for n, p in enumerate(i.tolist())],
+                    np.float32)
+
+
+def best_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """The higher of the plain and the mirrored `pair_correlations`."""
+    return np.maximum(pair_correlations(thumbnails, i, j), pair_correlations(thumbnails, i, j, mirror=True))

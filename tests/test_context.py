@@ -1,0 +1,134 @@
+"""Context thumbnails: the photo around a face in the face's frame, compared after registration."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED, shared_model
+from workbench.curate.pairs import DedupeThresholds
+from workbench.faces.align import ARCFACE_TEMPLATE, CROP_SIZE
+from workbench.faces.context import (
+    SIZE,
+    SPAN,
+    aligned_context,
+    best_correlations,
+    context_thumbnail,
+    context_vectors,
+    mirrored,
+    pair_correlations,
+    registered_correlation,
+)
+from workbench.faces.copies import edit_photo
+from workbench.faces.detectors import DetectorSpec, get_detector
+
+CELEBA10K = SHARED / "data" / "celeba10k"
+
+
+def texture(seed: int, size: int = 240) -> np.ndarray:
+    """A grey photo with structure at several scales (no face needed: landmarks are given)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((size, size), np.float32)
+    for cells in (4, 8, 16):
+        out += cv2.resize(rng.uniform(0, 1, (cells, cells)).astype(np.float32), (size, size),
+                          interpolation=cv2.INTER_CUBIC)
+    return cv2.normalize(out, None, 20, 235, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_an_aligned_crop_covers_the_middle_of_its_thumbnail():
+    """The thumbnail spans SPAN template pixels: an aligned 112 px crop fills the middle
+    112/SPAN of each side, and what lies outside the photo is 0."""
+    crop = np.full((CROP_SIZE, CROP_SIZE), 120, np.uint8)
+    thumb = aligned_context(crop).reshape(SIZE, SIZE)
+    side = SIZE * CROP_SIZE // SPAN  # 16
+    inner = slice((SIZE - side) // 2 + 1, (SIZE + side) // 2 - 1)  # edge pixels are partly covered
+    assert (thumb[inner, inner] == 120).all()
+    assert (thumb > 0).sum() <= side * side and (thumb[0] == 0).all() and (thumb[:, -1] == 0).all()
+    # a crop stored at another size means the same frame
+    big = aligned_context(cv2.resize(crop, (224, 224)))
+    assert ((big > 0) == (thumb.ravel() > 0)).all()
+
+
+def test_registration_absorbs_landmark_jitter_of_a_rescaled_reframed_copy():
+    """A copy cut and rescaled, whose landmarks came back 1.5 px off (a small face re-detected):
+    the landmarks alone misregister it; the registered correlation finds it near 1, while
+    another photo stays far below."""
+    photo = texture(0)
+    landmarks = ARCFACE_TEMPLATE * 0.5 + np.array([90.0, 80.0])  # a small face: eyes ~18 px apart
+    original = context_thumbnail(photo, landmarks)
+    scale = 0.7
+    copy = cv2.resize(photo[10:, 6:], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    jitter = np.array([[1.5, -1.0], [-1.0, 1.5], [0.5, 1.5], [-1.5, -0.5], [1.0, 1.0]])
+    moved = context_thumbnail(copy, (landmarks - np.array([6.0, 10.0])) * scale + jitter)
+    other = context_thumbnail(texture(1), landmarks)
+    plain = np.corrcoef(original.astype(float), moved.astype(float))[0, 1]
+    registered = registered_correlation(original, moved)
+    assert registered >= 0.97 and registered > plain + 0.05
+    assert registered_correlation(original, other) < 0.6
+
+
+def test_a_mirrored_copy_correlates_as_its_mirror():
+    photo = texture(2)
+    landmarks = ARCFACE_TEMPLATE + np.array([60.0, 50.0])
+    flipped = photo[:, ::-1]
+    width = photo.shape[1] - 1
+    flipped_landmarks = np.array([[width - x, y] for x, y in landmarks])[[1, 0, 2, 4, 3]]  # image left first
+    a, b = context_thumbnail(photo, landmarks), context_thumbnail(flipped, flipped_landmarks)
+    assert registered_correlation(a, b) < 0.8  # as it is, a mirror is another picture
+    assert registered_correlation(a, mirrored(b[None])[0]) > 0.97
+    pair = np.stack([a, b]), np.array([0]), np.array([1])
+    assert pair_correlations(*pair)[0] < 0.8 and pair_correlations(*pair, mirror=True)[0] > 0.97
+    assert best_correlations(*pair)[0] == pair_correlations(*pair, mirror=True)[0]
+
+
+def test_vectors_correlate_as_the_pixels_do_where_both_cover_everything():
+    """Search vectors: inner products equal the Pearson correlation of fully covered thumbnails."""
+    rng = np.random.default_rng(4)
+    thumbs = rng.integers(1, 256, (3, SIZE * SIZE), dtype=np.uint8)
+    vectors = context_vectors(thumbs).astype(np.float64)
+    expected = np.corrcoef(thumbs.astype(np.float64))
+    assert np.allclose(vectors @ vectors.T, expected, atol=2e-3)  # float16 storage
+
+
+def test_thumbnails_sharing_too_little_are_no_evidence():
+    """Two thumbnails that share under a quarter of their pixels say nothing (-1), however alike."""
+    a = np.zeros((SIZE, SIZE), np.uint8)
+    b = np.zeros((SIZE, SIZE), np.uint8)
+    a[:, : SIZE // 2] = texture(3, SIZE)[:, : SIZE // 2]
+    b[:, SIZE // 2 - 4 :] = texture(3, SIZE)[:, SIZE // 2 - 4 :]  # 4 columns shared: 1/8
+    assert registered_correlation(a.ravel(), b.ravel()) == -1.0
+    assert registered_correlation(a.ravel(), a.ravel()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():
+    """celeba10k's 89x109 web faces, copied as the web copies them (cropped, rescaled, toned,
+    saved at quality 40-80, sometimes rotated, mirrored or captioned) and re-detected by YuNet:
+    the default context threshold finds the copies, and hardly any photo reaches it with another."""
+    if not (CELEBA10K / "labels.csv").is_file():
+        pytest.skip(f"small faces not found at {CELEBA10K}")
+    detect = get_detector(DetectorSpec.parse(f"yunet:{shared_model('yunet_s_640_640.onnx')}")).detect
+    with open(CELEBA10K / "labels.csv") as handle:
+        names = [row["file"] for row in csv.DictReader(handle)][:60]
+    rng = np.random.default_rng(0)
+    originals, copies = [], []
+    for name in names:
+        rgb = np.asarray(Image.open(CELEBA10K / "images" / name).convert("RGB"))
+        edited = edit_photo(rgb, "mixed", rng)
+        found, found_copy = detect(rgb), detect(edited)
+        if not found or not found_copy:
+            continue
+        originals.append(context_thumbnail(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), found[0].landmarks))
+        copies.append(context_thumbnail(cv2.cvtColor(edited, cv2.COLOR_RGB2GRAY), found_copy[0].landmarks))
+    n = len(originals)
+    assert n >= 55
+    thumbs = np.concatenate([np.stack(originals), np.stack(copies)])
+    own = best_correlations(thumbs, np.arange(n), np.arange(n) + n)  # a sixth of them mirrored
+    assert (own >= DedupeThresholds.context).mean() >= 0.9
+    i, j = np.triu_indices(n, 1)
+    others = best_correlations(thumbs, i, j)
+    assert (others >= DedupeThresholds.context).sum() <= 1
+    assert np.median(own) > np.quantile(others, 0.999) + 0.05
