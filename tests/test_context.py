@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ from workbench.faces.context import (
 )
 from workbench.faces.copies import edit_photo
 from workbench.faces.detectors import DetectorSpec, get_detector
+from workbench.ingest.decode import decode_image
 
 CELEBA10K = SHARED / "data" / "celeba10k"
 
@@ -132,3 +134,38 @@ def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():
     others = best_correlations(thumbs, i, j)
     assert (others >= DedupeThresholds.context).sum() <= 1
     assert np.median(own) > np.quantile(others, 0.999) + 0.05
+
+
+def test_ingest_stores_each_faces_thumbnail_as_its_photo_and_landmarks_give_it(tmp_path, lfw_dir):
+    """What `wb ingest` stores is the thumbnail of the photo at the stored landmarks (rounded to
+    0.01 px, so within a few grey levels), for every face, the second face of a photo too."""
+    from tests.helpers import manifest_rows, wb_json
+
+    photos = sorted(lfw_dir.glob("*/*.jpg"))[:12]
+    web = tmp_path / "web"
+    web.mkdir()
+    for photo in photos:
+        (web / photo.name).symlink_to(photo)
+    ws = str(tmp_path / "ws")
+    yunet = shared_model("yunet_s_640_640.onnx")
+    assert wb_json("ingest", str(web), "--detector", f"yunet:{yunet}", "-w", ws)["faces"] >= 12
+    rows = manifest_rows(ws, "SELECT regexp_extract(i.path, '[^/]+$'), f.landmarks, f.context "
+                             "FROM faces f JOIN wb_images i USING (image_id)")
+    assert len(rows) >= 12
+    for name, landmarks, context in rows:
+        gray = cv2.imread(str(web / name), cv2.IMREAD_GRAYSCALE)
+        fresh = context_thumbnail(gray, np.array(landmarks).reshape(5, 2))
+        stored = np.frombuffer(context, np.uint8)
+        assert ((stored > 0) == (fresh > 0)).mean() > 0.99
+        assert np.abs(stored.astype(int) - fresh.astype(int))[fresh > 0].max() <= 3
+
+
+def test_an_aligned_crops_thumbnail_is_its_own(tmp_path, aligned_folder):
+    from tests.helpers import manifest_rows, wb_json
+
+    ws = str(tmp_path / "ws")
+    assert wb_json("ingest", str(aligned_folder), "--aligned", "-w", ws)["faces"] == 12
+    rows = manifest_rows(ws, "SELECT i.path, f.context FROM faces f JOIN wb_images i USING (image_id)")
+    for path, context in rows:
+        gray = cv2.cvtColor(decode_image(Path(path).read_bytes()).rgb, cv2.COLOR_RGB2GRAY)  # as ingest does
+        assert np.frombuffer(context, np.uint8).tolist() == aligned_context(gray).tolist()

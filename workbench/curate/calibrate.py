@@ -30,7 +30,7 @@ from workbench.curate.calibration import (
     open_set_scores,
     single_face_scores,
 )
-from workbench.curate.pairs import DedupeThresholds, Hashes
+from workbench.curate.pairs import Hashes
 from workbench.curate.search import nearest
 from workbench.embed.compute import (
     EmbedContext,
@@ -66,7 +66,8 @@ from workbench.results import Result
 
 T = TypeVar("T")
 DISTINCT_PAIRS = 20_000  # distinct photos sampled for the merge rate: its tail decides the rule
-CONTEXT_PAIRS = 3_000  # of them, pairs whose photos are re-detected to measure the context rule
+CONTEXT_PAIRS = 2_000  # of them, pairs whose photos are re-detected to measure the context rule
+OTHER_CONTEXTS = 4  # nearest contexts of other people registered per face (a registration each)
 METHOD = 9  # bump when the way a calibration is measured changes: stored ones are then redone
 
 
@@ -252,7 +253,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         context[measured] = best_correlations(seen, at_a[measured], at_b[measured])
         distinct = PairEvidence.of(faces, unit_rows(everything, b), hashes[at_a], hashes[at_b], context)
         other_context = _other_person_context(seen[in_context], labeled.labels[involved[in_context]],
-                                              DedupeThresholds.k)
+                                              OTHER_CONTEXTS)
         result = calibrate_dedupe(copies, distinct, targets.recall, targets.merge_rate, np.array(names),
                                   other_person, other_context)
         return {**result.as_dict(), "detector": detector.key,

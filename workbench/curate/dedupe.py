@@ -30,7 +30,13 @@ from workbench.curate.search import nearest
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
 from workbench.embed.unit import unit_rows
-from workbench.faces.context import THUMBNAIL_BYTES, context_vectors, mirrored, pair_correlations
+from workbench.faces.context import (
+    MIN_COVERED,
+    THUMBNAIL_BYTES,
+    context_vectors,
+    mirrored,
+    pair_correlations,
+)
 from workbench.ingest.hashing import phash64_pair
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
@@ -81,12 +87,13 @@ def duplicate_pairs(
 def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
                   progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, registered correlation) of pairs whose context thumbnails (rows; all zero: none)
-    make them duplicates, i < j. Candidates are each thumbnail's `t.k` nearest by
-    `context_vectors` at cosine >= `CONTEXT_SEARCH` (a copy's is above it for 99.7% of
-    celeba10k's reframed copies), and as many of its mirror's, which are compared mirrored;
-    only they pay for a registration (~0.7 ms a pair on one core)."""
+    make them duplicates, i < j (a pair found both ways may come twice). Candidates are each
+    thumbnail's `t.k` nearest by `context_vectors` at cosine >= `CONTEXT_SEARCH` (a copy's is
+    above it for 99.7% of celeba10k's reframed copies), and as many of its mirror's, which are
+    compared mirrored; only they pay for a registration (~0.7 ms a pair on one core)."""
     empty = np.empty(0, np.int64)
-    rows = np.flatnonzero(thumbnails.any(axis=1))
+    # an aligned crop ingested as it is covers too little of its thumbnail to be evidence
+    rows = np.flatnonzero((thumbnails > 0).sum(axis=1) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])
@@ -99,7 +106,7 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
             x, y = a[start : start + CONTEXT_BATCH], b[start : start + CONTEXT_BATCH]
             correlation = pair_correlations(thumbnails, x, y, mirror)
             dup = correlation >= t.context
-            found.append((x[dup], y[dup], correlation[dup]))
+            found.append((np.minimum(x, y)[dup], np.maximum(x, y)[dup], correlation[dup]))
             done += len(x)
             if progress:
                 progress(done, total)

@@ -42,13 +42,14 @@ def context_thumbnail(gray: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     reaches outside the photo (photo pixels are stored as 1-255)."""
     dst = (ARCFACE_TEMPLATE + (SPAN - CROP_SIZE) / 2) * (_WORK / SPAN)
     matrix = similarity_transform(landmarks, dst)
-    warped = cv2.warpAffine(gray.astype(np.float32), matrix, (_WORK, _WORK), flags=cv2.INTER_LINEAR,
+    warped = cv2.warpAffine(gray, matrix, (_WORK, _WORK), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpAffine(np.ones(gray.shape[:2], np.float32), matrix, (_WORK, _WORK),
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    inside = cv2.warpAffine(np.ones(gray.shape[:2], np.uint8), matrix, (_WORK, _WORK),
+                            flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     small = cv2.resize(warped, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    covered = cv2.resize(inside, (SIZE, SIZE), interpolation=cv2.INTER_AREA) > 0.999
-    return np.where(covered, np.clip(np.rint(small), 1, 255), 0).astype(np.uint8).ravel()
+    step = _WORK // SIZE  # a thumbnail pixel counts where every canvas pixel under it is inside
+    covered = inside.reshape(SIZE, step, SIZE, step).all(axis=(1, 3))
+    return np.where(covered, np.maximum(small, 1), 0).astype(np.uint8).ravel()
 
 
 def aligned_context(gray_crop: np.ndarray) -> np.ndarray:
