@@ -305,12 +305,14 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     photos, would leave it no budget (celeba200: 1.7% of its pairs); the evidence that sets them
     apart must not be the one being calibrated.
     `loose` and `phash_bits` together: of the pairs (a copy-cosine quantile from `recall`'s up,
-    the most bits that keep all merges of distinct pairs within `merge_rate`), the one that
-    finds the most copies (ties: the higher `loose`). A `loose` taken from the copies alone
-    can sit where many distinct photos of one person are close too (sets with near-identical
-    shots), leaving no hash bits to spend and few copies found. `other_person`: each sampled
-    face's best cosine to another identity; `loose` stays above the cosine `merge_rate` of
-    them reach, since a hash can match across people (copies of one group photo).
+    bits that keep all merges of distinct pairs within `merge_rate`), the one that finds the
+    most copies (ties: the fewer merges, then the higher `loose`: where the context rule
+    finds the copies already, hash bits that would only merge more photos are not spent).
+    A `loose` taken from the copies alone can sit where many distinct photos of one person are
+    close too (sets with near-identical shots), leaving no hash bits to spend and few copies
+    found. `other_person`: each sampled face's best cosine to another identity; `loose` stays
+    above the cosine `merge_rate` of them reach, since a hash can match across people (copies of
+    one group photo).
     """
     floor = -1.0 if other_person is None or not len(other_person) else \
         threshold_at_rate(other_person, merge_rate)
@@ -330,22 +332,22 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
     strict = threshold_at_rate(distinct.cosine, merge_rate / 2)
     candidates = np.quantile(copies.cosine, np.linspace(1 - recall, 0.99, 50), method="lower")
     by_context = distinct.merged(DedupeThresholds(2.0, 2.0, -1, context=context))
-    best = (-1, strict, -1)
+    # (copies found, -distinct merged, loose, bits): the most copies, then the fewest merges,
+    # then the higher `loose`; bits -1 is no hash rule at all
+    best = (-1, 0.0, strict, -1)
     for loose in np.unique(np.clip(candidates, min(floor, strict), strict))[::-1]:
         close = distinct.cosine >= loose
-        bits = -1  # no hash rule at all, when even identical hashes would merge too many
-        for b in range(0, 33):
-            if ((distinct.cosine >= strict) | by_context | (close & (distinct.hash_bits <= b))).mean() \
-                    > merge_rate:
+        for b in range(-1, 33):
+            merged = float(((distinct.cosine >= strict) | by_context |
+                            (close & (distinct.hash_bits <= b))).mean())
+            if b >= 0 and merged > merge_rate:
                 break
-            bits = b
-        found = int(copies.merged(DedupeThresholds(strict, float(loose), bits, context=context)).sum())
-        if found > best[0]:
-            best = (found, float(loose), bits)
-    result = DedupeThresholds(strict, best[1], best[2], context=context)
+            found = int(copies.merged(DedupeThresholds(strict, float(loose), b, context=context)).sum())
+            best = max(best, (found, -merged, float(loose), b))
+    result = DedupeThresholds(strict, best[2], best[3], context=context)
     found, merged = copies.merged(result), distinct.merged(result)
     return DedupeCalibration(
-        strict=strict, loose=best[1], phash_bits=best[2], target_recall=recall,
+        strict=strict, loose=best[2], phash_bits=best[3], target_recall=recall,
         target_merge_rate=merge_rate, copies=len(found), distinct_pairs=len(merged),
         recall=float(found.mean()), recall_95ci=wilson(int(found.sum()), len(found)),
         merge_rate=float(merged.mean()), merge_rate_95ci=wilson(int(merged.sum()), len(merged)),
