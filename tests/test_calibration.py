@@ -271,3 +271,13 @@ def test_the_context_rule_is_calibrated_on_pairs_the_hashes_call_two_photos():
     bounded = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005,
                                other_context=np.r_[rng.uniform(0.2, 0.8, 1980), np.full(20, 0.985)])
     assert bounded.context > 0.985 and bounded.context_recall < cal.context_recall
+
+
+def test_a_set_of_aligned_crops_leaves_the_context_rule_at_its_default():
+    """Aligned crops have nothing around their faces: every context correlation is -1 (no
+    evidence), which must not become a threshold of -1 that merges every candidate."""
+    rng = np.random.default_rng(9)
+    copies = PairEvidence(rng.uniform(0.8, 1.0, 200), rng.integers(0, 5, 200), np.full(200, -1.0))
+    distinct = PairEvidence(rng.uniform(0.3, 0.8, 500), rng.integers(12, 33, 500), np.full(500, -1.0))
+    cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005, other_context=np.full(300, -1.0))
+    assert cal.context == DedupeThresholds.context and cal.context_pairs == 0 and cal.context_recall == 0

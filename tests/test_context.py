@@ -136,6 +136,7 @@ def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():
     assert np.median(own) > np.quantile(others, 0.999) + 0.05
 
 
+@pytest.mark.slow
 def test_ingest_stores_each_faces_thumbnail_as_its_photo_and_landmarks_give_it(tmp_path, lfw_dir):
     """What `wb ingest` stores is the thumbnail of the photo at the stored landmarks (rounded to
     0.01 px, so within a few grey levels), for every face, the second face of a photo too."""
@@ -160,6 +161,7 @@ def test_ingest_stores_each_faces_thumbnail_as_its_photo_and_landmarks_give_it(t
         assert np.abs(stored.astype(int) - fresh.astype(int))[fresh > 0].max() <= 3
 
 
+@pytest.mark.slow
 def test_an_aligned_crops_thumbnail_is_its_own(tmp_path, aligned_folder):
     from tests.helpers import manifest_rows, wb_json
 

@@ -112,6 +112,7 @@ def test_dlib_missing_small_faces_tells_the_user_what_to_try(tmp_path):
     assert len(hints) == 1 and "--detector yunet" in hints[0] and "--upsample 1" in hints[0]
 
 
+@pytest.mark.slow
 def test_reframed_copies_of_small_photos_are_grouped_by_their_context(tmp_path):
     """Copies of 89x109 web photos, cut, rescaled, toned and saved at low quality at once, whose
     embeddings and hashes drift: `wb dedupe` groups each with its photo by the context rule alone

@@ -362,11 +362,14 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
 def _context_threshold(distinct: np.ndarray | None, other: np.ndarray | None,
                        rate: float) -> tuple[float, int]:
     """(threshold, pairs measured): the registered context correlation that at most `rate` of the
-    measured distinct pairs and of the other-person matches reach; the default where none was
-    measured (faces without photos around them)."""
-    measured = [x[np.isfinite(x)] for x in (distinct, other) if x is not None]
+    measured distinct pairs and of the other-person matches reach; the default where none could
+    be measured (a set of aligned crops: nothing around its faces)."""
+    def evidence(x: np.ndarray) -> np.ndarray:  # -1: the two photos shared too little to say
+        return x[np.isfinite(x) & (x > -1.0)]
+
+    measured = [evidence(x) for x in (distinct, other) if x is not None]
     measured = [x for x in measured if len(x)]
     if not measured:
         return DedupeThresholds.context, 0
-    pairs = 0 if distinct is None else int(np.isfinite(distinct).sum())
+    pairs = 0 if distinct is None else len(evidence(distinct))
     return max(threshold_at_rate(x, rate) for x in measured), pairs
