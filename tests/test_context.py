@@ -171,3 +171,8 @@ def test_an_aligned_crops_thumbnail_is_its_own(tmp_path, aligned_folder):
     for path, context in rows:
         gray = cv2.cvtColor(decode_image(Path(path).read_bytes()).rgb, cv2.COLOR_RGB2GRAY)  # as ingest does
         assert np.frombuffer(context, np.uint8).tolist() == aligned_context(gray).tolist()
+
+
+def test_search_vectors_are_the_same_made_a_block_at_a_time():
+    thumbs = np.random.default_rng(5).integers(0, 256, (10, SIZE * SIZE), dtype=np.uint8)
+    assert np.array_equal(context_vectors(thumbs, block=3), context_vectors(thumbs))
