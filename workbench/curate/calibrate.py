@@ -31,7 +31,7 @@ from workbench.curate.calibration import (
     single_face_scores,
 )
 from workbench.curate.pairs import Hashes
-from workbench.curate.search import nearest
+from workbench.curate.search import neighbour_pairs
 from workbench.embed.compute import (
     EmbedContext,
     ProgressFn,
@@ -195,10 +195,9 @@ def _other_person_context(contexts: np.ndarray, labels: np.ndarray, k: int) -> n
     """Each face's best registered context correlation with its `k` nearest contexts of another
     person (-1 where none is near); as they are, not mirrored (a mirror seldom makes one
     person's surroundings another's, and this costs a registration a pair)."""
-    _, idx = nearest(context_vectors(contexts), context_vectors(contexts), min(k + 1, len(contexts)))
-    rows = np.repeat(np.arange(len(contexts)), idx.shape[1])
-    cols = idx.ravel()
-    other = (cols >= 0) & (labels[np.maximum(cols, 0)] != labels[rows])
+    vectors = context_vectors(contexts)
+    rows, cols, _ = neighbour_pairs(vectors, vectors, k, -np.inf)
+    other = labels[cols] != labels[rows]
     best = np.full(len(contexts), -1.0, np.float32)
     np.maximum.at(best, rows[other], pair_correlations(contexts, rows[other], cols[other]))
     return best

@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
-from workbench.curate.search import nearest
+from workbench.curate.search import neighbour_pairs
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
 from workbench.embed.unit import unit_rows
@@ -53,11 +53,8 @@ def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, 
     at cosine >= `loose`: the candidates of the duplicate rule."""
     if len(vectors) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    sims, idx = nearest(vectors, vectors, min(k + 1, len(vectors)))
-    rows = np.repeat(np.arange(len(vectors)), idx.shape[1])
-    cols, s = idx.ravel(), sims.ravel()
-    keep = (cols >= 0) & (cols != rows) & (s >= loose)
-    i, j = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+    rows, cols, s = neighbour_pairs(vectors, vectors, k, loose)
+    i, j = np.minimum(rows, cols), np.maximum(rows, cols)
     pairs = np.unique(np.stack([i, j], axis=1), axis=0) if len(i) else np.empty((0, 2), np.int64)
     cos = np.einsum("nd,nd->n", unit_rows(vectors, pairs[:, 0]), unit_rows(vectors, pairs[:, 1])) \
         if len(pairs) else s[:0]
@@ -98,7 +95,7 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])
     i, j, _ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
-    mi, mj = _mirrored_candidates(vectors, context_vectors(mirrored(thumbnails[rows])), t.k)
+    mi, mj, _ = neighbour_pairs(context_vectors(mirrored(thumbnails[rows])), vectors, t.k, CONTEXT_SEARCH)
     batches = [(rows[i], rows[j], False), (rows[mi], rows[mj], True)]
     total, done, found = len(i) + len(mi), 0, []
     for a, b, mirror in batches:
@@ -113,15 +110,6 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
     if not found:
         return empty, empty, np.empty(0, np.float32)
     return tuple(np.concatenate(part) for part in zip(*found, strict=True))  # type: ignore[return-value]
-
-
-def _mirrored_candidates(vectors: np.ndarray, flipped: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j): j among the `k` nearest of i's mirrored thumbnail, at cosine >= `CONTEXT_SEARCH`."""
-    sims, idx = nearest(flipped, vectors, min(k + 1, len(vectors)))
-    rows = np.repeat(np.arange(len(vectors)), idx.shape[1])
-    cols, s = idx.ravel(), sims.ravel()
-    keep = (cols >= 0) & (cols != rows) & (s >= CONTEXT_SEARCH)
-    return rows[keep], cols[keep]
 
 
 def group_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:

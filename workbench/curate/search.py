@@ -60,6 +60,17 @@ def nearest(
     return sims, idx
 
 
+def neighbour_pairs(queries: np.ndarray, base: np.ndarray, k: int,
+                    floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, base row, similarity) of each base row among a query's `k` nearest others at
+    similarity >= `floor` (query row n is base row n: itself is left out)."""
+    sims, idx = nearest(queries, base, min(k + 1, len(base)))
+    rows = np.repeat(np.arange(len(queries)), idx.shape[1])
+    cols, s = idx.ravel(), sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (s >= floor)
+    return rows[keep], cols[keep], s[keep]
+
+
 def _search(index: faiss.Index, base: np.ndarray, batch: np.ndarray, k: int,
             exact: bool) -> tuple[np.ndarray, np.ndarray]:
     if exact:
