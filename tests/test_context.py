@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SHARED, shared_model
+from workbench.curate.dedupe import CONTEXT_SEARCH
 from workbench.curate.pairs import DedupeThresholds
 from workbench.faces.align import ARCFACE_TEMPLATE, CROP_SIZE
 from workbench.faces.context import (
+    SEARCH_BLUR,
     SIZE,
     SPAN,
     aligned_context,
@@ -87,23 +89,46 @@ def test_a_mirrored_copy_correlates_as_its_mirror():
     assert best_correlations(*pair)[0] == pair_correlations(*pair, mirror=True)[0]
 
 
-def test_vectors_correlate_as_the_pixels_do_where_both_cover_everything():
-    """Search vectors: inner products equal the Pearson correlation of fully covered thumbnails."""
+def low_passed(thumb: np.ndarray) -> np.ndarray:
+    """A fully covered thumbnail blurred as the search blurs it, by OpenCV, borders normalised."""
+    image = thumb.reshape(SIZE, SIZE).astype(np.float64)
+    blur = {"ksize": (9, 9), "sigmaX": SEARCH_BLUR, "borderType": cv2.BORDER_CONSTANT}
+    return (cv2.GaussianBlur(image, **blur) / cv2.GaussianBlur(np.ones_like(image), **blur)).ravel()
+
+
+def test_vectors_correlate_as_the_low_passed_pixels_do_where_both_cover_everything():
+    """Search vectors: inner products equal the Pearson correlation of the low-passed thumbnails."""
     rng = np.random.default_rng(4)
     thumbs = rng.integers(1, 256, (3, SIZE * SIZE), dtype=np.uint8)
     vectors = context_vectors(thumbs).astype(np.float64)
-    expected = np.corrcoef(thumbs.astype(np.float64))
+    expected = np.corrcoef(np.stack([low_passed(t) for t in thumbs]))
     assert np.allclose(vectors @ vectors.T, expected, atol=2e-3)  # float16 storage
 
 
+def test_a_copy_a_pixel_off_stays_near_its_photo_in_the_search():
+    """Fine detail moved by a pixel (landmarks re-found a pixel off) no longer correlates sharp;
+    low-passed, the copy stays above the search's floor and another picture stays far below it."""
+    rng = np.random.default_rng(6)
+    photo = rng.integers(1, 256, (SIZE, SIZE + 1), dtype=np.uint8)
+    original, copy = photo[:, :-1].ravel(), photo[:, 1:].ravel()
+    other = rng.integers(1, 256, SIZE * SIZE, dtype=np.uint8)
+    assert np.corrcoef(original.astype(float), copy.astype(float))[0, 1] < 0.2
+    vectors = context_vectors(np.stack([original, copy, other])).astype(np.float64)
+    assert vectors[0] @ vectors[1] >= CONTEXT_SEARCH
+    assert abs(vectors[0] @ vectors[2]) < 0.3
+
+
 def test_thumbnails_sharing_too_little_are_no_evidence():
-    """Two thumbnails that share under a quarter of their pixels say nothing (-1), however alike."""
+    """Two thumbnails that share little more than a face's own square say nothing (-1), however
+    alike: two aligned crops are faces alone, not photos around them."""
     a = np.zeros((SIZE, SIZE), np.uint8)
     b = np.zeros((SIZE, SIZE), np.uint8)
     a[:, : SIZE // 2] = texture(3, SIZE)[:, : SIZE // 2]
     b[:, SIZE // 2 - 4 :] = texture(3, SIZE)[:, SIZE // 2 - 4 :]  # 4 columns shared: 1/8
     assert registered_correlation(a.ravel(), b.ravel()) == -1.0
     assert registered_correlation(a.ravel(), a.ravel()) == pytest.approx(1.0, abs=1e-5)
+    face = aligned_context(cv2.resize(texture(4), (CROP_SIZE, CROP_SIZE)))
+    assert registered_correlation(face, face) == -1.0
 
 
 def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():

@@ -85,11 +85,11 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
                   progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, registered correlation) of pairs whose context thumbnails (rows; all zero: none)
     make them duplicates, i < j (a pair found both ways may come twice). Candidates are each
-    thumbnail's `t.k` nearest by `context_vectors` at cosine >= `CONTEXT_SEARCH` (a copy's is
-    above it for 99.7% of celeba10k's reframed copies), and as many of its mirror's, which are
+    thumbnail's `t.k` nearest by `context_vectors` at cosine >= `CONTEXT_SEARCH` (99.2% of
+    celeba10k's reframed copies are among their photo's), and as many of its mirror's, which are
     compared mirrored; only they pay for a registration (~0.7 ms a pair on one core)."""
     empty = np.empty(0, np.int64)
-    # an aligned crop ingested as it is covers too little of its thumbnail to be evidence
+    # an aligned crop ingested as it is covers only its face: no evidence of the photo around it
     rows = np.flatnonzero((thumbnails > 0).sum(axis=1) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
