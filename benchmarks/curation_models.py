@@ -15,7 +15,9 @@ Scenarios (both read ../shared/data, or the folders given):
 Prints the calibration, then: the share of known people's faces excluded
 (copy, overlap or ambiguous), the share of unknown people's faces excluded
 (both over the original photos), the same for the planted copies of known
-people's photos, near-duplicate recall and distinct same-person photos merged.
+people's photos, how many known people's faces `wb split` (defaults) still
+leaves in train_unlabeled or eval_unknown, near-duplicate recall and distinct
+same-person photos merged.
 Evaluation uses each image's primary face; images without a face are listed.
 """
 
@@ -36,6 +38,7 @@ from lfw_scenario import DEFAULT_LFW, build, near_duplicate
 
 from workbench.curate.dedupe import run_dedupe
 from workbench.curate.overlap import run_overlap
+from workbench.curate.splits import run_split
 from workbench.embed.models import ModelSpec
 from workbench.ingest.pipeline import run_ingest
 from workbench.labeled.register import register_labeled
@@ -85,7 +88,8 @@ def main() -> None:
     run_ingest(ws, web, source="web", detector=args.detector)
     overlap = run_overlap(ws, "S", model=spec)
     dedupe = run_dedupe(ws, model=spec, labeled_set="S")
-    print(f"workbench time (register, ingest, overlap, dedupe): {time.perf_counter() - start:.0f} s")
+    split = run_split(ws)
+    print(f"workbench time (register, ingest, overlap, dedupe, split): {time.perf_counter() - start:.0f} s")
     print("overlap calibration:", json.dumps(overlap.calibration, indent=1, default=float))
     print("dedupe calibration:", json.dumps(dedupe.calibration, indent=1, default=float))
 
@@ -106,6 +110,13 @@ def main() -> None:
                         ("copies of known", known & planted_copy)):
         counts = {d: int((decision[mask] == d).sum()) for d in ("copy", "overlap", "ambiguous", "clean")}
         print(f"{label:>15} people's faces excluded: {excluded[mask].mean():.4f} of {mask.sum()}  {counts}")
+
+    kept = dict(con.execute("""
+        SELECT regexp_extract(i.path, '[^/]+$'), s.split FROM wb_splits s JOIN wb_images i USING (image_id)
+        WHERE i.source = 'web' AND s.split <> 'excluded'""").fetchall())
+    known_kept = sum(1 for n in kept if n in truth and truth[n]["known"])
+    print(f"split {split.splits}: faces of known people left in train_unlabeled or eval_unknown: "
+          f"{known_kept} of {known.sum()} (planted copies included)")
 
     by_name = {n: g for n, _, g in found}
     copies = [(n, t["dup_of"]) for n, t in truth.items()

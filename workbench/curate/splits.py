@@ -3,9 +3,10 @@
 - `excluded` with a reason, first that applies: the image has no usable face
   (`no face`, or the image's rejection reason); a reviewer's `not_face`,
   `overlap` or `duplicate` tag; `copy of a labeled photo`, `overlap` or
-  `ambiguous overlap` with a labeled set (unless reviewed `wrong_identity`); `duplicate` (not its group's
-  representative) or `low quality` (unless reviewed `keep`). See
-  `workbench.manifest.reviews` for the tags.
+  `ambiguous overlap` with a labeled set (unless reviewed `wrong_identity`), its own or that of any
+  face of its duplicate group (one photo: a copy of a known person's photo is that person, whichever
+  copy represents the group); `duplicate` (not its group's representative) or `low quality`
+  (unless reviewed `keep`). See `workbench.manifest.reviews` for the tags.
 - `eval_unknown`: whole clusters of clean faces held out for rejection tests, so
   no photo of a held-out person is trained on.
 - `train_unlabeled`: the remaining clean representatives.
@@ -89,26 +90,42 @@ def run_split(workspace: Workspace, *, eval_unknown: float = 0.1, seed: int = 0,
             verdicts = verdicts_view(con)
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE face_reasons AS
-                SELECT f.face_id, f.image_id, c.cluster_id,
+                WITH per_face AS (
+                    SELECT f.face_id, f.image_id, any_value(c.cluster_id) AS cluster_id,
+                        coalesce(any_value(d.group_id), f.face_id) AS dup_group,
+                        any_value(r.excluded_reason) AS reviewed_reason,
+                        coalesce(any_value(r.lifts_identity), false) AS lifted,
+                        CASE
+                            WHEN bool_or(o.decision = 'copy') THEN 1
+                            WHEN bool_or(o.decision = 'overlap') THEN 2
+                            WHEN bool_or(o.decision = 'ambiguous') THEN 3
+                        END AS decision,
+                        CASE
+                            WHEN any_value(r.lifts_auto) THEN NULL
+                            WHEN NOT any_value(coalesce(d.is_representative, true)) THEN 'duplicate'
+                            WHEN any_value(f.quality) < ? THEN 'low quality'
+                        END AS auto_reason
+                    FROM faces f
+                    LEFT JOIN overlap o USING (face_id)
+                    LEFT JOIN dups d USING (face_id)
+                    LEFT JOIN clusters c USING (face_id)
+                    LEFT JOIN {verdicts} r USING (face_id)
+                    GROUP BY f.face_id, f.image_id),
+                grouped AS (
+                    SELECT *, min(CASE WHEN NOT lifted THEN decision END)
+                                  OVER (PARTITION BY dup_group) AS group_decision
+                    FROM per_face)
+                SELECT face_id, image_id, cluster_id,
                     CASE
-                        WHEN any_value(r.excluded_reason) IS NOT NULL THEN any_value(r.excluded_reason)
-                        WHEN any_value(r.lifts_identity) THEN NULL
-                        WHEN bool_or(o.decision = 'copy') THEN 'copy of a labeled photo'
-                        WHEN bool_or(o.decision = 'overlap') THEN 'overlap'
-                        WHEN bool_or(o.decision = 'ambiguous') THEN 'ambiguous overlap'
+                        WHEN reviewed_reason IS NOT NULL THEN reviewed_reason
+                        WHEN lifted THEN NULL
+                        WHEN group_decision = 1 THEN 'copy of a labeled photo'
+                        WHEN group_decision = 2 THEN 'overlap'
+                        WHEN group_decision = 3 THEN 'ambiguous overlap'
                     END AS identity_reason,
-                    CASE
-                        WHEN any_value(r.lifts_auto) THEN NULL
-                        WHEN NOT any_value(coalesce(d.is_representative, true)) THEN 'duplicate'
-                        WHEN any_value(f.quality) < ? THEN 'low quality'
-                    END AS auto_reason,
+                    auto_reason,
                     coalesce(identity_reason, auto_reason) AS reason
-                FROM faces f
-                LEFT JOIN overlap o USING (face_id)
-                LEFT JOIN dups d USING (face_id)
-                LEFT JOIN clusters c USING (face_id)
-                LEFT JOIN {verdicts} r USING (face_id)
-                GROUP BY f.face_id, f.image_id, c.cluster_id""", [min_quality])
+                FROM grouped""", [min_quality])
             sizes = dict(con.execute(
                 "SELECT coalesce(cluster_id, face_id), count(*) FROM face_reasons "
                 "WHERE reason IS NULL GROUP BY 1").fetchall())
