@@ -51,12 +51,13 @@ def context_thumbnail(gray: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     matrix = similarity_transform(landmarks, dst)
     warped = cv2.warpAffine(gray, matrix, (_WORK, _WORK), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpAffine(np.ones(gray.shape[:2], np.uint8), matrix, (_WORK, _WORK),
+    inside = cv2.warpAffine(np.full(gray.shape[:2], 255, np.uint8), matrix, (_WORK, _WORK),
                             flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    small = cv2.resize(warped, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    step = _WORK // SIZE  # a thumbnail pixel counts where every canvas pixel under it is inside
-    covered = inside.reshape(SIZE, step, SIZE, step).all(axis=(1, 3))
-    return np.where(covered, np.maximum(small, 1), 0).astype(np.uint8).ravel()
+    # a thumbnail pixel counts where every canvas pixel under it is inside: their mean is 255
+    covered = cv2.resize(inside, (SIZE, SIZE), interpolation=cv2.INTER_AREA) == 255
+    small = np.maximum(cv2.resize(warped, (SIZE, SIZE), interpolation=cv2.INTER_AREA), 1)
+    small[~covered] = 0
+    return small.ravel()
 
 
 def aligned_context(gray_crop: np.ndarray) -> np.ndarray:
