@@ -72,7 +72,6 @@ def test_registration_absorbs_landmark_jitter_of_a_rescaled_reframed_copy():
     plain = np.corrcoef(original.astype(float), moved.astype(float))[0, 1]
     registered = registered_correlation(original, moved)
     assert registered >= 0.97 and registered > plain + 0.05
-    assert registered_correlation(moved, original) == registered  # near a decision: both ways
     assert registered_correlation(original, other) < 0.6
 
 
@@ -156,6 +155,11 @@ def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():
     thumbs = np.concatenate([np.stack(originals), np.stack(copies)])
     own = best_correlations(thumbs, np.arange(n), np.arange(n) + n)  # a sixth of them mirrored
     assert (own >= DedupeThresholds.context).mean() >= 0.9
+    # near a decision, which of the two is registered onto the other does not matter
+    plain = pair_correlations(thumbs, np.arange(n), np.arange(n) + n)
+    near = (plain >= 0.9) & (plain < 0.995)
+    assert near.sum() >= 10
+    assert np.array_equal(pair_correlations(thumbs, np.arange(n) + n, np.arange(n))[near], plain[near])
     i, j = np.triu_indices(n, 1)
     others = best_correlations(thumbs, i, j)
     assert (others >= DedupeThresholds.context).sum() <= 1
