@@ -273,9 +273,9 @@ def test_the_context_rule_is_calibrated_on_pairs_the_hashes_call_two_photos():
     assert bounded.context > 0.985 and bounded.context_recall < cal.context_recall
 
 
-def test_a_set_of_aligned_crops_leaves_the_context_rule_at_its_default():
-    """Aligned crops have nothing around their faces: every context correlation is -1 (no
-    evidence), which must not become a threshold of -1 that merges every candidate."""
+def test_pairs_that_share_too_little_leave_the_context_rule_at_its_default():
+    """Where every context correlation is -1 (no pair shared enough of its frame to say), that
+    must not become a threshold of -1 that merges every candidate."""
     rng = np.random.default_rng(9)
     copies = PairEvidence(rng.uniform(0.8, 1.0, 200), rng.integers(0, 5, 200), np.full(200, -1.0))
     distinct = PairEvidence(rng.uniform(0.3, 0.8, 500), rng.integers(12, 33, 500), np.full(500, -1.0))

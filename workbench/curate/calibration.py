@@ -363,7 +363,7 @@ def _context_threshold(distinct: np.ndarray | None, other: np.ndarray | None,
                        rate: float) -> tuple[float, int]:
     """(threshold, pairs measured): the registered context correlation that at most `rate` of the
     measured distinct pairs and of the other-person matches reach; the default where none could
-    be measured (a set of aligned crops: nothing around its faces)."""
+    be measured (every pair shared too little of its frame to say)."""
     def evidence(x: np.ndarray) -> np.ndarray:  # -1: the two photos shared too little to say
         return x[np.isfinite(x) & (x > -1.0)]
 

@@ -89,7 +89,7 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
     celeba10k's reframed copies are among their photo's), and as many of its mirror's, which are
     compared mirrored; only they pay for a registration (~0.7 ms a pair on one core)."""
     empty = np.empty(0, np.int64)
-    # an aligned crop ingested as it is covers only its face: no evidence of the photo around it
+    # faces whose thumbnails cover too little to be compared with any other
     rows = np.flatnonzero((thumbnails > 0).sum(axis=1) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
