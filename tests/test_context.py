@@ -206,3 +206,26 @@ def test_an_aligned_crops_thumbnail_is_its_own(tmp_path, aligned_folder):
 def test_search_vectors_are_the_same_made_a_block_at_a_time():
     thumbs = np.random.default_rng(5).integers(0, 256, (10, SIZE * SIZE), dtype=np.uint8)
     assert np.array_equal(context_vectors(thumbs, block=3), context_vectors(thumbs))
+
+
+def test_dedupe_registers_candidates_in_worker_processes_as_it_would_in_one(monkeypatch):
+    """Registrations run in batches over worker processes, a bounded number in flight: the pairs
+    found are those one process finds, each copy with its photo."""
+    from workbench.curate import dedupe
+    from workbench.parallel import process_mapper
+
+    monkeypatch.setattr(dedupe, "CONTEXT_BATCH", 7)  # many batches and rounds from few pairs
+    monkeypatch.setattr(dedupe, "CONTEXT_ROUND", 2)
+    landmarks = ARCFACE_TEMPLATE * 0.5 + np.array([90.0, 80.0])
+    photos = [texture(seed) for seed in range(20, 32)]
+    jitter = np.random.default_rng(8).normal(0, 1.0, (len(photos), 5, 2))
+    thumbs = np.stack([context_thumbnail(p, landmarks) for p in photos] +
+                      [context_thumbnail(cv2.resize(p, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA),
+                                         landmarks * 0.8 + jitter[k]) for k, p in enumerate(photos)])
+    alone = dedupe.context_pairs(thumbs, DedupeThresholds())
+    with process_mapper(2, chunksize=1) as mapper:
+        pooled = dedupe.context_pairs(thumbs, DedupeThresholds(), mapper=mapper)
+    for one, many in zip(alone, pooled, strict=True):
+        assert np.array_equal(one, many)
+    n = len(photos)
+    assert {(k, k + n) for k in range(n)} <= set(zip(alone[0].tolist(), alone[1].tolist(), strict=True))

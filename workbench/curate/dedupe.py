@@ -14,6 +14,9 @@ Groups are connected components; the best-quality face represents each.
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,17 +38,19 @@ from workbench.faces.context import (
     THUMBNAIL_BYTES,
     context_vectors,
     mirrored,
-    pair_correlations,
+    row_correlations,
 )
 from workbench.ingest.hashing import phash64_pair
 from workbench.labeled import registry
 from workbench.labeled.access import LabeledSet
 from workbench.manifest.query import registered, transaction
 from workbench.manifest.workspace import Workspace
+from workbench.parallel import Mapper, chunked, process_mapper
 from workbench.results import Result
 
 CONTEXT_SEARCH = 0.6  # context-vector cosine below which a candidate is not registered at all
-CONTEXT_BATCH = 4096  # candidate pairs registered between progress reports
+CONTEXT_BATCH = 4096  # candidate pairs registered in one task (~4 s), between progress reports
+CONTEXT_ROUND = 8  # tasks handed to the workers at once
 
 
 def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,32 +86,45 @@ def duplicate_pairs(
     return i[dup], j[dup], cos[dup]
 
 
-def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds,
-                  progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: ProgressFn | None = None,
+                  mapper: Mapper | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, registered correlation) of pairs whose context thumbnails (rows; all zero: none)
     make them duplicates, i < j (a pair found both ways may come twice). Candidates are each
     thumbnail's `t.k` nearest by `context_vectors` at cosine >= `CONTEXT_SEARCH` (99.2% of
     celeba10k's reframed copies are among their photo's), and as many of its mirror's, which are
-    compared mirrored; only they pay for a registration (~0.7 ms a pair on one core)."""
+    compared mirrored; only they pay for a registration (~1 ms a pair on one core), in batches
+    over `mapper`'s processes, two rounds of batches in flight (memory stays bounded)."""
     empty = np.empty(0, np.int64)
-    # faces whose thumbnails cover too little to be compared with any other
     rows = np.flatnonzero((thumbnails > 0).sum(axis=1) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])
     i, j, _ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
     mi, mj, _ = neighbour_pairs(context_vectors(mirrored(thumbnails[rows])), vectors, t.k, CONTEXT_SEARCH)
-    batches = [(rows[i], rows[j], False), (rows[mi], rows[mj], True)]
+    batches = [(a[s : s + CONTEXT_BATCH], b[s : s + CONTEXT_BATCH], mirror)
+               for a, b, mirror in ((rows[i], rows[j], False), (rows[mi], rows[mj], True))
+               for s in range(0, len(a), CONTEXT_BATCH)]
+    mapper = mapper or Mapper()
     total, done, found = len(i) + len(mi), 0, []
-    for a, b, mirror in batches:
-        for start in range(0, len(a), CONTEXT_BATCH):
-            x, y = a[start : start + CONTEXT_BATCH], b[start : start + CONTEXT_BATCH]
-            correlation = pair_correlations(thumbnails, x, y, mirror)
+    in_flight: deque[tuple[list, Iterable[np.ndarray]]] = deque()
+
+    def drain() -> None:
+        nonlocal done
+        round_, results = in_flight.popleft()
+        for (x, y, _), correlation in zip(round_, results, strict=True):
             dup = correlation >= t.context
             found.append((np.minimum(x, y)[dup], np.maximum(x, y)[dup], correlation[dup]))
             done += len(x)
             if progress:
                 progress(done, total)
+
+    for round_ in chunked(batches, CONTEXT_ROUND):
+        in_flight.append((round_, mapper(row_correlations, [(thumbnails[x], thumbnails[y], m)
+                                                            for x, y, m in round_])))
+        if len(in_flight) > 1:
+            drain()
+    while in_flight:
+        drain()
     if not found:
         return empty, empty, np.empty(0, np.float32)
     return tuple(np.concatenate(part) for part in zip(*found, strict=True))  # type: ignore[return-value]
@@ -171,8 +189,11 @@ def run_dedupe(
     targets = targets or DedupeTargets()
     params = {"thresholds": asdict(thresholds) if thresholds else None, "labeled": labeled_set,
               "targets": asdict(targets)}
-    with embedding_run(workspace, "dedupe", params, model=model, flip=flip,
-                       workers=workers, progress=progress, ray=ray) as (ctx, run):
+    # registrations get processes of their own, forked before the manifest opens (an ONNX model
+    # embeds in this process, on all cores, and leaves the embedding's mapper in-process)
+    with process_mapper(workers or os.cpu_count() or 1, chunksize=1) as registrar, \
+            embedding_run(workspace, "dedupe", params, model=model, flip=flip,
+                          workers=workers, progress=progress, ray=ray) as (ctx, run):
         con = ctx.con
         embed_unlabeled(ctx)
         calibration = None
@@ -203,7 +224,7 @@ def run_dedupe(
                             rows["image_row"])
         i, j, _ = duplicate_pairs(vectors, hashes, thresholds)
         thumbnails = _thumbnails(rows["context"])
-        ci, cj, _ = context_pairs(thumbnails, thresholds, progress)
+        ci, cj, _ = context_pairs(thumbnails, thresholds, progress, registrar)
         i, j = np.concatenate([i, ci]), np.concatenate([j, cj])
         i, j = np.unique(np.stack([i, j], axis=1), axis=0).T if len(i) else (i, j)
         groups = group_labels(len(face_ids), i, j)

@@ -166,6 +166,14 @@ def pair_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray,
                     np.float32)
 
 
+def row_correlations(job: tuple[np.ndarray, np.ndarray, bool]) -> np.ndarray:
+    """`pair_correlations` of each row of `a` with the same row of `b` (`mirror` as there): one
+    batch of a search's candidates, carrying its own thumbnails to a worker process."""
+    a, b, mirror = job
+    rows = np.arange(len(a))
+    return pair_correlations(np.concatenate([a, b]), rows, rows + len(a), mirror)
+
+
 def best_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """The higher of the plain and the mirrored `pair_correlations`."""
     return np.maximum(pair_correlations(thumbnails, i, j), pair_correlations(thumbnails, i, j, mirror=True))
