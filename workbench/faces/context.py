@@ -42,7 +42,7 @@ _SECOND_LOOK = 0.9  # registered one way at least this well: registered the othe
 MIN_COVERED = SIZE * SIZE // 4
 SEARCH_BLUR = 1.0  # thumbnail pixels: search vectors are low-passed so that a copy's jitter of a
 # pixel or two, which the registration absorbs, does not push it out of its photo's nearest
-_GAP = 4  # the blur kernel's radius: 4 sigma
+_GAP = int(np.ceil(4 * SEARCH_BLUR))  # the blur kernel's radius
 THUMBNAIL_BYTES = SIZE * SIZE
 
 
