@@ -16,8 +16,8 @@ Prints the calibration, then: the share of known people's faces excluded
 (copy, overlap or ambiguous), the share of unknown people's faces excluded
 (both over the original photos), the same for the planted copies of known
 people's photos, how many known people's faces `wb split` (defaults) still
-leaves in train_unlabeled or eval_unknown, near-duplicate recall and distinct
-same-person photos merged.
+leaves in train_unlabeled or eval_unknown, near-duplicate recall, distinct
+same-person photos merged, and duplicate groups that mix people.
 Evaluation uses each image's primary face; images without a face are listed.
 """
 
@@ -132,6 +132,12 @@ def main() -> None:
         eligible = sum(len(g) for g in groups)
         print(f"near-duplicate recall: {recall:.3f} ({len(copies)} copies); distinct photos of one "
               f"person merged: {merged / max(eligible, 1):.4f} ({merged} of {eligible})")
+    members: dict[object, list[str]] = {}
+    for n, g in by_name.items():
+        members.setdefault(g, []).append(n)
+    mixed = [g for g in members.values() if len({truth[n]["identity"] for n in g}) > 1]
+    print(f"duplicate groups that mix people: {len(mixed)}, holding {sum(map(len, mixed))} faces "
+          f"(largest {max(map(len, mixed), default=0)})")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,8 @@ def test_a_copy_a_pixel_off_stays_near_its_photo_in_the_search():
 
 
 def test_thumbnails_sharing_too_little_are_no_evidence():
-    """Two thumbnails that share under a quarter of their pixels say nothing (-1), however alike;
-    two aligned crops share their faces' square, a quarter, and correlate as those faces do."""
+    """Two thumbnails that share too little around their faces say nothing (-1), however alike:
+    an aligned crop has nothing around its face, and two faces alone correlate as faces do."""
     a = np.zeros((SIZE, SIZE), np.uint8)
     b = np.zeros((SIZE, SIZE), np.uint8)
     a[:, : SIZE // 2] = texture(3, SIZE)[:, : SIZE // 2]
@@ -128,7 +128,13 @@ def test_thumbnails_sharing_too_little_are_no_evidence():
     assert registered_correlation(a.ravel(), b.ravel()) == -1.0
     assert registered_correlation(a.ravel(), a.ravel()) == pytest.approx(1.0, abs=1e-5)
     face = aligned_context(cv2.resize(texture(4), (CROP_SIZE, CROP_SIZE)))
-    assert registered_correlation(face, face) == pytest.approx(1.0, abs=1e-5)
+    assert registered_correlation(face, face) == -1.0  # an aligned crop: nothing around its face
+    filling = np.zeros((SIZE, SIZE), np.uint8)  # a face that fills its photo: a 1-pixel ring around
+    filling[7:25, 7:25] = texture(5, SIZE)[7:25, 7:25]
+    assert registered_correlation(filling.ravel(), filling.ravel()) == -1.0
+    wider = np.zeros((SIZE, SIZE), np.uint8)  # the same photo, with a frame of it around the face
+    wider[3:29, 3:29] = texture(5, SIZE)[3:29, 3:29]
+    assert registered_correlation(wider.ravel(), wider.ravel()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_reframed_copies_of_real_small_photos_correlate_above_other_photos():

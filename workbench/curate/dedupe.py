@@ -36,6 +36,7 @@ from workbench.embed.unit import unit_rows
 from workbench.faces.context import (
     MIN_COVERED,
     THUMBNAIL_BYTES,
+    around_cover,
     context_vectors,
     mirrored,
     row_correlations,
@@ -95,7 +96,7 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: Progres
     compared mirrored; only they pay for a registration (~1 ms a pair on one core), in batches
     over `mapper`'s processes, two rounds of batches in flight (memory stays bounded)."""
     empty = np.empty(0, np.int64)
-    rows = np.flatnonzero((thumbnails > 0).sum(axis=1) >= MIN_COVERED)
+    rows = np.flatnonzero(around_cover(thumbnails) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])

@@ -35,11 +35,20 @@ _ITERATIONS = 20  # ECC steps: most copies converge in a few; on celeba10k's ref
 # 1.6% under the threshold and 20 left 1.1%, at 1.27x the cost, other photos' tail unchanged
 _SURE = 0.995  # correlated so well without registration that registering cannot change a decision
 _SECOND_LOOK = 0.9  # registered one way at least this well: registered the other way too
-# pixels both photos must cover for a correlation to count: a quarter, as much as an aligned crop
-# covers (the face alone). Faces that fill their photo (lfw150's, reframed: 282 at the median) share
-# little more than that, and correlate as their faces do; the calibration measures that on the
-# labeled set's own pairs, aligned or not
-MIN_COVERED = SIZE * SIZE // 4
+_FACE_SIDE = SIZE * CROP_SIZE // SPAN  # the aligned crop's square in the middle of the thumbnail
+_FACE = slice((SIZE - _FACE_SIDE) // 2, (SIZE + _FACE_SIDE) // 2)
+_AROUND_2D = np.ones((SIZE, SIZE), bool)
+_AROUND_2D[_FACE, _FACE] = False
+AROUND = _AROUND_2D.ravel()  # the thumbnail's pixels around the face: the context proper
+# pixels around the face both photos must cover for a correlation to count (an eighth of the
+# thumbnail, half the face's square). Without it two faces alone would count: people's faces,
+# aligned and blurred to 16 px, correlate as highly as a copy's surroundings (lfw150, whose faces
+# fill their photos: 33 people chained into one group at 0.93-0.955), and the embedding and the
+# crop's hash already judge the face. An aligned crop has nothing around its face, a face that
+# fills its photo little (lfw150's reframed copies: 26 pixels at the median); celeba10k's small
+# photos keep 157 or more for 99% of their copies. Where there is enough, the face is compared
+# with the rest: left out, one person's photos with similar backgrounds chained instead
+MIN_COVERED = SIZE * SIZE // 8
 SEARCH_BLUR = 1.0  # thumbnail pixels: search vectors are low-passed so that a copy's jitter of a
 # pixel or two, which the registration absorbs, does not push it out of its photo's nearest
 _GAP = int(np.ceil(4 * SEARCH_BLUR))  # the blur kernel's radius
@@ -66,6 +75,11 @@ def aligned_context(gray_crop: np.ndarray) -> np.ndarray:
     """The thumbnail of a face that is already an aligned crop (its own photo)."""
     scale = gray_crop.shape[0] / CROP_SIZE
     return context_thumbnail(gray_crop, ARCFACE_TEMPLATE * scale)
+
+
+def around_cover(thumbnails: np.ndarray) -> np.ndarray:
+    """Pixels each thumbnail (rows) covers around its face: under `MIN_COVERED`, it can match none."""
+    return ((thumbnails > 0) & AROUND).sum(axis=1)
 
 
 def context_vectors(thumbnails: np.ndarray, block: int = 16384) -> np.ndarray:
@@ -104,7 +118,7 @@ def _low_passed(rows: np.ndarray, covered: np.ndarray) -> np.ndarray:
 
 
 def _correlation(a: np.ndarray, b: np.ndarray, covered: np.ndarray) -> float:
-    if covered.sum() < MIN_COVERED:
+    if (covered & _AROUND_2D).sum() < MIN_COVERED:
         return -1.0
     x, y = a[covered] - a[covered].mean(), b[covered] - b[covered].mean()
     denominator = float(np.linalg.norm(x) * np.linalg.norm(y))
@@ -120,7 +134,7 @@ def _filled(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
 def registered_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Normalised correlation of two thumbnails over the pixels both cover, after one is moved onto
     the other by the affine transform that best registers them (the better of before and after);
-    -1 where they share fewer than `MIN_COVERED` pixels.
+    -1 where they share fewer than `MIN_COVERED` pixels around the face.
 
     ECC finds a local optimum from where the landmarks put the two, and which one it moves
     matters (celeba10k's reframed copies: up to 0.04 apart, 0.983 one way and 0.951 the other):
