@@ -111,9 +111,9 @@ def main() -> None:
         counts = {d: int((decision[mask] == d).sum()) for d in ("copy", "overlap", "ambiguous", "clean")}
         print(f"{label:>15} people's faces excluded: {excluded[mask].mean():.4f} of {mask.sum()}  {counts}")
 
-    kept = dict(con.execute("""
-        SELECT regexp_extract(i.path, '[^/]+$'), s.split FROM wb_splits s JOIN wb_images i USING (image_id)
-        WHERE i.source = 'web' AND s.split <> 'excluded'""").fetchall())
+    kept = {name for (name,) in con.execute("""
+        SELECT regexp_extract(i.path, '[^/]+$') FROM wb_splits s JOIN wb_images i USING (image_id)
+        WHERE i.source = 'web' AND s.split <> 'excluded'""").fetchall()}
     known_kept = sum(1 for n in kept if n in truth and truth[n]["known"])
     print(f"split {split.splits}: faces of known people left in train_unlabeled or eval_unknown: "
           f"{known_kept} of {known.sum()} (planted copies included)")

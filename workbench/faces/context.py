@@ -109,7 +109,7 @@ def _low_passed(rows: np.ndarray, covered: np.ndarray) -> np.ndarray:
     (radius `_GAP`) cannot reach across."""
     n = len(rows)
     stacked = np.zeros((2, n, SIZE + _GAP, SIZE), np.float32)
-    stacked[0, :, :SIZE] = (rows * covered).reshape(n, SIZE, SIZE)
+    stacked[0, :, :SIZE] = rows.reshape(n, SIZE, SIZE)  # 0 where not covered already
     stacked[1, :, :SIZE] = covered.reshape(n, SIZE, SIZE)
     blurred = cv2.GaussianBlur(stacked.reshape(-1, SIZE), (2 * _GAP + 1, 2 * _GAP + 1), SEARCH_BLUR,
                                borderType=cv2.BORDER_CONSTANT).reshape(stacked.shape)[:, :, :SIZE]
@@ -175,17 +175,15 @@ def pair_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray,
                       mirror: bool = False) -> np.ndarray:
     """`registered_correlation` of rows i[n] and j[n] (j's mirrored where `mirror`: a flipped
     copy); float32, -1 where they share too little to say (`MIN_COVERED`)."""
-    others = mirrored(thumbnails[j]) if mirror else thumbnails[j]
-    return np.array([registered_correlation(thumbnails[p], others[n]) for n, p in enumerate(i.tolist())],
-                    np.float32)
+    return row_correlations((thumbnails[i], thumbnails[j], mirror))
 
 
 def row_correlations(job: tuple[np.ndarray, np.ndarray, bool]) -> np.ndarray:
-    """`pair_correlations` of each row of `a` with the same row of `b` (`mirror` as there): one
-    batch of a search's candidates, carrying its own thumbnails to a worker process."""
+    """`registered_correlation` of each row of `a` with the same row of `b` (b's mirrored where
+    `mirror`); one job carries its own thumbnails, so a worker process can take it."""
     a, b, mirror = job
-    rows = np.arange(len(a))
-    return pair_correlations(np.concatenate([a, b]), rows, rows + len(a), mirror)
+    others = mirrored(b) if mirror else b
+    return np.array([registered_correlation(x, y) for x, y in zip(a, others, strict=True)], np.float32)
 
 
 def best_correlations(thumbnails: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
