@@ -23,6 +23,7 @@ from workbench.curate.calibration import (
 from workbench.curate.pairs import DedupeThresholds
 from workbench.curate.scoring import Gallery, best_identity, threshold_at_rate
 from workbench.embed.compute import unit_centres
+from workbench.faces.context import best_correlations
 from workbench.faces.copies import TRANSFORMS, as_photo, copy_pair, edit_photo
 from workbench.faces.detect import aligned_centre_face
 from workbench.faces.detectors import DetectorSpec, get_detector
@@ -194,10 +195,27 @@ def test_a_copy_is_refound_by_the_detector_on_a_real_face():
     photo, copy = (phash64(p) for p in pair.photos)
     assert hamming(photo, copy) <= 10 < hamming(photo, someone_else)
     assert np.array_equal(pair.photos[0], as_photo(crop))
+    # made from the photo itself (a set registered from photos): the copy shares its surroundings,
+    # which the crop set in a mirrored border (above) hardly has
+    pair = copy_pair(crop, "crop", np.random.default_rng(0), yunet.detect, rgb)
+    assert pair.refound and pair.photos[0] is rgb
+    assert best_correlations(np.stack(pair.contexts), np.array([0]), np.array([1]))[0] >= 0.96
     # no face to find: the crop itself, and an edited copy with simulated re-alignment error
     blank = np.full((112, 112, 3), 90, np.uint8)
     pair = copy_pair(blank, "tone", np.random.default_rng(0), yunet.detect)
     assert not pair.refound and pair.original is blank and pair.copy.shape == (112, 112, 3)
+
+
+def test_the_hash_rule_reaches_the_copy_whose_embedding_drifted_furthest():
+    """One copy in 200 drifted to cosine 0.55 (a re-detection gone wrong) but hashes as its
+    photo: the hash rule's cosine gate goes down to it, not only to the copies' 1st percentile,
+    and spends no more hash bits than finding it takes (2: more would only merge photos)."""
+    rng = np.random.default_rng(3)
+    copies = PairEvidence(np.r_[np.full(199, 0.95), 0.55], np.full(200, 2))
+    distinct = PairEvidence(rng.uniform(0.2, 0.7, 400), rng.integers(12, 33, 400))
+    cal = calibrate_dedupe(copies, distinct, recall=0.99, merge_rate=0.005)
+    assert cal.recall == 1.0 and cal.merge_rate == 0.0
+    assert cal.loose == pytest.approx(0.55) and cal.phash_bits == 2
 
 
 def test_photos_filed_twice_or_in_bursts_are_not_distinct_photos():

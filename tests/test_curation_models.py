@@ -71,6 +71,9 @@ def test_calibrated_curation_with_real_models(celeba):
     assert overlap_cal["ambiguous_from"] <= overlap_cal["threshold"] <= overlap_cal["same_photo_from"]
     assert overlap_cal["known_recall"] > 0.9 and overlap_cal["measured_fpir"] <= 0.01
     assert dedupe_cal["loose"] <= dedupe_cal["strict"] and dedupe_cal["merge_rate"] <= 0.02
+    # copies made from S's photos share their surroundings, as web copies do (made from the
+    # aligned crops, whose mirrored border is all the surroundings they have: 0.6-0.7)
+    assert dedupe_cal["context_recall"] >= 0.85
     assert manifest_rows(ws, "SELECT count(*) FROM wb_calibrations")[0][0] == 2
 
     summary = wb_json("overlap", "--labeled", "S", "--model", model, "-w", ws)

@@ -160,6 +160,14 @@ def _crops(labeled: LabeledSet, positions: np.ndarray) -> np.ndarray:
     return decode_crops([labeled.crop_bytes(int(p)) for p in positions])
 
 
+def _photo(labeled: LabeledSet, position: int) -> np.ndarray | None:
+    """The photo a labeled face was found in, decoded; None where it is gone or unreadable."""
+    try:
+        return decode_image(labeled.photo_bytes(position)).rgb
+    except (OSError, ValueError, Rejected):
+        return None
+
+
 def _crop_hashes(crops: np.ndarray, photos: np.ndarray) -> Hashes:
     """`crops`' hashes and mirrored hashes, beside their photos' (n x 2: hash, mirrored hash)."""
     own = np.array([phash64_pair(c) for c in crops], np.uint64).reshape(-1, 2)
@@ -179,11 +187,8 @@ def _labeled_evidence(labeled: LabeledSet, positions: np.ndarray,
     for row, position in enumerate(positions.tolist()):
         crop = decode_crop(labeled.crop_bytes(position))
         crops[row] = phash64_pair(crop)
-        try:
-            photo: np.ndarray | None = decode_image(labeled.photo_bytes(position)).rgb
-            photos[row] = phash64_pair(photo)
-        except (OSError, ValueError, Rejected):
-            photo, photos[row] = None, crops[row]
+        photo = _photo(labeled, position)
+        photos[row] = crops[row] if photo is None else phash64_pair(photo)
         if with_context[row]:
             found = detect(photo) if photo is not None else []
             contexts[row] = context_thumbnail(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), found[0].landmarks) \
@@ -219,8 +224,9 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
         detect = get_detector(detector).detect
         names = [TRANSFORMS[i % len(TRANSFORMS)] for i in range(len(originals))]
         before, after, photos, contexts, refound = [], [], [], [], 0
-        for crop, name in zip(_crops(labeled, originals), names, strict=True):
-            pair = copy_pair(crop, name, rng, detect)  # its photos are hashed, not kept
+        for position, crop, name in zip(originals, _crops(labeled, originals), names, strict=True):
+            photo = None if labeled.aligned else _photo(labeled, int(position))
+            pair = copy_pair(crop, name, rng, detect, photo)  # its photos are hashed, not kept
             before.append(pair.original)
             after.append(pair.copy)
             photos.append([phash64_pair(photo) for photo in pair.photos])
