@@ -235,3 +235,27 @@ def test_dedupe_registers_candidates_in_worker_processes_as_it_would_in_one(monk
         assert np.array_equal(one, many)
     n = len(photos)
     assert {(k, k + n) for k in range(n)} <= set(zip(alone[0].tolist(), alone[1].tolist(), strict=True))
+
+
+def test_a_copy_whose_face_is_near_is_registered_where_the_thumbnail_search_missed_it():
+    """A tiny copy's landmarks came back 9 px off (2.5 thumbnail pixels): its search vector falls
+    under `CONTEXT_SEARCH` and it is no candidate, though registered it correlates near 1. Near
+    its photo by embedding (`faces_near`) it is registered and found; a near face whose photo
+    is another stays apart."""
+    from workbench.curate import dedupe
+
+    landmarks = ARCFACE_TEMPLATE * 0.5 + np.array([90.0, 80.0])
+    photo = texture(44)
+    thumbs = np.stack([context_thumbnail(photo, landmarks), context_thumbnail(photo, landmarks + 9.0),
+                       *(context_thumbnail(texture(seed), landmarks) for seed in range(50, 58))])
+    vectors = context_vectors(thumbs[:2]).astype(np.float64)
+    assert dedupe.CONTEXT_WITH_FACE <= vectors[0] @ vectors[1] < CONTEXT_SEARCH
+    assert registered_correlation(thumbs[0], thumbs[1]) >= DedupeThresholds().context
+
+    def found(**near) -> set[tuple[int, int]]:
+        i, j, _ = dedupe.context_pairs(thumbs, DedupeThresholds(), **near)
+        return set(zip(i.tolist(), j.tolist(), strict=True))
+
+    assert (0, 1) not in found()
+    with_faces = found(faces_near=(np.array([0, 2]), np.array([1, 3])))
+    assert (0, 1) in with_faces and (2, 3) not in with_faces

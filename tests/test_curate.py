@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import unit
 from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
-from workbench.curate.dedupe import FaceHashes, duplicate_pairs, group_labels, representatives
+from workbench.curate.dedupe import FaceHashes, close_pairs, duplicate_pairs, group_labels, representatives
 from workbench.curate.overlap import FaceScores, decide
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, popcount64
 from workbench.curate.scoring import (
@@ -79,8 +79,8 @@ def test_duplicates_need_near_identity_or_close_hash():
     hashes = np.array([0, 2**40, 2**41, 2**42, 0, 0xFFFF0000FFFF, 2**40 + 1], np.uint64)
     # 4 = near-identical embedding of 0; 5 = same person as 0 but far hash; 6 = copy of 1, close hash
     t = DedupeThresholds(strict=0.999, loose=0.9, phash_bits=4, k=6)
-    i, j, _ = duplicate_pairs(vectors, FaceHashes(Hashes(hashes, hashes ^ FAR, ~hashes, ~hashes ^ FAR),
-                                                  np.arange(7)), t)
+    i, j, _ = duplicate_pairs(FaceHashes(Hashes(hashes, hashes ^ FAR, ~hashes, ~hashes ^ FAR), np.arange(7)),
+                              t, close_pairs(vectors, t.k, -1.0))
     pairs = set(zip(i.tolist(), j.tolist(), strict=True))
     cos_05 = float(vectors[0] @ vectors[5])
     assert cos_05 < 0.999
@@ -104,7 +104,7 @@ def test_a_whole_image_hash_finds_a_copy_whose_crop_moved_but_not_across_one_ima
     cos = vectors @ vectors.T
     assert cos[0, 1] >= t.loose and cos[2, 3] >= t.loose and cos[0, 4] >= t.loose
     assert hashes.bits(np.array([0, 2, 0]), np.array([1, 3, 4])).tolist() == [1, 24, 20]
-    i, j, _ = duplicate_pairs(vectors, hashes, t)
+    i, j, _ = duplicate_pairs(hashes, t, close_pairs(vectors, t.k, -1.0))
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(0, 1)}
 
 

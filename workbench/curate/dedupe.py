@@ -50,6 +50,7 @@ from workbench.parallel import Mapper, chunked, process_mapper
 from workbench.results import Result
 
 CONTEXT_SEARCH = 0.6  # context-vector cosine below which a candidate is not registered at all
+CONTEXT_WITH_FACE = 0.5  # the same floor for a face's nearest faces by embedding
 CONTEXT_BATCH = 4096  # candidate pairs registered in one task (~4 s), between progress reports
 CONTEXT_ROUND = 8  # tasks handed to the workers at once
 
@@ -79,28 +80,42 @@ class FaceHashes:
 
 
 def duplicate_pairs(
-    vectors: np.ndarray, hashes: FaceHashes, t: DedupeThresholds
+    hashes: FaceHashes, t: DedupeThresholds, near: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, similarity) of duplicate pairs, i < j."""
-    i, j, cos = close_pairs(vectors, t.k, t.loose)
+    """(i, j, similarity) of duplicate pairs among `near` (`close_pairs`: i < j, cosine)."""
+    i, j, cos = near
     dup = is_duplicate(cos, hashes.bits(i, j), t)
     return i[dup], j[dup], cos[dup]
 
 
 def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: ProgressFn | None = None,
-                  mapper: Mapper | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  mapper: Mapper | None = None, faces_near: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, registered correlation) of pairs whose context thumbnails (rows; all zero: none)
     make them duplicates, i < j (a pair found both ways may come twice). Candidates are each
     thumbnail's `t.k` nearest by `context_vectors` at cosine >= `CONTEXT_SEARCH` (99.2% of
-    celeba10k's reframed copies are among their photo's), and as many of its mirror's, which are
-    compared mirrored; only they pay for a registration (~1 ms a pair on one core), in batches
-    over `mapper`'s processes, two rounds of batches in flight (memory stays bounded)."""
+    celeba10k's reframed copies are among their photo's), as many of its mirror's, which are
+    compared mirrored, and the pairs `faces_near` (rows i < j: faces near by embedding) whose
+    context vectors reach `CONTEXT_WITH_FACE`: a tiny copy's landmarks can land its thumbnail
+    far from its photo's (celeba10k: copies registered to 0.99 at a context cosine of 0.58-0.68,
+    the 22nd-141st nearest) while its face stays among the photo's nearest. Only candidates pay
+    for a registration (~1 ms a pair on one core), in batches over `mapper`'s processes, two
+    rounds of batches in flight (memory stays bounded)."""
     empty = np.empty(0, np.int64)
     rows = np.flatnonzero(around_cover(thumbnails) >= MIN_COVERED)
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])
     i, j, _ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
+    if faces_near is not None:
+        at = np.full(len(thumbnails), -1, np.int64)
+        at[rows] = np.arange(len(rows))
+        fi, fj = at[faces_near[0]], at[faces_near[1]]
+        both = (fi >= 0) & (fj >= 0)
+        fi, fj = fi[both], fj[both]
+        alike = np.einsum("nd,nd->n", vectors[fi], vectors[fj]) >= CONTEXT_WITH_FACE
+        pairs = np.unique(np.concatenate([np.stack([i, j], 1), np.stack([fi[alike], fj[alike]], 1)]), axis=0)
+        i, j = pairs[:, 0], pairs[:, 1]
     mi, mj, _ = neighbour_pairs(context_vectors(mirrored(thumbnails[rows])), vectors, t.k, CONTEXT_SEARCH)
     batches = [(a[s : s + CONTEXT_BATCH], b[s : s + CONTEXT_BATCH], mirror)
                for a, b, mirror in ((rows[i], rows[j], False), (rows[mi], rows[mj], True))
@@ -223,9 +238,10 @@ def run_dedupe(
         hashes = FaceHashes(Hashes(*(rows[c].astype(np.uint64) for c in
                                      ("crop_phash", "crop_phash_mirror", "image", "image_mirror"))),
                             rows["image_row"])
-        i, j, _ = duplicate_pairs(vectors, hashes, thresholds)
+        near = close_pairs(vectors, thresholds.k, -1.0)
+        i, j, _ = duplicate_pairs(hashes, thresholds, near)
         thumbnails = _thumbnails(rows["context"])
-        ci, cj, _ = context_pairs(thumbnails, thresholds, progress, registrar)
+        ci, cj, _ = context_pairs(thumbnails, thresholds, progress, registrar, near[:2])
         i, j = np.concatenate([i, ci]), np.concatenate([j, cj])
         i, j = np.unique(np.stack([i, j], axis=1), axis=0).T if len(i) else (i, j)
         groups = group_labels(len(face_ids), i, j)

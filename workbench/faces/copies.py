@@ -13,9 +13,10 @@ applied to the crop itself and simulated re-alignment error stands in. The
 photo matters: a copy shares the original's surroundings only as far as the
 photo has any, and a crop's mirrored border has almost none (celeba200 with
 YuNet-s and MobileFaceNet: the calibration's recall 0.77 with copies made from
-its crops, 0.98 made from its photos, real reframed web copies found at 0.978). (A wider canvas with a replicated border moved YuNet's landmarks
-more than the edits did: cropped copies' 5th-percentile cosine 0.77 against
-0.93 with this one, MobileFaceNet on celeba200.) Each copy
+its crops, 0.98 made from its photos, real reframed web copies found at
+0.978). (For crops, a wider canvas with a replicated border moved YuNet's
+landmarks more than the edits did: cropped copies' 5th-percentile cosine 0.77
+against 0.93 with the mirrored one, MobileFaceNet on celeba200.) Each copy
 carries the name of its transformation, so a calibration reports recall per
 transformation and a miss has a name.
 """
