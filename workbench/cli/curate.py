@@ -153,7 +153,7 @@ def dedupe(
 ) -> None:
     """Group near-duplicate unlabeled faces; the best-quality face represents each group.
 
-    Thresholds are calibrated for the model on synthetic web copies of labeled faces
+    Thresholds are calibrated for the model on synthetic web copies of labeled photos
     (see `wb calibrate`) unless --strict/--loose/--phash-bits/--context fix them.
     """
     from workbench.curate.calibrate import DedupeTargets
@@ -226,7 +226,7 @@ def calibrate(
 
     Overlap: held-out labeled faces play unknown people (their identity removed from the
     gallery) and known people; the threshold flags --fpir of the unknown ones. Dedupe:
-    synthetic web copies of labeled faces against distinct photos of the same person.
+    synthetic web copies of the labeled photos against distinct photos of the same person.
     Stored in the manifest (view wb_calibrations); `wb overlap` and `wb dedupe` reuse it.
     """
     from workbench.curate.calibrate import DedupeTargets, OverlapTargets, run_calibrate
