@@ -99,6 +99,10 @@ def test_audit_reports_recall_on_planted_labeled_faces(scenario):
     # The calibration behind the thresholds keeps its unknown probes at the 1% target.
     assert audit["calibrated_fpir"] <= 0.01 <= audit["calibrated_excluded_fpir"] + 0.01
     assert audit["recall_overlap"] <= audit["recall_excluded"]
+    by_size = audit["recall_by_size"]  # every planted face in one bin of its identity's size
+    assert sum(b["planted"] for b in by_size.values()) == audit["planted"]
+    assert sum(b["planted"] * b["recall_excluded"] for b in by_size.values()) == \
+        pytest.approx(audit["planted"] * audit["recall_excluded"])
 
 
 def test_uir_training_on_real_crops(scenario):

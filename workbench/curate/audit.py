@@ -6,17 +6,22 @@ they are scored like unlabeled faces. Recall of the plant is the share
 flagged (overlap or ambiguous), with the thresholds `wb overlap` would use
 (calibrated for the model, or `--threshold`); the calibration's estimated
 rates are reported beside it. Cluster evidence is left out, so the recall is
-a lower bound.
+a lower bound. Recall is also given by how many labeled faces the planted
+faces' identities have (`recall_by_size`): an identity known from two photos
+has a noisier centre than one known from fifty, and one overall figure would
+hide that its people are the ones let through.
 """
 
 from __future__ import annotations
 
+import itertools
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
 from workbench.curate.calibrate import overlap_calibration
+from workbench.curate.calibration import wilson
 from workbench.curate.overlap import OverlapSettings
 from workbench.curate.scoring import Gallery, best_identity
 from workbench.embed.compute import ProgressFn, embedding_run, ensure_centres, labeled_vectors, unit_centres
@@ -44,6 +49,28 @@ def plant_split(labels: np.ndarray, plant_fraction: float, hold_out: float,
     return planted
 
 
+SIZE_BINS = (2, 4, 10, 30)  # identities by their labeled faces: 2-3, 4-9, 10-29, 30 or more
+
+
+def recall_by_size(sizes: np.ndarray, identities: np.ndarray, flagged: np.ndarray
+                   ) -> dict[str, dict[str, object]]:
+    """Recall of planted faces (`flagged`: excluded) per bin of `SIZE_BINS` by their identity's
+    number of labeled faces (`sizes`), with its 95% interval counted by identity (faces of one
+    person are not independent evidence); bins with no planted face are left out."""
+    out: dict[str, dict[str, object]] = {}
+    edges = (*SIZE_BINS, np.inf)
+    for low, high in itertools.pairwise(edges):
+        members = (sizes >= low) & (sizes < high)
+        if not members.any():
+            continue
+        people = len(np.unique(identities[members]))
+        recall = float(flagged[members].mean())
+        name = f"{low}-{int(high) - 1}" if np.isfinite(high) else f"{low}+"
+        out[name] = {"planted": int(members.sum()), "identities": people, "recall_excluded": recall,
+                     "recall_excluded_95ci": wilson(round(recall * people), people)}
+    return out
+
+
 @dataclass
 class AuditResult(Result):
     """`wb audit overlap`: recall on planted known faces and the calibrated false-overlap rates."""
@@ -55,6 +82,7 @@ class AuditResult(Result):
     recall_overlap: float
     recall_excluded: float
     correct_identity: float
+    recall_by_size: dict[str, dict[str, object]]  # by the identity's number of labeled faces
     calibrated_fpir: float
     calibrated_excluded_fpir: float
     run_id: str
@@ -100,6 +128,8 @@ def run_audit(
             recall_overlap=float((z >= threshold).mean()), recall_excluded=float(flagged.mean()),
             correct_identity=float((found[flagged] == labels[planted][flagged]).mean())
             if flagged.any() else float("nan"),
+            recall_by_size=recall_by_size(np.bincount(labeled.labels)[labels[planted]], labels[planted],
+                                          flagged),
             calibrated_fpir=calibration.measured_fpir, calibrated_excluded_fpir=calibration.excluded_fpir,
             run_id=run.run_id)
         run.counts = result.as_dict()
