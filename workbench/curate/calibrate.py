@@ -229,7 +229,7 @@ def dedupe_calibration(ctx: EmbedContext, labeled: LabeledSet, targets: DedupeTa
             pair = copy_pair(crop, name, rng, detect, photo)  # its photos are hashed, not kept
             before.append(pair.original)
             after.append(pair.copy)
-            photos.append([phash64_pair(photo) for photo in pair.photos])
+            photos.append([phash64_pair(image) for image in pair.photos])
             contexts.append(pair.contexts)
             refound += pair.refound
         hashes = np.array(photos, np.uint64).reshape(-1, 2, 2)  # copy, (photo, copy's photo), (plain, mirror)

@@ -107,13 +107,8 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: Progres
     vectors = context_vectors(thumbnails[rows])
     i, j, _ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
     if faces_near is not None:
-        at = np.full(len(thumbnails), -1, np.int64)
-        at[rows] = np.arange(len(rows))
-        fi, fj = at[faces_near[0]], at[faces_near[1]]
-        both = (fi >= 0) & (fj >= 0)
-        fi, fj = fi[both], fj[both]
-        alike = _paired_cosines(vectors, fi, fj) >= CONTEXT_WITH_FACE
-        pairs = np.unique(np.concatenate([np.stack([i, j], 1), np.stack([fi[alike], fj[alike]], 1)]), axis=0)
+        fi, fj = _near_faces(vectors, rows, len(thumbnails), *faces_near)
+        pairs = np.unique(np.concatenate([np.stack([i, j], 1), np.stack([fi, fj], 1)]), axis=0)
         i, j = pairs[:, 0], pairs[:, 1]
     mi, mj, _ = neighbour_pairs(context_vectors(mirrored(thumbnails[rows])), vectors, t.k, CONTEXT_SEARCH)
     batches = [(a[s : s + CONTEXT_BATCH], b[s : s + CONTEXT_BATCH], mirror)
@@ -143,6 +138,19 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: Progres
     if not found:
         return empty, empty, np.empty(0, np.float32)
     return tuple(np.concatenate(part) for part in zip(*found, strict=True))  # type: ignore[return-value]
+
+
+def _near_faces(vectors: np.ndarray, rows: np.ndarray, n: int, i: np.ndarray, j: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The face pairs (i, j) whose thumbnails both count (`rows`, of `n` faces) and reach
+    `CONTEXT_WITH_FACE` by their search `vectors` (one per row), as positions in `rows`."""
+    at = np.full(n, -1, np.int64)
+    at[rows] = np.arange(len(rows))
+    fi, fj = at[i], at[j]
+    both = (fi >= 0) & (fj >= 0)
+    fi, fj = fi[both], fj[both]
+    alike = _paired_cosines(vectors, fi, fj) >= CONTEXT_WITH_FACE
+    return fi[alike], fj[alike]
 
 
 def _paired_cosines(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, block: int = 16384) -> np.ndarray:
