@@ -123,6 +123,8 @@ def test_dedupe_calibration_known_answer():
     assert cal.loose == pytest.approx(np.quantile(copies.cosine, 0.01, method="lower"))
     assert 3 <= cal.phash_bits < 25
     assert cal.recall == 1.0 and cal.merge_rate == pytest.approx(0.004)
+    # how far the copies drifted, for checking the pair search: each copy's cosine, ascending
+    np.testing.assert_allclose(cal.copy_cosines, np.linspace(0.90, 0.999, 100), atol=1e-4)
 
 
 def test_loose_and_hash_bits_are_chosen_together_when_distinct_photos_are_close():

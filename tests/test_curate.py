@@ -7,7 +7,14 @@ import pytest
 
 from tests.helpers import unit
 from workbench.curate.clusters import cluster_labels, cluster_means, self_neighbours
-from workbench.curate.dedupe import FaceHashes, close_pairs, duplicate_pairs, group_labels, representatives
+from workbench.curate.dedupe import (
+    FaceHashes,
+    close_pairs,
+    duplicate_pairs,
+    group_labels,
+    planted_cosines,
+    representatives,
+)
 from workbench.curate.overlap import FaceScores, decide
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, popcount64
 from workbench.curate.scoring import (
@@ -16,7 +23,7 @@ from workbench.curate.scoring import (
     neighbour_consensus,
     threshold_at_rate,
 )
-from workbench.curate.search import nearest
+from workbench.curate.search import PAIR_NPROBES, SEARCH_LOSS, close_neighbours, nearest, planted_pairs
 from workbench.curate.splits import choose_eval_clusters
 
 
@@ -43,6 +50,52 @@ def test_approximate_search_reranks_to_exact_similarities():
     assert (idx[:, 0] == labels).mean() > 0.99
     exact = np.einsum("nd,nd->n", points, centres[idx[:, 0]])
     np.testing.assert_allclose(sims[:, 0], exact, rtol=1e-5)
+
+
+def test_planted_pairs_sit_at_the_cosines_asked():
+    _, points, _ = blobs(30, 4, 16, 0.5)
+    cosines = np.array([0.5, 0.7, 0.9, 0.99, 1.0], np.float32)
+    queries, targets = planted_pairs(points, cosines, seed=1)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.einsum("nd,nd->n", queries, points[targets]), cosines, atol=1e-5)
+
+
+def test_pairs_are_planted_as_far_apart_as_the_copies_the_rule_must_find_or_over_its_band():
+    copies = (0.2, 0.7, 0.9, 0.95, 1.0)  # below `loose` (0.8), only the context rule finds a copy
+    drifted = planted_cosines(0.8, copies)
+    assert len(drifted) == 2000
+    assert drifted.min() == pytest.approx(0.9) and drifted.max() == pytest.approx(1.0)
+    assert np.median(drifted) == pytest.approx(0.95, abs=1e-3)
+    assert (drifted < 0.95).mean() == pytest.approx(0.5, abs=1e-3)  # 0.9 to 0.95: the lower half
+    band = planted_cosines(0.9)
+    assert band.min() == pytest.approx(0.9) and band.max() == pytest.approx(1.0)
+    assert np.mean(band) == pytest.approx(0.95, abs=1e-6)
+    assert np.array_equal(planted_cosines(0.96, copies[:-1]), planted_cosines(0.96))  # none at 0.96 or above
+
+
+@pytest.mark.slow
+def test_a_close_pair_search_probes_lists_until_it_finds_pairs_as_far_apart_as_asked():
+    """Pairs at cosine 0.75 among 20,000 faces (512 inverted lists): 16 lists, the default, miss
+    some that exhaustive search finds; checked on planted pairs at that cosine the search probes
+    more lists (until it loses at most `SEARCH_LOSS` of them, or probes the most it may) and finds
+    every one. Pairs that close to identical need no more than 16."""
+    _, points, _ = blobs(2000, 10, 32, 0.9)
+    copies, originals = planted_pairs(points, np.full(300, 0.75, np.float32), seed=5)
+    rng = np.random.default_rng(1)
+    rows = rng.choice(np.setdiff1d(np.arange(len(points)), originals), 300, replace=False)
+    points[rows] = copies
+
+    def found(idx: np.ndarray) -> np.ndarray:  # either way, as `dedupe.close_pairs` takes them
+        return (idx[rows] == originals[:, None]).any(axis=1) | (idx[originals] == rows[:, None]).any(axis=1)
+
+    exhaustive = found(nearest(points, points, 5, exact=True)[1])
+    assert exhaustive.all()
+    assert found(nearest(points, points, 5, exact=False)[1]).mean() < 0.99
+    _, idx, search = close_neighbours(points, 4, np.full(2000, 0.75, np.float32), exact=False)
+    assert found(idx).all()
+    assert search.nprobe > 16 and (search.lost <= SEARCH_LOSS or search.nprobe == PAIR_NPROBES[-1])
+    _, _, near_identical = close_neighbours(points, 4, np.full(2000, 0.995, np.float32), exact=False)
+    assert (near_identical.nprobe, near_identical.lost) == (16, 0.0)
 
 
 def test_reranking_in_blocks_gives_the_same_neighbours(monkeypatch):

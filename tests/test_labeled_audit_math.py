@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import unit
+from workbench.curate.dedupe import planted_cosines
 from workbench.curate.pairs import DedupeThresholds
+from workbench.curate.search import PairSearch
 from workbench.labeled_audit import evidence
 from workbench.labeled_audit.calibrate import SinglePhotoRule, wrong_label_rule
 from workbench.labeled_audit.clean import plan_clean
@@ -205,7 +207,9 @@ def test_exact_and_near_duplicates_by_the_dedupe_rule():
         return np.stack([hashes[positions], mirrored[positions]], axis=1)
 
     t = DedupeThresholds(strict=0.9999, loose=0.95, phash_bits=4, k=4)
-    pairs = duplicate_pairs(vectors, t, phash, lambda a, b: {a, b} == {49, 50})
+    pairs, search = duplicate_pairs(vectors, t, phash, lambda a, b: {a, b} == {49, 50},
+                                    planted_cosines(t.loose))
+    assert search == PairSearch()  # 60 faces: searched exhaustively
     assert [(i, j, exact) for i, j, _, exact in pairs] == [(20, 21, False), (30, 31, False), (49, 50, True)]
 
 
@@ -260,6 +264,7 @@ def test_an_audit_of_vectors_held_in_half_precision_finds_the_same():
     assert np.allclose(half.own, full.own, atol=2e-3, equal_nan=True)
     t = DedupeThresholds(strict=0.9999, loose=0.95, phash_bits=4, k=4)
     hashes = np.arange(len(s["vectors"]), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    pairs = duplicate_pairs(s["vectors"].astype(np.float16), t,
-                            lambda p: np.stack([hashes[p], ~hashes[p]], 1), lambda a, b: True)
+    pairs, _ = duplicate_pairs(s["vectors"].astype(np.float16), t,
+                               lambda p: np.stack([hashes[p], ~hashes[p]], 1), lambda a, b: True,
+                               planted_cosines(t.loose))
     assert [(i, j, exact) for i, j, _, exact in pairs] == [(49, 50, True)]  # identical rows: cosine 1

@@ -37,7 +37,7 @@ import numpy as np
 
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
 from workbench.curate.scoring import TOP_K, Gallery, identity_candidates, pair_scores, threshold_at_rate
-from workbench.curate.search import ivf_lists, nearest, probe_sweep
+from workbench.curate.search import SEARCH_LOSS, ivf_lists, nearest, probe_sweep
 from workbench.embed.compute import unit_centres
 
 MAX_PROBES = 5000  # known-person probes: one face each of this many identities
@@ -46,7 +46,6 @@ IDENTICAL = 1 - 1e-6  # cosine of two identical crops (the embedding is determin
 SAME_PHOTO_RATE = 0.01  # share of distinct photos of one person that may be called copies
 COPY_CANDIDATES = 32  # nearest labeled faces searched per probe; its own identity's are skipped
 IDENTITY_NPROBES = (16, 64, 256)  # inverted lists an approximate identity search may probe, tried in turn
-SEARCH_LOSS = 0.001  # share of true identities that approximate search may lose against exhaustive
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -264,6 +263,7 @@ class DedupeCalibration:
     context: float = DedupeThresholds.context  # registered context correlation that makes a duplicate
     context_pairs: int = 0  # distinct pairs whose context correlation was measured
     context_recall: float = 0.0  # share of copies the context rule alone finds
+    copy_cosines: tuple[float, ...] = ()  # each copy's cosine to its original, ascending
 
     def thresholds(self, k: int = DedupeThresholds.k) -> DedupeThresholds:
         return DedupeThresholds(self.strict, self.loose, self.phash_bits, k, self.context)
@@ -361,6 +361,7 @@ def calibrate_dedupe(copies: PairEvidence, distinct: PairEvidence, recall: float
         distinct_like_copies=like_copies, loose_floor=float(floor), context=context,
         context_pairs=context_pairs,
         context_recall=float(copies.merged(DedupeThresholds(2.0, 2.0, -1, context=context)).mean()),
+        copy_cosines=tuple(np.round(np.sort(copies.cosine), 4).tolist()),
     )
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import duckdb
@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
-from workbench.curate.search import neighbour_pairs
+from workbench.curate.search import PLANTED_PAIRS, PairSearch, close_neighbours, neighbour_pairs, pairs_of
 from workbench.embed.compute import ProgressFn, embed_unlabeled, embedding_run
 from workbench.embed.models import ModelSpec
 from workbench.faces.context import (
@@ -54,17 +54,44 @@ CONTEXT_BATCH = 4096  # candidate pairs registered in one task (~4 s), between p
 CONTEXT_ROUND = 8  # tasks handed to the workers at once
 
 
-def close_pairs(vectors: np.ndarray, k: int, loose: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, cosine) of each pair i < j where one is among the other's `k` nearest neighbours
-    at cosine >= `loose`: the candidates of the duplicate rule."""
+class ClosePairs(NamedTuple):
+    """Pairs i < j with their cosine, and how the search that found them ran."""
+
+    i: np.ndarray
+    j: np.ndarray
+    cosine: np.ndarray
+    search: PairSearch = PairSearch()
+
+
+def close_pairs(vectors: np.ndarray, k: int, loose: float, plant: np.ndarray | None = None) -> ClosePairs:
+    """Each pair i < j where one is among the other's `k` nearest neighbours at cosine >= `loose`:
+    the candidates of the duplicate rule. `plant`: cosines the pairs sought may be as far apart
+    as (`planted_cosines`); a search large enough to be approximate is checked on pairs planted
+    there (`search.close_neighbours`)."""
+    empty = np.empty(0, np.int64)
     if len(vectors) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    rows, cols, s = neighbour_pairs(vectors, vectors, k, loose)
+        return ClosePairs(empty, empty, np.empty(0, np.float32))
+    sims, idx, search = close_neighbours(vectors, k, np.empty(0, np.float32) if plant is None else plant)
+    rows, cols, s = pairs_of(sims, idx, loose)
     if not len(rows):
-        return rows, cols, s
+        return ClosePairs(rows, cols, s, search)
     pairs, first = np.unique(np.stack([np.minimum(rows, cols), np.maximum(rows, cols)], axis=1), axis=0,
                              return_index=True)
-    return pairs[:, 0], pairs[:, 1], s[first]
+    return ClosePairs(pairs[:, 0], pairs[:, 1], s[first], search)
+
+
+def planted_cosines(loose: float, copy_cosines: Sequence[float] = ()) -> np.ndarray:
+    """Cosines at which a search for duplicates is checked (`search.close_neighbours`): those of
+    the calibration's copies that the embedding rule must find (at `loose` or above; below it
+    only the context rule finds a copy), resampled to `PLANTED_PAIRS`, or without them the
+    rule's band, `loose` to 1, evenly."""
+    u = np.linspace(0.0, 1.0, PLANTED_PAIRS)
+    drifted = np.sort(np.asarray(copy_cosines, np.float32))
+    drifted = drifted[drifted >= loose]
+    if len(drifted):
+        return np.interp(u, np.linspace(0.0, 1.0, len(drifted)), drifted).astype(np.float32)
+    low = float(np.clip(loose, 0.0, 1.0))
+    return (low + (1.0 - low) * u).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -79,10 +106,10 @@ class FaceHashes:
 
 
 def duplicate_pairs(
-    hashes: FaceHashes, t: DedupeThresholds, near: tuple[np.ndarray, np.ndarray, np.ndarray]
+    hashes: FaceHashes, t: DedupeThresholds, near: ClosePairs
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, similarity) of duplicate pairs among `near` (`close_pairs`: i < j, cosine)."""
-    i, j, cos = near
+    """(i, j, similarity) of duplicate pairs among `near` (`close_pairs`)."""
+    i, j, cos = near.i, near.j, near.cosine
     dup = is_duplicate(cos, hashes.bits(i, j), t)
     return i[dup], j[dup], cos[dup]
 
@@ -105,7 +132,7 @@ def context_pairs(thumbnails: np.ndarray, t: DedupeThresholds, progress: Progres
     if len(rows) < 2:
         return empty, empty, np.empty(0, np.float32)
     vectors = context_vectors(thumbnails[rows])
-    i, j, _ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
+    i, j, *_ = close_pairs(vectors, t.k, CONTEXT_SEARCH)
     if faces_near is not None:
         fi, fj = _near_faces(vectors, rows, len(thumbnails), *faces_near)
         pairs = np.unique(np.concatenate([np.stack([i, j], 1), np.stack([fi, fj], 1)]), axis=0)
@@ -206,6 +233,8 @@ class DedupeResult(Result):
     without_context: int  # faces ingested before context thumbnails: embedding and hash evidence only
     run_id: str
     warnings: list[str] = field(default_factory=list)
+    search_nprobe: int = 0  # inverted lists the neighbour search probed (0: exhaustive)
+    search_lost: float = 0.0  # share of pairs planted at the copies' cosines that it lost
 
 
 def run_dedupe(
@@ -255,7 +284,8 @@ def run_dedupe(
         hashes = FaceHashes(Hashes(*(rows[c].astype(np.uint64) for c in
                                      ("crop_phash", "crop_phash_mirror", "image", "image_mirror"))),
                             rows["image_row"])
-        near = close_pairs(vectors, thresholds.k, -1.0)
+        near = close_pairs(vectors, thresholds.k, -1.0, planted_cosines(
+            thresholds.loose, calibration.copy_cosines if calibration else ()))
         i, j, _ = duplicate_pairs(hashes, thresholds, near)
         thumbnails = _thumbnails(rows["context"])
         ci, cj, _ = context_pairs(thumbnails, thresholds, progress, registrar, near[:2])
@@ -281,6 +311,7 @@ def run_dedupe(
             duplicates=int(len(face_ids) - rep.sum()), model_key=store.key, **asdict(thresholds),
             thresholds_mode=mode, calibration=calibration.as_dict() if calibration else None,
             without_context=int((~thumbnails.any(axis=1)).sum()), run_id=run.run_id,
+            search_nprobe=near.search.nprobe, search_lost=round(near.search.lost, 5),
             warnings=[*(calibration.warnings() if calibration else []), *_context_warning(thumbnails)])
         run.counts = result.as_dict()
         return result

@@ -19,7 +19,7 @@ from workbench.curate.calibration import IDENTICAL, best_other_identity
 from workbench.curate.dedupe import close_pairs, group_labels
 from workbench.curate.pairs import DedupeThresholds, Hashes, hash_bits, is_duplicate
 from workbench.curate.scoring import Gallery
-from workbench.curate.search import nearest
+from workbench.curate.search import PairSearch, nearest
 from workbench.embed.unit import unit_rows
 from workbench.labeled_audit.calibrate import (
     SINGLE_FPIR,
@@ -291,17 +291,19 @@ def leaked_identities(eval_vectors: np.ndarray, eval_labels: np.ndarray, n_eval:
 
 
 def duplicate_pairs(vectors: np.ndarray, t: DedupeThresholds, phash: Callable[[np.ndarray], np.ndarray],
-                    same_bytes: Callable[[int, int], bool]) -> list[tuple[int, int, float, bool]]:
-    """(i, j, cosine, exact) for duplicate faces i < j by the `wb dedupe` rule; crop hashes (n x 2:
-    hash, mirrored hash; a labeled crop is its own photo) are computed only for the faces of close
+                    same_bytes: Callable[[int, int], bool], plant: np.ndarray
+                    ) -> tuple[list[tuple[int, int, float, bool]], PairSearch]:
+    """(i, j, cosine, exact) for duplicate faces i < j by the `wb dedupe` rule, and how the search
+    ran (checked on pairs planted at `plant`, see `dedupe.close_pairs`); crop hashes (n x 2: hash,
+    mirrored hash; a labeled crop is its own photo) are computed only for the faces of close
     pairs."""
-    i, j, cos = close_pairs(vectors, t.k, t.loose)
+    i, j, cos, search = close_pairs(vectors, t.k, t.loose, plant)
     if len(i) == 0:
-        return []
+        return [], search
     involved = np.unique(np.concatenate([i, j]))
     pairs = phash(involved)
     hashes = Hashes(pairs[:, 0], pairs[:, 1], pairs[:, 0], pairs[:, 1])
     bits = hash_bits(hashes[np.searchsorted(involved, i)], hashes[np.searchsorted(involved, j)])
     dup = is_duplicate(cos, bits, t)
     return [(int(a), int(b), float(c), bool(c >= IDENTICAL and same_bytes(int(a), int(b))))
-            for a, b, c in zip(i[dup], j[dup], cos[dup], strict=True)]
+            for a, b, c in zip(i[dup], j[dup], cos[dup], strict=True)], search

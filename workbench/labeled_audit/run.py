@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from workbench.curate.calibrate import DedupeTargets, dedupe_calibration
+from workbench.curate.dedupe import planted_cosines
 from workbench.curate.pairs import DedupeThresholds
+from workbench.curate.search import PairSearch
 from workbench.embed.compute import ProgressFn, embedding_run, whole_set_vectors
 from workbench.embed.models import ModelSpec
 from workbench.errors import WorkbenchError
@@ -56,6 +58,7 @@ class LabeledAuditResult(Result):
     same_person_rule: dict[str, Any]
     single_photo_rule: dict[str, Any] | None  # one-photo labels: threshold, recall, expected false
     duplicate_rule: dict[str, Any]
+    duplicate_search: dict[str, Any]  # inverted lists probed (0: exhaustive), planted pairs it lost
     embedded_now: int  # faces embedded by this run (the rest were in the store)
     embed_seconds: float
     seconds: float
@@ -119,12 +122,13 @@ def run_audit_labeled(
             embed_seconds = time.perf_counter() - embed_started
             audit = audit_labels(vectors, labels, n_ids, precision=precision, same_recall=same_recall,
                                  single_fpir=single_fpir, seed=seed)
-            thresholds, notes = _dedupe_thresholds(ctx, labeled, run.run_id)
+            thresholds, copy_cosines, notes = _dedupe_rule(ctx, labeled, run.run_id)
             notes += audit.single.notes() if audit.single else []
             for source in sources:
                 faces = bin_faces(ctx, Path(source)) if Path(source).is_file() else set_faces(ctx, source)
                 _add_leaks(audit, faces, vectors, labels, n_ids, thresholds.strict)
-            _add_duplicates(labeled, audit, vectors, thresholds)
+            search = _add_duplicates(labeled, audit, vectors, thresholds,
+                                     planted_cosines(thresholds.loose, copy_cosines))
             replace_findings(ctx.con, labeled.registration, ctx.store().key, run.run_id, audit.findings,
                              sample_idx)
             report = workspace.root / "reports" / f"audit-labeled-{labeled_set}-{run.run_id}"
@@ -144,7 +148,7 @@ def run_audit_labeled(
             unchecked_faces=audit.unchecked_faces, single_face_identities=audit.single_face_identities,
             against=sources, wrong_label_rule=audit.wrong.as_dict(), same_person_rule=audit.same.as_dict(),
             single_photo_rule=audit.single.as_dict() if audit.single else None,
-            duplicate_rule=asdict(thresholds), embedded_now=embedded_now,
+            duplicate_rule=asdict(thresholds), duplicate_search=asdict(search), embedded_now=embedded_now,
             embed_seconds=round(embed_seconds, 1), seconds=round(seconds, 1),
             faces_per_second=round(len(labels) / max(seconds, 1e-9), 1), report=str(report),
             run_id=run.run_id, notes=notes)
@@ -162,24 +166,30 @@ def _add_leaks(audit: LabelAudit, faces: EvalFaces, vectors: np.ndarray, labels:
                            best_cosine=round(leak.best_cosine, 4), copy=leak.copy)
 
 
-def _dedupe_thresholds(ctx: Any, labeled: LabeledSet, run_id: str) -> tuple[DedupeThresholds, list[str]]:
-    """The dedupe rule calibrated for the model on this set (defaults when it cannot be)."""
+def _dedupe_rule(ctx: Any, labeled: LabeledSet, run_id: str
+                 ) -> tuple[DedupeThresholds, tuple[float, ...], list[str]]:
+    """The dedupe rule calibrated for the model on this set, and how far its copies drifted
+    (`DedupeCalibration.copy_cosines`); the defaults, and no copies, when it cannot be."""
     try:
-        return dedupe_calibration(ctx, labeled, DedupeTargets(), run_id).thresholds(), []
+        calibration = dedupe_calibration(ctx, labeled, DedupeTargets(), run_id)
+        return calibration.thresholds(), calibration.copy_cosines, []
     except WorkbenchError as exc:
-        return DedupeThresholds(), [f"duplicate thresholds are the defaults: {exc}"]
+        return DedupeThresholds(), (), [f"duplicate thresholds are the defaults: {exc}"]
 
 
 def _add_duplicates(labeled: LabeledSet, audit: LabelAudit, vectors: np.ndarray,
-                    thresholds: DedupeThresholds) -> None:
-    """Exact and near-duplicate faces; the first of each pair (by position) is the one kept."""
+                    thresholds: DedupeThresholds, plant: np.ndarray) -> PairSearch:
+    """Exact and near-duplicate faces; the first of each pair (by position) is the one kept.
+    Returns how the search for them ran (`dedupe.close_pairs`)."""
 
     def phash(positions: np.ndarray) -> np.ndarray:
         return np.array([phash64_pair(decode_crop(labeled.crop_bytes(int(p)))) for p in positions],
                         np.uint64).reshape(-1, 2)
 
     labels = labeled.labels
-    for i, j, cos, exact in duplicate_pairs(vectors, thresholds, phash,
-                                            lambda a, b: labeled.crop_bytes(a) == labeled.crop_bytes(b)):
+    pairs, search = duplicate_pairs(vectors, thresholds, phash,
+                                    lambda a, b: labeled.crop_bytes(a) == labeled.crop_bytes(b), plant)
+    for i, j, cos, exact in pairs:
         audit.findings.add("duplicate", labels[j], cos, sample=j, other_sample=i, other_label=int(labels[i]),
                            exact=exact, same_identity=bool(labels[i] == labels[j]))
+    return search
