@@ -133,20 +133,31 @@ def close_neighbours(vectors: np.ndarray, k: int, cosines: np.ndarray, *, exact:
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, PairSearch]:
     """Each vector's `k` nearest others and itself (as `nearest(vectors, vectors, k + 1)`), by a
     search that finds pairs at `cosines` (`planted_pairs`): an approximate one probes the fewest
-    of `PAIR_NPROBES` lists that lose at most `SEARCH_LOSS` of the planted pairs whose partner
-    is among the `k` nearest by exhaustive search (the most, when none does), and says so."""
+    of `PAIR_NPROBES` lists that lose at most `SEARCH_LOSS` of the planted pairs exhaustive
+    search finds (the most, when none does), and says so. A pair counts as found either way, as
+    pairs are taken (`pairs_of`): the copy's search finds its original, or the original's search
+    would find the copy, had the copy been in the index (its list probed, the copy among its k
+    nearest)."""
     k_all = min(k + 1, len(vectors))
     if exact is None:
         exact = float(len(vectors)) * len(vectors) <= EXACT_LIMIT
     if exact or not len(cosines) or k_all < 2:
         return *nearest(vectors, vectors, k_all, exact=exact), PairSearch()
     queries, targets = planted_pairs(vectors, cosines, seed)
-    findable = _rank_below(queries, vectors, (queries * unit_rows(vectors, targets)).sum(axis=1), k_all - 1)
+    originals = unit_rows(vectors, targets)
+    own = (queries * originals).sum(axis=1)
+    # exhaustive search pairs them either way: the copy among its original's k nearest others
+    # (the original itself ranks first), or the original among the copy's k nearest
+    forward_rank, backward_rank = (_rank_below(queries, vectors, own, k_all - 1),
+                                   _rank_below(originals, vectors, own, k_all))
     index = _ivf_sq8(vectors, PAIR_NPROBES[0])
+    home = index.quantizer.search(queries, 1)[1][:, 0]  # the list a copy in the index would be in
     for nprobe in [p for p in PAIR_NPROBES if p < index.nlist] or [index.nlist]:
         index.nprobe = nprobe
-        found = (_search_all(index, vectors, queries, k_all - 1)[1] == targets[:, None]).any(axis=1)
-        lost = float((findable & ~found).sum() / max(1, findable.sum()))
+        forward = (_search_all(index, vectors, queries, k_all - 1)[1] == targets[:, None]).any(axis=1)
+        backward = backward_rank & (index.quantizer.search(originals, nprobe)[1] == home[:, None]).any(axis=1)
+        findable = forward_rank | backward_rank
+        lost = float((findable & ~(forward | backward)).sum() / max(1, findable.sum()))
         if lost <= SEARCH_LOSS:
             break
     return *_search_all(index, vectors, vectors, k_all), PairSearch(nprobe, lost)
