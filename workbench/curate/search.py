@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from workbench.embed.unit import unit_rows
+from workbench.embed.unit import l2_normalise, unit_rows
 
 EXACT_LIMIT = 5e9  # queries x base vectors below which brute force is fast enough
 RERANK_FACTOR = 4
@@ -123,8 +123,7 @@ def planted_pairs(base: np.ndarray, cosines: np.ndarray, seed: int = 0) -> tuple
     targets = np.sort(rng.choice(len(base), size=len(cosines), replace=len(cosines) > len(base)))
     x = unit_rows(base, targets)
     away = rng.standard_normal(x.shape).astype(np.float32)
-    away -= (away * x).sum(axis=1, keepdims=True) * x
-    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    away = l2_normalise(away - (away * x).sum(axis=1, keepdims=True) * x)
     c = np.asarray(cosines, np.float32)[:, None]
     return c * x + np.sqrt(np.maximum(0.0, 1 - c * c)) * away, targets
 
@@ -146,32 +145,32 @@ def close_neighbours(vectors: np.ndarray, k: int, cosines: np.ndarray, *, exact:
     queries, targets = planted_pairs(vectors, cosines, seed)
     originals = unit_rows(vectors, targets)
     own = (queries * originals).sum(axis=1)
-    # exhaustive search pairs them either way: the copy among its original's k nearest others
-    # (the original itself ranks first), or the original among the copy's k nearest
-    forward_rank, backward_rank = (_rank_below(queries, vectors, own, k_all - 1),
-                                   _rank_below(originals, vectors, own, k_all))
+    # exhaustive search pairs them either way: the original among the copy's k nearest, or the
+    # copy among its original's k nearest others (the original itself ranks first)
+    above = _count_above(np.concatenate([queries, originals]), vectors, np.concatenate([own, own]))
+    forward_rank, backward_rank = above[: len(own)] < k_all - 1, above[len(own) :] < k_all
+    findable = forward_rank | backward_rank
     index = _ivf_sq8(vectors, PAIR_NPROBES[0])
     home = index.quantizer.search(queries, 1)[1][:, 0]  # the list a copy in the index would be in
     for nprobe in [p for p in PAIR_NPROBES if p < index.nlist] or [index.nlist]:
         index.nprobe = nprobe
         forward = (_search_all(index, vectors, queries, k_all - 1)[1] == targets[:, None]).any(axis=1)
         backward = backward_rank & (index.quantizer.search(originals, nprobe)[1] == home[:, None]).any(axis=1)
-        findable = forward_rank | backward_rank
         lost = float((findable & ~(forward | backward)).sum() / max(1, findable.sum()))
         if lost <= SEARCH_LOSS:
             break
     return *_search_all(index, vectors, vectors, k_all), PairSearch(nprobe, lost)
 
 
-def _rank_below(queries: np.ndarray, base: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Per query: fewer than `k` rows of `base` are clearly more similar than `own` (its planted
-    partner's cosine), i.e. exhaustive search has the partner among its `k` nearest. Counted a
-    block of base rows at a time: no index holds the whole base as float32 beside it."""
+def _count_above(queries: np.ndarray, base: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Per query, the rows of `base` clearly more similar to it than `own` (its planted partner's
+    cosine): exhaustive search ranks the partner after that many. Counted a block of base rows
+    at a time, one pass for all queries: no index holds the whole base as float32 beside it."""
     above = np.zeros(len(queries), np.int64)
     for start in range(0, len(base), QUERY_BATCH // 4):
         block = unit_rows(base, slice(start, start + QUERY_BATCH // 4))
         above += (queries @ block.T > own[:, None] + 1e-5).sum(axis=1)
-    return above < k
+    return above
 
 
 def _search_all(index: faiss.Index, base: np.ndarray, queries: np.ndarray, k: int
